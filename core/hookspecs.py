@@ -1,0 +1,42 @@
+"""pluggy hook specifications of dynvlm.
+
+A plugin is a module named by an entry point in the ``dynvlm`` group; it holds functions
+decorated with :data:`dynvlm.hookimpl` whose names match the specs below. Each spec is a
+verb that receives a ``register(name, cls)`` callback.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pluggy
+
+PROJECT = "dynvlm"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Register = Callable[[str, type], None]
+
+
+@hookspec
+def register_compressors(register: Register) -> None:
+    """Register compressor classes (subclasses of :class:`dynvlm.Compressor`): ``register(name, cls)``."""
+
+
+@hookspec
+def register_encoders(register: Register) -> None:
+    """Register vision encoder classes (subclasses of :class:`dynvlm.VisionEncoder`)."""
+
+
+@hookspec
+def register_llms(register: Register) -> None:
+    """Register language-model classes (subclasses of :class:`dynvlm.LanguageModel`)."""
+
+
+#: hook name -> component kind it registers
+HOOK_KINDS: dict[str, str] = {
+    "register_compressors": "compressor",
+    "register_encoders": "encoder",
+    "register_llms": "llm",
+}

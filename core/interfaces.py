@@ -1,0 +1,132 @@
+"""The three component interfaces every plugin implements.
+
+Shapes used throughout (see DESIGN.md section 3):
+
+- ``F``: frames in the batch (all videos flattened together)
+- ``N``: tokens per frame produced by the encoder, on an ``h x w`` grid (``N = h * w``)
+- ``C``: encoder width; ``D``: language-model width
+- ``M``: tokens per frame kept by a compressor (``M <= tokens``)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Compressed", "Compressor", "VisionEncoder", "LanguageModel", "check_compressor_call"]
+
+
+@dataclass
+class Compressed:
+    """What a compressor returns.
+
+    Attributes:
+        x: ``[F, M, C]`` kept (or merged) tokens, in the source spatial order.
+        positions: ``[F, M]`` source index (or size-weighted centroid index) of each output
+            token on the flattened ``h*w`` grid, increasing along ``M``; ``None`` when the
+            compressor has no meaningful per-token source.
+        aux_loss: scalar auxiliary loss (e.g. a keep-ratio regulariser), or ``None``.
+    """
+
+    x: Tensor
+    positions: Tensor | None = None
+    aux_loss: Tensor | None = None
+
+
+def check_compressor_call(x: Tensor, grid: tuple[int, int], tokens: int, name: str = "compressor") -> None:
+    """Validate the arguments of :meth:`Compressor.forward`; raise ``ValueError`` naming the problem.
+
+    Args:
+        x: ``[F, N, C]`` tokens.
+        grid: ``(h, w)`` with ``h * w == N``.
+        tokens: requested tokens per frame, in ``[1, N]``.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"{name}: expected tokens of shape [F, N, C], got shape {tuple(x.shape)}")
+    if len(grid) != 2 or any(int(g) < 1 for g in grid):
+        raise ValueError(f"{name}: grid must be (h, w) with positive sides, got {grid!r}")
+    h, w = int(grid[0]), int(grid[1])
+    n = x.shape[1]
+    if h * w != n:
+        raise ValueError(f"{name}: grid {h}x{w} holds {h * w} tokens but x has N={n} tokens per frame")
+    if isinstance(tokens, bool) or not isinstance(tokens, int):
+        raise ValueError(f"{name}: tokens must be an int, got {type(tokens).__name__} {tokens!r}")
+    if not 1 <= tokens <= n:
+        raise ValueError(f"{name}: tokens={tokens} is outside [1, N={n}] for grid {h}x{w}")
+
+
+class Compressor(nn.Module):
+    """Base class of per-frame visual-token compressors.
+
+    ``[F, N, C]`` tokens on an ``h x w`` grid -> at most ``tokens`` tokens per frame.
+
+    Subclasses take the encoder width as ``dim`` (passed by the core, never from YAML) plus
+    their own keyword arguments from the YAML spec, and must accept any ``tokens`` in
+    ``[1, N]`` at call time: the budget policy decides it per batch.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = int(dim)
+
+    def achievable(self, tokens: int, grid: tuple[int, int]) -> int:
+        """The largest token count ``<= tokens`` this compressor produces exactly on ``grid``.
+
+        The default serves every count; grid-shaped compressors override it.
+        """
+        return max(1, min(int(tokens), int(grid[0]) * int(grid[1])))
+
+    def forward(self, x: Tensor, grid: tuple[int, int], tokens: int) -> Compressed:  # pragma: no cover
+        """Compress ``x`` ``[F, N, C]`` on ``grid`` ``(h, w)`` to at most ``tokens`` per frame."""
+        raise NotImplementedError
+
+
+class VisionEncoder(nn.Module):
+    """Base class of vision towers.
+
+    Attributes:
+        grid: ``(h, w)`` patch grid of one frame, ``N = h * w``.
+        width: ``C``, the channel width of the output tokens.
+        image_size: side in pixels of the square input the tower expects.
+    """
+
+    grid: tuple[int, int]
+    width: int
+    image_size: int
+
+    def preprocess(self, frames: Tensor) -> Tensor:  # pragma: no cover
+        """uint8 ``[F, H, W, 3]`` frames -> normalised float ``[F, 3, image_size, image_size]``."""
+        raise NotImplementedError
+
+    def forward(self, frames: Tensor) -> Tensor:  # pragma: no cover
+        """Preprocessed float ``[F, 3, H, W]`` frames -> patch tokens ``[F, N, C]`` (no CLS)."""
+        raise NotImplementedError
+
+
+class LanguageModel(nn.Module):
+    """Base class of causal language models the visual tokens are spliced into.
+
+    Attributes:
+        width: ``D``, the embedding width.
+        tokenizer: a ``transformers.PreTrainedTokenizerBase``.
+    """
+
+    width: int
+    tokenizer: Any
+
+    def embed(self, ids: Tensor) -> Tensor:  # pragma: no cover
+        """Token ids ``[B, L]`` -> input embeddings ``[B, L, D]``."""
+        raise NotImplementedError
+
+    def forward(self, embeds: Tensor, attention_mask: Tensor, labels: Tensor | None = None) -> Any:  # pragma: no cover
+        """Embeddings ``[B, L, D]``, mask ``[B, L]``, labels ``[B, L]`` (-100 = ignored) -> a
+        ``transformers`` ``CausalLMOutput`` with ``loss`` (when labels are given) and ``logits``."""
+        raise NotImplementedError
+
+    def generate(self, embeds: Tensor, attention_mask: Tensor, **kw: Any) -> Tensor:  # pragma: no cover
+        """Greedy/sampled generation from embeddings -> new token ids ``[B, L_new]``."""
+        raise NotImplementedError
+

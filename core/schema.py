@@ -1,0 +1,115 @@
+"""The shape of a run's config tree.
+
+One omegaconf tree per run: ``model.{encoder,compressor,llm,projector}``, ``budget``,
+``data``, ``trainer`` (keyword arguments of ``lightning.Trainer``), ``optim``, ``stage``,
+``eval``, plus ``name``, ``seed``, ``output_dir``, ``base`` and ``sweep``.
+
+Every section below is a dataclass: :mod:`dynvlm.config` rejects keys that are not fields
+(naming the valid ones) and values whose type does not match the annotation. Components
+(``model.encoder`` etc.) are ``{name: <registered name>, **kwargs}`` and are validated
+against the registered class's ``__init__`` signature instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+#: component kind of each ``model.*`` key that holds a plugin spec
+COMPONENT_KEYS: dict[str, str] = {"encoder": "encoder", "compressor": "compressor", "llm": "llm"}
+
+#: constructor arguments the core supplies (never from YAML), per component kind
+CORE_SUPPLIED: dict[str, tuple[str, ...]] = {"compressor": ("dim",), "encoder": (), "llm": ()}
+
+
+@dataclass
+class ProjectorConfig:
+    """2-layer MLP with GELU from encoder width C to LLM width D (LLaVA's mlp2x_gelu)."""
+
+    depth: int = 2
+    hidden: int | None = None  # hidden width; None = D
+
+
+@dataclass
+class BudgetConfig:
+    """Visual-token budget: ``M = clamp(max_tokens // T, min_tokens_per_frame, N)``."""
+
+    max_tokens: int = 12000  # N_max, total visual tokens per sample
+    min_tokens_per_frame: int = 1  # m_min
+    tokens_per_frame: int | None = None  # fixed M for ablations (overrides the dynamic rule)
+    fps: float = 1.0  # frame sampling rate before the max_frames cap
+    max_frames: int = 128  # T cap; uniform sampling beyond it
+    random_in_training: bool = True  # draw M in [m_min, budget value] per training batch
+
+
+@dataclass
+class DataConfig:
+    """Where samples come from and how they are loaded."""
+
+    train: str | None = None  # LLaVA-style JSON/JSONL annotation file
+    val: str | None = None
+    test: str | None = None  # multiple-choice eval file (VideoMME/MLVU/... shapes)
+    root: str | None = None  # folder media paths are relative to (default: the annotation's folder)
+    batch_size: int = 8
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    on_error: Literal["skip", "raise"] = "skip"
+    backend: Literal["auto", "decord", "pyav"] = "auto"
+    synth: dict[str, Any] | None = None  # generate synthetic data first: kwargs of the generator
+    max_samples: int | None = None
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with warm-up and a cosine or constant schedule."""
+
+    lr: float = 1e-3
+    encoder_lr_ratio: float = 0.2  # encoder lr = lr * ratio
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: float | None = 1.0
+
+
+@dataclass
+class StageConfig:
+    """Which modules train; ``resume_from`` loads a previous stage's checkpoint first."""
+
+    name: Literal["pretrain", "image_sft", "video_sft", "custom"] = "video_sft"
+    trainable: list[str] | None = None  # for `custom`: subset of encoder, compressor, projector, llm
+    resume_from: str | None = None
+
+
+@dataclass
+class EvalConfig:
+    """How evaluation scores multiple-choice questions."""
+
+    mode: Literal["loglik", "generate"] = "loglik"
+    max_new_tokens: int = 16
+    data: str | None = None
+    batch_size: int = 8
+
+
+#: top-level sections validated as dataclasses
+SECTIONS: dict[str, type] = {
+    "budget": BudgetConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "stage": StageConfig,
+    "eval": EvalConfig,
+}
+
+#: plain top-level keys and their types
+TOP_LEVEL: dict[str, Any] = {
+    "name": str,
+    "seed": int,
+    "output_dir": str,
+    "base": str,
+    "sweep": dict,
+    "model": dict,
+    "trainer": dict,
+    **{k: dict for k in SECTIONS},
+}
+
+MODEL_KEYS = (*COMPONENT_KEYS, "projector")

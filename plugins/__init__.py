@@ -1,0 +1,1 @@
+"""First-party plugins of dynvlm, registered through the `dynvlm` entry-point group."""

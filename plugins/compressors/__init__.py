@@ -1,0 +1,1 @@
+"""Compressor plugins: `[F, N, C]` tokens -> at most `tokens` per frame."""

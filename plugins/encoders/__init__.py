@@ -1,0 +1,1 @@
+"""Vision-encoder plugins: frames -> `[F, N, C]` patch tokens."""
