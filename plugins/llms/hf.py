@@ -1,1 +1,212 @@
-"""Placeholder: this plugin module is being written (registers nothing yet)."""
+"""``hf``: a Hugging Face causal LM (``AutoModelForCausalLM`` + its tokenizer) as the language model.
+
+Two ways to get one:
+
+- ``path:`` a local folder with model and tokenizer saved by ``save_pretrained`` (Qwen2.5 is the
+  reference); loaded with ``local_files_only=True``. The tokenizer's own chat template is used.
+- ``config:`` inline Qwen2 config keywords for a randomly initialised model, with a word-level
+  tokenizer built in-project (:func:`build_word_tokenizer`) from ``vocabulary`` (or, when absent,
+  the synthetic task's word list) or loaded from a ``tokenizer:`` folder.
+
+Visual positions never go through the tokenizer: the prompt builder marks them with a sentinel
+id and the model splices projected visual embeddings there, so real tokenizers need no new tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from dynvlm import hookimpl
+from dynvlm.interfaces import LanguageModel
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful visual assistant."
+IM_START, IM_END, END_OF_TEXT, IMAGE, UNK = "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<image>", "<unk>"
+SPECIAL_TOKENS = (END_OF_TEXT, IM_START, IM_END, IMAGE, UNK)
+
+#: Qwen-style ChatML template: an optional system turn, then ``<|im_start|>role\ncontent<|im_end|>\n`` per turn.
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+
+#: symbols every word-level vocabulary holds: digits and punctuation (split one per token),
+#: option letters, role names and the default system prompt's words
+_BASE_SYMBOLS = [*"0123456789", *".,:;?!'\"()-/+=%", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ", "s", "system", "user", "assistant"]
+
+
+def word_split(text: str) -> list[str]:
+    """How the word-level tokenizer splits text (whitespace, then punctuation and digits one by one)."""
+    return re.findall(r"[^\W\d_]+|\d|[^\w\s]|_", text)
+
+
+def build_word_tokenizer(words: Iterable[str], system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> PreTrainedTokenizerFast:
+    """A ``save_pretrained``-able word-level tokenizer over a closed word list, with a ChatML chat template.
+
+    Args:
+        words: the task's words; each is split like text is (:func:`word_split`) so e.g.
+            ``"top-left"`` adds ``top``, ``-``, ``left``.
+        system_prompt: its words are added so the default system turn has no unknown tokens.
+
+    Returns:
+        A ``PreTrainedTokenizerFast`` with special tokens ``<|endoftext|>`` (pad), ``<|im_start|>``,
+        ``<|im_end|>`` (eos), ``<image>`` and ``<unk>``; ids 0-4 are the special tokens.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab: dict[str, int] = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for word in [*_BASE_SYMBOLS, *word_split(system_prompt), *(p for w in words for p in word_split(str(w)))]:
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation("isolated"), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, tidies punctuation
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token=UNK,
+        pad_token=END_OF_TEXT,
+        eos_token=IM_END,
+        additional_special_tokens=[IM_START, IMAGE],
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def synthetic_vocabulary() -> list[str]:
+    """The synthetic task's closed word list (``dynvlm.data.synth.vocabulary()``); a clear error if absent."""
+    try:
+        from dynvlm.data.synth import vocabulary
+    except ImportError as exc:
+        raise ValueError(
+            "llm 'hf': an inline config without 'vocabulary' or 'tokenizer' needs the synthetic task's word list "
+            f"(dynvlm.data.synth.vocabulary), which cannot be imported: {exc}"
+        ) from None
+    return list(vocabulary())
+
+
+class HFCausalLM(LanguageModel):
+    """A causal LM taking input embeddings: ``[B, L, D]`` -> logits ``[B, L, V]`` (+ loss).
+
+    Args:
+        path: local folder with model + tokenizer (``save_pretrained``); exclusive with ``config``.
+        config: inline ``Qwen2Config`` keywords for random init (``vocab_size`` is set from the
+            tokenizer; ``initializer_range`` defaults to ``1/sqrt(hidden_size)``, which lets tiny
+            models leave the answer-prior plateau).
+        tokenizer: local tokenizer folder for an inline model (default: a word-level tokenizer).
+        vocabulary: words for the built word-level tokenizer (default: the synthetic task's list).
+        system_prompt: the system turn of every conversation; ``None`` or ``""`` leaves it out.
+        trust_remote_code: allow code shipped in ``path`` to run (off by default).
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        attn_implementation: passed to ``transformers``; ``None`` = its default.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        config: dict[str, Any] | None = None,
+        tokenizer: str | None = None,
+        vocabulary: list[str] | None = None,
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        trust_remote_code: bool = False,
+        dtype: str = "float32",
+        attn_implementation: str | None = None,
+    ) -> None:
+        super().__init__()
+        if (path is None) == (config is None):
+            raise ValueError("llm 'hf': give exactly one of 'path' (a local model folder) or 'config' "
+                             f"(inline Qwen2 config for random init); got path={path!r}, config={config!r}")
+        torch_dtype = _dtype(dtype)
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        if path is not None:
+            if tokenizer is not None or vocabulary is not None:
+                raise ValueError("llm 'hf': 'tokenizer' and 'vocabulary' apply to inline configs only; "
+                                 "a 'path' model uses the tokenizer saved in its folder")
+            folder = _folder(path, "model")
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True,
+                                                           trust_remote_code=trust_remote_code)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                str(folder), local_files_only=True, trust_remote_code=trust_remote_code, dtype=torch_dtype, **extra)
+        else:
+            if tokenizer is not None and vocabulary is not None:
+                raise ValueError("llm 'hf': give 'tokenizer' (a folder) or 'vocabulary' (a word list), not both")
+            if tokenizer is not None:
+                self.tokenizer = AutoTokenizer.from_pretrained(str(_folder(tokenizer, "tokenizer")), local_files_only=True)
+            else:
+                words = vocabulary if vocabulary is not None else synthetic_vocabulary()
+                self.tokenizer = build_word_tokenizer(words, system_prompt or DEFAULT_SYSTEM_PROMPT)
+            kwargs = dict(config)
+            if "vocab_size" in kwargs and kwargs["vocab_size"] < len(self.tokenizer):
+                raise ValueError(f"llm 'hf': config vocab_size={kwargs['vocab_size']} is smaller than the tokenizer's "
+                                 f"{len(self.tokenizer)} tokens")
+            kwargs.setdefault("vocab_size", len(self.tokenizer))
+            if "hidden_size" in kwargs:
+                kwargs.setdefault("initializer_range", 1.0 / math.sqrt(kwargs["hidden_size"]))
+            kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+            kwargs.setdefault("eos_token_id", self.tokenizer.eos_token_id)
+            self.model = Qwen2ForCausalLM(Qwen2Config(**kwargs, **extra)).to(torch_dtype)
+        if self.tokenizer.chat_template is None:
+            raise ValueError("llm 'hf': the tokenizer has no chat template; save one with the tokenizer "
+                             "(tokenizer.chat_template = ...) so prompts follow the model's own format")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token  # e.g. Llama-style tokenizers ship without one
+        self.system_prompt = system_prompt or None
+        self.width = int(self.model.get_input_embeddings().embedding_dim)
+        self.stop_ids = sorted({i for i in (self.tokenizer.convert_tokens_to_ids(IM_END), self.tokenizer.eos_token_id)
+                                if isinstance(i, int) and i != self.tokenizer.unk_token_id})
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """Token ids ``[B, L]`` -> input embeddings ``[B, L, D]``."""
+        return self.model.get_input_embeddings()(ids)
+
+    def forward(self, embeds: Tensor, attention_mask: Tensor, labels: Tensor | None = None) -> Any:
+        """Embeddings ``[B, L, D]``, mask ``[B, L]``, labels ``[B, L]`` (-100 ignored) -> ``CausalLMOutputWithPast``."""
+        return self.model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, use_cache=False)
+
+    @torch.no_grad()
+    def generate(self, embeds: Tensor, attention_mask: Tensor, max_new_tokens: int = 16, **kw: Any) -> Tensor:
+        """Greedy generation from left-padded embeddings ``[B, L, D]`` -> new token ids ``[B, L_new]``."""
+        kw.setdefault("do_sample", False)
+        return self.model.generate(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **kw,
+        )
+
+    def gradient_checkpointing(self, on: bool = True) -> None:
+        """Trade compute for memory on long visual sequences."""
+        if on:
+            self.model.gradient_checkpointing_enable()
+        else:
+            self.model.gradient_checkpointing_disable()
+
+
+def _folder(path: str, what: str) -> Path:
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"llm 'hf': {what} folder {str(folder)!r} does not exist")
+    return folder
+
+
+def _dtype(name: str) -> torch.dtype:
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in table:
+        raise ValueError(f"llm 'hf': dtype must be one of {', '.join(table)}, got {name!r}")
+    return table[name]
+
+
+@hookimpl
+def register_llms(register):
+    register("hf", HFCausalLM)
