@@ -7,7 +7,7 @@ verb that receives a ``register(name, cls)`` callback.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pluggy
 

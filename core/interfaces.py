@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["Compressed", "Compressor", "VisionEncoder", "LanguageModel", "check_compressor_call"]

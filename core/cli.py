@@ -1,0 +1,151 @@
+"""The ``dynvlm`` command (also ``python -m dynvlm``).
+
+Subcommands::
+
+    dynvlm fit|validate|test CONFIG [key=value ...] [--checkpoint CKPT] [--print-config]
+    dynvlm run CONFIG [key=value ...] [--print-config]   # a sweep when the file has `sweep:`
+    dynvlm eval CONFIG --checkpoint CKPT [--data FILE] [key=value ...]
+    dynvlm plugins                                       # installed plugins, and failures
+    dynvlm bench {kernels,model,data} [args ...]
+    dynvlm data synth [args ...]
+
+Heavy modules (torch, Lightning, transformers) are imported only by the subcommand that needs
+them, so ``dynvlm plugins`` and ``--print-config`` stay quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+#: ``dynvlm bench TARGET`` -> "module:function" taking argv and returning an exit code
+BENCH_TARGETS = {
+    "kernels": "dynvlm.kernels.bench:main",
+    "model": "dynvlm.model_bench:main",
+    "data": "dynvlm.data.bench:main",
+}
+#: ``dynvlm data ACTION``
+DATA_ACTIONS = {"synth": "dynvlm.data.synth:main"}
+
+
+def _resolve(target: str) -> Callable[..., Any]:
+    module, _, func = target.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. budget.tokens_per_frame=36")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``dynvlm``."""
+    parser = argparse.ArgumentParser(prog="dynvlm", description="Visual-token compressors for video LLMs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_ in [
+        ("fit", "train a model from a config"),
+        ("validate", "run the validation loop"),
+        ("test", "evaluate on the test split"),
+    ]:
+        p = sub.add_parser(name, help=help_)
+        _add_config_args(p)
+        if name != "fit":
+            p.add_argument("--checkpoint", help="checkpoint to load (default: the run's last)")
+    p = sub.add_parser("run", help="fit and test a config, or run its sweep (same as `lightning run`)")
+    _add_config_args(p)
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a multiple-choice file")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", help="checkpoint to evaluate")
+    p.add_argument("--data", help="multiple-choice file (VideoMME/MLVU/EgoSchema/PerceptionTest shapes)")
+    p.add_argument("--out", help="folder for the JSON and markdown results")
+    sub.add_parser("plugins", help="list installed plugins").add_argument("--json", action="store_true")
+    p = sub.add_parser("bench", help="run a benchmark")
+    p.add_argument("target", choices=sorted(BENCH_TARGETS))
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p = sub.add_parser("data", help="data tools")
+    p.add_argument("action", choices=sorted(DATA_ACTIONS))
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dynvlm`` console script; returns the exit code."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    from .config import ConfigError
+    from .registry import PluginError
+
+    try:
+        return _dispatch(args)
+    except (ConfigError, PluginError) as exc:
+        print(f"dynvlm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "plugins":
+        return _plugins(as_json=args.json)
+    if args.command == "bench":
+        return int(_resolve(BENCH_TARGETS[args.target])(args.args) or 0)
+    if args.command == "data":
+        return int(_resolve(DATA_ACTIONS[args.action])(args.args) or 0)
+
+    from .config import load_config, to_yaml
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    if args.command == "run":
+        from .sweep import run
+
+        result = run(cfg, config_path=args.config)
+    elif args.command == "eval":
+        from .evaluate import evaluate_cli
+
+        result = evaluate_cli(cfg, checkpoint=args.checkpoint, data=args.data, out=args.out)
+    else:
+        from . import train
+
+        if args.command == "fit":
+            result = train.fit(cfg)
+        else:
+            result = getattr(train, args.command)(cfg, checkpoint=args.checkpoint)
+    if result:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _plugins(as_json: bool = False) -> int:
+    from .registry import get_registry
+
+    reg = get_registry()
+    rows = [(c.kind, c.name, c.qualname, c.distribution, c.version) for c in reg.table()]
+    if as_json:
+        out = {
+            "components": [dict(zip(("kind", "name", "class", "distribution", "version"), r)) for r in rows],
+            "failures": [{"entry_point": f.entry_point, "distribution": f.distribution, "error": f.error} for f in reg.failures],
+        }
+        print(json.dumps(out, indent=2))
+        return 0
+    print(format_table(("kind", "name", "class", "distribution", "version"), rows))
+    for f in reg.failures:
+        print(f"\nFAILED: {f.describe()}", file=sys.stderr)
+    return 0
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table with aligned columns."""
+    cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
