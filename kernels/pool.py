@@ -1,0 +1,234 @@
+"""Adaptive average pooling of a token grid, tokens-last: ``[F, h*w, C]`` -> ``[F, oh*ow, C]``.
+
+Window of output row ``i`` over ``H`` input rows (likewise columns): ``[floor(i*H/OH),
+ceil((i+1)*H/OH))`` -- the ``adaptive_avg_pool2d`` rule, so windows overlap when ``OH`` does
+not divide ``H`` and ``OH > H`` works. Everything accumulates in fp32.
+
+- :func:`pool_reference`: ``F.adaptive_avg_pool2d`` on the channels-last view of the input
+  (no copy; eager torch divides once by the window area on that path).
+- :func:`pool_naive`: what model code usually writes (transpose + contiguous NCHW copy);
+  kept as the "straightforward reference" the benchmarks compare against.
+- Triton forward and backward kernels reading ``[F, N, C]`` in place (any strides).
+- :func:`adaptive_pool`: the dispatcher (``backend: auto|triton|torch``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._backend import next_pow2, out_dtype_for_kernel, resolve_backend, tl, triton
+
+__all__ = ["adaptive_pool", "check_pool_args", "pool_naive", "pool_reference", "pool_triton"]
+
+
+def check_pool_args(x: Tensor, grid: tuple[int, int] | None, out_hw: tuple[int, int]) -> tuple[int, int]:
+    """Validate ``x`` ``[F, N, C]``, ``grid`` and ``out_hw``; return the grid ``(h, w)``.
+
+    ``grid=None`` means a square grid: ``N`` must then be a perfect square. Raises
+    ``ValueError`` naming what is wrong.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"pool: expected x of shape [F, N, C], got shape {tuple(x.shape)}")
+    n = x.shape[1]
+    if grid is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(
+                f"pool: N={n} tokens per frame is not a perfect square, so the grid cannot be inferred; "
+                "pass grid=(h, w) with h*w == N"
+            )
+        grid = (side, side)
+    if len(grid) != 2 or int(grid[0]) < 1 or int(grid[1]) < 1:
+        raise ValueError(f"pool: grid must be (h, w) with positive sides, got {grid!r}")
+    h, w = int(grid[0]), int(grid[1])
+    if h * w != n:
+        raise ValueError(f"pool: grid {h}x{w} holds {h * w} tokens but x has N={n} tokens per frame")
+    if len(out_hw) != 2 or int(out_hw[0]) < 1 or int(out_hw[1]) < 1:
+        raise ValueError(f"pool: output size must be (oh, ow) with positive sides, got {out_hw!r}")
+    return h, w
+
+
+def pool_reference(x: Tensor, grid: tuple[int, int], out_hw: tuple[int, int]) -> Tensor:
+    """``F.adaptive_avg_pool2d`` on the channels-last view of ``x``: ``[F, h*w, C]`` -> ``[F, oh*ow, C]``.
+
+    Low-precision inputs are pooled in fp32 and rounded once at the end (as the kernels do).
+    """
+    h, w = grid
+    oh, ow = out_hw
+    f, _, c = x.shape
+    xc = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    # [F, h, w, C] permuted to NCHW is a channels-last tensor: torch pools it without a copy
+    out = F.adaptive_avg_pool2d(xc.reshape(f, h, w, c).permute(0, 3, 1, 2), (oh, ow))
+    return out.permute(0, 2, 3, 1).reshape(f, oh * ow, c).to(x.dtype)
+
+
+def pool_naive(x: Tensor, grid: tuple[int, int], out_hw: tuple[int, int]) -> Tensor:
+    """The straightforward eager version (transpose to a contiguous NCHW copy, pool, transpose back)."""
+    h, w = grid
+    f, _, c = x.shape
+    out = F.adaptive_avg_pool2d(x.transpose(1, 2).contiguous().reshape(f, c, h, w), out_hw)
+    return out.reshape(f, c, -1).transpose(1, 2).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton
+
+if triton is not None:
+
+    @triton.jit
+    def _col_pool_matrix(OW, W, BLOCK_OW: tl.constexpr, BLOCK_W: tl.constexpr):
+        # P[j, c] = 1/width_j when input column c lies in output column j's window, else 0
+        js = tl.arange(0, BLOCK_OW)
+        cs = tl.arange(0, BLOCK_W)
+        w0 = (js * W) // OW
+        w1 = ((js + 1) * W + OW - 1) // OW
+        inside = (cs[None, :] >= w0[:, None]) & (cs[None, :] < w1[:, None]) & (js < OW)[:, None]
+        width = tl.where(js < OW, w1 - w0, 1).to(tl.float32)
+        return tl.where(inside, 1.0 / width[:, None], 0.0)
+
+    @triton.jit
+    def _pool_fwd_kernel(
+        x_ptr, o_ptr, H, W, OH, OW, C,
+        sxf, sxn, sxc, sof, son, soc,
+        BLOCK_W: tl.constexpr, BLOCK_OW: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):  # fmt: skip
+        # one program = one output row of one frame x one block of channels: sum the window's
+        # input rows (each a [W, C] tile), then pool columns with one small matmul
+        pid = tl.program_id(0)
+        pc = tl.program_id(1)
+        f = (pid // OH).to(tl.int64)
+        i = pid % OH
+        h0 = (i * H) // OH
+        h1 = ((i + 1) * H + OH - 1) // OH
+        offs_c = pc * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = offs_c < C
+        cols = tl.arange(0, BLOCK_W)
+        mask = (cols < W)[:, None] & cmask[None, :]
+        acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        for r in range(h0, h1):
+            ptrs = x_ptr + f * sxf + (r * W + cols)[:, None].to(tl.int64) * sxn + offs_c[None, :] * sxc
+            acc += tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+        acc = acc / (h1 - h0).to(tl.float32)
+        p = _col_pool_matrix(OW, W, BLOCK_OW, BLOCK_W)
+        out = tl.dot(p, acc, input_precision="ieee")  # [BLOCK_OW, BLOCK_C]
+        js = tl.arange(0, BLOCK_OW)
+        optrs = o_ptr + f * sof + (i * OW + js)[:, None].to(tl.int64) * son + offs_c[None, :] * soc
+        tl.store(optrs, out.to(o_ptr.dtype.element_ty), mask=(js < OW)[:, None] & cmask[None, :])
+
+    @triton.jit
+    def _pool_bwd_kernel(
+        g_ptr, o_ptr, H, W, OH, OW, C,
+        sgf, sgn, sgc, sof, son, soc,
+        BLOCK_W: tl.constexpr, BLOCK_OW: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):  # fmt: skip
+        # one program = one input row of one frame x one block of channels. Gather (no atomics)
+        # the gradient rows of every output row whose window holds it, each / its height, then
+        # spread over input columns with the transposed column-pooling matrix
+        pid = tl.program_id(0)
+        pc = tl.program_id(1)
+        f = (pid // H).to(tl.int64)
+        r = pid % H
+        offs_c = pc * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = offs_c < C
+        js = tl.arange(0, BLOCK_OW)
+        mask = (js < OW)[:, None] & cmask[None, :]
+        # output rows whose window can hold r: floor(r*OH/H) .. floor((r+1)*OH/H)
+        i_lo = (r * OH) // H
+        i_hi = tl.minimum(((r + 1) * OH) // H, OH - 1)
+        acc = tl.zeros((BLOCK_OW, BLOCK_C), dtype=tl.float32)
+        for i in range(i_lo, i_hi + 1):
+            ih0 = (i * H) // OH
+            ih1 = ((i + 1) * H + OH - 1) // OH
+            ptrs = g_ptr + f * sgf + (i * OW + js)[:, None].to(tl.int64) * sgn + offs_c[None, :] * sgc
+            g = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+            # 0 when r is outside this window (the candidate range is a superset)
+            weight = tl.where((ih0 <= r) & (r < ih1), 1.0 / (ih1 - ih0).to(tl.float32), 0.0)
+            acc += g * weight
+        p = _col_pool_matrix(OW, W, BLOCK_OW, BLOCK_W)
+        out = tl.dot(tl.trans(p), acc, input_precision="ieee")  # [BLOCK_W, BLOCK_C]
+        cols = tl.arange(0, BLOCK_W)
+        optrs = o_ptr + f * sof + (r * W + cols)[:, None].to(tl.int64) * son + offs_c[None, :] * soc
+        tl.store(optrs, out.to(o_ptr.dtype.element_ty), mask=(cols < W)[:, None] & cmask[None, :])
+
+
+def _block_c(c: int, x: Tensor) -> int:
+    # the interpreter pays per program, so it gets one wide block; GPUs get more parallel programs
+    return min(next_pow2(c), 256 if not x.is_cuda else 64)
+
+
+def _blocks(w: int, ow: int) -> dict[str, int]:
+    # tl.dot needs every dimension >= 16 on GPUs
+    return {"BLOCK_W": max(16, next_pow2(w)), "BLOCK_OW": max(16, next_pow2(ow))}
+
+
+def _launch_fwd(x: Tensor, grid: tuple[int, int], out_hw: tuple[int, int]) -> Tensor:
+    h, w = grid
+    oh, ow = out_hw
+    f, _, c = x.shape
+    out = torch.empty((f, oh * ow, c), device=x.device, dtype=out_dtype_for_kernel(x))
+    block_c = _block_c(c, x)
+    _pool_fwd_kernel[(f * oh, triton.cdiv(c, block_c))](
+        x, out, h, w, oh, ow, c, *x.stride(), *out.stride(), **_blocks(w, ow), BLOCK_C=block_c
+    )
+    return out.to(x.dtype)
+
+
+def _launch_bwd(g: Tensor, grid: tuple[int, int], out_hw: tuple[int, int], like: Tensor) -> Tensor:
+    h, w = grid
+    oh, ow = out_hw
+    f, _, c = g.shape
+    out = torch.empty((f, h * w, c), device=g.device, dtype=out_dtype_for_kernel(like))
+    block_c = _block_c(c, g)
+    _pool_bwd_kernel[(f * h, triton.cdiv(c, block_c))](
+        g, out, h, w, oh, ow, c, *g.stride(), *out.stride(), **_blocks(w, ow), BLOCK_C=block_c
+    )
+    return out.to(like.dtype)
+
+
+class _PoolTriton(torch.autograd.Function):
+    """Autograd wrapper: Triton forward and Triton backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, h: int, w: int, oh: int, ow: int) -> Tensor:  # type: ignore[override]
+        ctx.shape = (h, w, oh, ow)
+        ctx.like = torch.empty(0, dtype=x.dtype, device=x.device)
+        return _launch_fwd(x, (h, w), (oh, ow))
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        h, w, oh, ow = ctx.shape
+        return _launch_bwd(g, (h, w), (oh, ow), ctx.like), None, None, None, None
+
+
+def pool_triton(x: Tensor, grid: tuple[int, int], out_hw: tuple[int, int]) -> Tensor:
+    """Triton adaptive pooling with autograd: ``[F, h*w, C]`` -> ``[F, oh*ow, C]`` in ``x.dtype``."""
+    return _PoolTriton.apply(x, int(grid[0]), int(grid[1]), int(out_hw[0]), int(out_hw[1]))
+
+
+def adaptive_pool(
+    x: Tensor,
+    out_hw: tuple[int, int] | int,
+    grid: tuple[int, int] | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Adaptive average pooling of tokens-last ``x`` ``[F, h*w, C]`` to ``[F, oh*ow, C]`` (row-major cells).
+
+    Args:
+        x: ``[F, N, C]`` tokens, any float dtype, any strides.
+        out_hw: ``(oh, ow)`` or one side ``s`` for ``s x s``.
+        grid: ``(h, w)`` with ``h*w == N``; ``None`` infers a square grid (``N`` must be a square).
+        backend: ``auto`` (Triton on CUDA, torch elsewhere), ``triton`` or ``torch``.
+
+    Returns:
+        ``[F, oh*ow, C]`` in ``x.dtype``, differentiable on every backend.
+    """
+    if isinstance(out_hw, int):
+        out_hw = (out_hw, out_hw)
+    grid = check_pool_args(x, grid, out_hw)
+    if resolve_backend(backend, x, "pool") == "triton":
+        return pool_triton(x, grid, out_hw)
+    return pool_reference(x, grid, out_hw)

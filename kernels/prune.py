@@ -1,0 +1,172 @@
+"""Top-k token selection with optional Gumbel noise: keep ``k`` of ``N`` tokens per frame, in source order.
+
+``z = scores + noise``; the ``k`` largest ``z`` are kept, ties to the lower index (stable
+descending order), and the kept rows are returned in increasing source index.
+
+- :func:`gumbel_noise`: ``g = -log(Exp(1))`` from a torch generator (reproducible; the Triton
+  path takes the same tensor, since ``tl.rand`` cannot reproduce torch's stream).
+- :func:`select_reference` / :func:`prune_reference`: the torch path (stable sort).
+- :func:`prune_naive`: ``topk`` + ``sort`` + ``gather``, the benchmarks' straightforward version.
+- Triton: one fused kernel adds the noise, finds the k-th largest key by a 32-step radix
+  (bisection) select on order-preserving integer keys -- no sort -- and gathers the kept rows.
+- :func:`gumbel_topk`: the dispatcher, differentiable w.r.t. ``x`` on every backend.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._backend import next_pow2, out_dtype_for_kernel, resolve_backend, tl, triton
+from ._rows import gather_rows_scaled
+
+__all__ = ["gumbel_noise", "gumbel_topk", "prune_naive", "prune_reference", "prune_triton", "select_reference"]
+
+
+def gumbel_noise(shape: tuple[int, ...], device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
+    """Standard Gumbel noise ``-log(E)``, ``E ~ Exp(1)``, fp32 of ``shape``; reproducible from ``generator``."""
+    e = torch.empty(shape, device=device, dtype=torch.float32).exponential_(generator=generator)
+    return -e.clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
+def _check(x: Tensor, scores: Tensor, k: int, noise: Tensor | None) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"prune: expected x of shape [F, N, C], got shape {tuple(x.shape)}")
+    if scores.shape != x.shape[:2]:
+        raise ValueError(f"prune: scores must have shape [F, N]={tuple(x.shape[:2])}, got {tuple(scores.shape)}")
+    if noise is not None and noise.shape != scores.shape:
+        raise ValueError(f"prune: noise must have the shape of scores {tuple(scores.shape)}, got {tuple(noise.shape)}")
+    n = x.shape[1]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(f"prune: k must be an int in [1, N={n}], got {k!r}")
+
+
+def select_reference(scores: Tensor, k: int, noise: Tensor | None = None) -> Tensor:
+    """Indices ``[F, k]`` int64 (increasing) of the ``k`` largest ``scores + noise`` per row, ties to the lower index."""
+    z = scores.float() if noise is None else scores.float() + noise.float()
+    top = torch.sort(z, dim=1, descending=True, stable=True).indices[:, :k]
+    return torch.sort(top, dim=1).values
+
+
+def prune_reference(x: Tensor, scores: Tensor, k: int, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``x`` ``[F, N, C]``, ``scores``/``noise`` ``[F, N]`` -> (kept rows ``[F, k, C]``, indices ``[F, k]``)."""
+    kept = select_reference(scores, k, noise)
+    return x.gather(1, kept[..., None].expand(-1, -1, x.shape[2])), kept
+
+
+def prune_naive(x: Tensor, scores: Tensor, k: int, noise: Tensor | None = None) -> Tensor:
+    """What model code usually writes: ``topk`` (unpinned ties), re-sort indices, gather."""
+    z = scores if noise is None else scores + noise
+    kept = z.topk(k, dim=1).indices.sort(dim=1).values
+    return x.gather(1, kept[..., None].expand(-1, -1, x.shape[2]))
+
+
+if triton is not None:
+
+    @triton.jit
+    def _prune_kernel(
+        x_ptr, s_ptr, g_ptr, o_ptr, i_ptr, N, C, K,
+        sxf, sxn, sxc, ssf, ssn, sgf, sgn, sof, sok, soc, sif, sik,
+        HAS_NOISE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):  # fmt: skip
+        # one program = one frame x one block of channels; the (cheap) selection is recomputed per
+        # channel block so that no program waits on another
+        f = tl.program_id(0).to(tl.int64)
+        pc = tl.program_id(1)
+        offs_n = tl.arange(0, BLOCK_N)
+        nmask = offs_n < N
+        z = tl.load(s_ptr + f * ssf + offs_n * ssn, mask=nmask, other=0.0).to(tl.float32)
+        if HAS_NOISE:
+            z += tl.load(g_ptr + f * sgf + offs_n * sgn, mask=nmask, other=0.0).to(tl.float32)
+        z = tl.where(nmask, z + 0.0, float("-inf"))  # + 0.0 turns -0.0 into +0.0 (they compare equal)
+        # order-preserving int32 key: flip the magnitude bits of negative floats
+        bits = z.to(tl.int32, bitcast=True)
+        key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
+        # bisection for T = the k-th largest key: largest T with count(key >= T) >= K
+        lo = tl.full((), -(2**31), tl.int64)
+        hi = tl.full((), 2**31 - 1, tl.int64)
+        for _ in range(32):
+            mid = lo + (hi - lo + 1) // 2
+            enough = tl.sum((key >= mid).to(tl.int32), axis=0) >= K
+            lo = tl.where(enough, mid, lo)
+            hi = tl.where(enough, hi, mid - 1)
+        above = key > lo
+        tie = (key == lo) & nmask
+        need = K - tl.sum(above.to(tl.int32), axis=0)
+        # among equal keys keep the lowest indices: rank them by an inclusive prefix count
+        keep = above | (tie & (tl.cumsum(tie.to(tl.int32), axis=0) <= need))
+        slot = tl.cumsum(keep.to(tl.int32), axis=0) - 1
+        # only channel block 0 writes the indices (a vector test: scalar-bool masks break the interpreter)
+        tl.store(i_ptr + f * sif + slot * sik, offs_n.to(tl.int64), mask=keep & ((offs_n * 0 + pc) == 0))
+        offs_c = pc * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = offs_c < C
+        m2 = keep[:, None] & cmask[None, :]
+        rows = tl.load(x_ptr + f * sxf + offs_n[:, None].to(tl.int64) * sxn + offs_c[None, :] * sxc, mask=m2, other=0.0)
+        optrs = o_ptr + f * sof + slot[:, None].to(tl.int64) * sok + offs_c[None, :] * soc
+        tl.store(optrs, rows.to(o_ptr.dtype.element_ty), mask=m2)
+
+
+def _prune_launch(x: Tensor, scores: Tensor, k: int, noise: Tensor | None) -> tuple[Tensor, Tensor]:
+    f, n, c = x.shape
+    # under the interpreter bf16 handling is unreliable: the kernel copies through fp32 there
+    out = torch.empty((f, k, c), device=x.device, dtype=out_dtype_for_kernel(x))
+    kept = torch.empty((f, k), device=x.device, dtype=torch.int64)
+    block_n = next_pow2(n)
+    block_c = min(next_pow2(c), 256 if not x.is_cuda else max(1, 16384 // block_n))
+    g = noise if noise is not None else scores  # never read when HAS_NOISE is false
+    _prune_kernel[(f, triton.cdiv(c, block_c))](
+        x, scores, g, out, kept, n, c, k,
+        *x.stride(), *scores.stride(), *g.stride(), *out.stride(), *kept.stride(),
+        HAS_NOISE=noise is not None, BLOCK_N=block_n, BLOCK_C=block_c,
+    )  # fmt: skip
+    return out.to(x.dtype), kept
+
+
+class _PruneTriton(torch.autograd.Function):
+    """Autograd wrapper: fused Triton select+gather forward; backward sends each output row's
+    gradient back to its source row (a Triton row gather, zero for pruned rows)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scores: Tensor, k: int, noise: Tensor | None):  # type: ignore[override]
+        out, kept = _prune_launch(x, scores, k, noise)
+        ctx.save_for_backward(kept)
+        ctx.n, ctx.dtype = x.shape[1], x.dtype
+        ctx.mark_non_differentiable(kept)
+        return out, kept
+
+    @staticmethod
+    def backward(ctx, g: Tensor, _g_kept: Tensor | None):  # type: ignore[override]
+        (kept,) = ctx.saved_tensors
+        f, k = kept.shape
+        slot = torch.zeros((f, ctx.n), dtype=torch.long, device=g.device)
+        slot.scatter_(1, kept, torch.arange(k, device=g.device).expand(f, k))
+        coef = torch.zeros((f, ctx.n), dtype=torch.float32, device=g.device).scatter_(1, kept, 1.0)
+        return gather_rows_scaled(g, slot, coef, ctx.dtype, use_triton=True), None, None, None
+
+
+def prune_triton(x: Tensor, scores: Tensor, k: int, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Triton version of :func:`prune_reference` (same arguments and results), differentiable w.r.t. ``x``."""
+    return _PruneTriton.apply(x, scores, k, noise)
+
+
+def gumbel_topk(
+    x: Tensor, scores: Tensor, k: int, noise: Tensor | None = None, backend: str = "auto"
+) -> tuple[Tensor, Tensor]:
+    """Keep the ``k`` tokens of largest ``scores + noise`` per frame, in source order.
+
+    Args:
+        x: ``[F, N, C]`` tokens.
+        scores: ``[F, N]`` scores (any float dtype; compared in fp32).
+        k: tokens to keep, in ``[1, N]``.
+        noise: ``[F, N]`` additive noise (e.g. :func:`gumbel_noise`), or ``None`` for the deterministic top-k.
+        backend: ``auto`` (Triton on CUDA, torch elsewhere), ``triton`` or ``torch``.
+
+    Returns:
+        (``[F, k, C]`` kept rows in ``x.dtype``, ``[F, k]`` int64 increasing source indices).
+        Gradients flow to ``x`` only; the scores get theirs through a straight-through term
+        the caller adds (see the ``prune`` compressor).
+    """
+    _check(x, scores, k, noise)
+    if resolve_backend(backend, x, "prune") == "triton":
+        return prune_triton(x, scores.detach(), k, None if noise is None else noise.detach())
+    return prune_reference(x, scores.detach(), k, None if noise is None else noise.detach())

@@ -1,0 +1,398 @@
+"""ToMe bipartite soft matching, repeated until at most ``tokens`` tokens per frame remain.
+
+One round on ``n`` tokens (keys ``k`` ``[F, n, Ck]``, sizes ``[F, n]``):
+
+1. A = even positions, B = odd positions; cosine score of every A with every B.
+2. Each A's best B: max score, first (lowest) B index on ties.
+3. A rows ordered by best score, stable descending (ties: lower A index first); the first
+   ``r = min(n - tokens, n // 2)`` merge into their B by size-weighted mean.
+4. The ``n - r`` survivors are ordered by their size-weighted centroid (stable), so the
+   sequence stays in source spatial order and the next round's A/B alternation is spatial.
+
+Bookkeeping on ``[F, n]`` integers and sizes (:func:`plan_round`) is torch for every backend;
+the two heavy steps have a reference and a Triton kernel each:
+
+- match: fused ``(A @ B^T) * inv_norm`` + row max/argmax, never materialising the scores;
+- merge: a segmented (CSR) scatter-mean that writes the survivors in their final order.
+
+The rounds run in fp32 whatever the input dtype; the result is rounded once to ``x.dtype``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ._backend import next_pow2, resolve_backend, tl, triton
+from ._rows import gather_rows_scaled
+
+__all__ = [
+    "RoundPlan",
+    "TomeResult",
+    "match_reference",
+    "match_triton",
+    "merge_reference",
+    "merge_triton",
+    "plan_round",
+    "tome_merge",
+    "tome_naive",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# match: each A row's best B
+
+
+def inv_norm(keys: Tensor) -> Tensor:
+    """``[F, n, Ck]`` keys -> ``[F, n]`` fp32 reciprocal L2 norms (zero keys get ``1e12``, not inf)."""
+    return torch.linalg.vector_norm(keys, dim=-1, dtype=torch.float32).clamp_min(1e-12).reciprocal()
+
+
+def match_reference(keys: Tensor, inv: Tensor) -> tuple[Tensor, Tensor]:
+    """Best B for each A: ``keys`` ``[F, n, Ck]``, ``inv`` ``[F, n]`` -> (max ``[F, ceil(n/2)]`` fp32,
+    argmax ``[F, ceil(n/2)]`` int64, first index on ties). Needs ``n >= 2``."""
+    k = keys.float()
+    scores = torch.bmm(k[:, 0::2], k[:, 1::2].transpose(1, 2)) * inv[:, 0::2, None] * inv[:, None, 1::2]
+    best, idx = scores.max(dim=-1)  # documented: first maximal index on ties
+    return best, idx
+
+
+if triton is not None:
+
+    @triton.jit
+    def _match_kernel(
+        k_ptr, inv_ptr, max_ptr, idx_ptr, NA, NB, CK,
+        skf, skn, skc, sif, sin, smf, sma, sxf, sxa,
+        BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
+        # one program = a block of A rows of one frame; B is streamed in blocks, keeping only a
+        # running (max, argmax) per row
+        f = tl.program_id(0).to(tl.int64)
+        offs_a = tl.program_id(1) * BLOCK_A + tl.arange(0, BLOCK_A)
+        amask = offs_a < NA
+        tok_a = (2 * offs_a).to(tl.int64)
+        inv_a = tl.load(inv_ptr + f * sif + tok_a * sin, mask=amask, other=0.0)
+        best = tl.full((BLOCK_A,), float("-inf"), tl.float32)
+        best_idx = tl.zeros((BLOCK_A,), tl.int32)
+        for j0 in range(0, NB, BLOCK_B):
+            offs_b = j0 + tl.arange(0, BLOCK_B)
+            bmask = offs_b < NB
+            tok_b = (2 * offs_b + 1).to(tl.int64)
+            acc = tl.zeros((BLOCK_A, BLOCK_B), tl.float32)
+            for k0 in range(0, CK, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                kmask = offs_k < CK
+                a = tl.load(
+                    k_ptr + f * skf + tok_a[:, None] * skn + offs_k[None, :] * skc,
+                    mask=amask[:, None] & kmask[None, :], other=0.0,
+                ).to(tl.float32)  # fmt: skip
+                b = tl.load(
+                    k_ptr + f * skf + tok_b[:, None] * skn + offs_k[None, :] * skc,
+                    mask=bmask[:, None] & kmask[None, :], other=0.0,
+                ).to(tl.float32)  # fmt: skip
+                acc += tl.dot(a, tl.trans(b), input_precision="ieee")
+            inv_b = tl.load(inv_ptr + f * sif + tok_b * sin, mask=bmask, other=0.0)
+            s = acc * inv_a[:, None] * inv_b[None, :]
+            s = tl.where(bmask[None, :], s, float("-inf"))
+            m, i = tl.max(s, axis=1, return_indices=True)
+            # strict ">" so an earlier block keeps a tie: lowest B index wins overall
+            better = m > best
+            best_idx = tl.where(better, i + j0, best_idx)
+            best = tl.where(better, m, best)
+        tl.store(max_ptr + f * smf + offs_a * sma, best, mask=amask)
+        tl.store(idx_ptr + f * sxf + offs_a * sxa, best_idx, mask=amask)
+
+
+def match_triton(keys: Tensor, inv: Tensor) -> tuple[Tensor, Tensor]:
+    """Triton version of :func:`match_reference` (same arguments and results)."""
+    f, n, ck = keys.shape
+    na, nb = (n + 1) // 2, n // 2
+    best = torch.empty((f, na), device=keys.device, dtype=torch.float32)
+    idx = torch.empty((f, na), device=keys.device, dtype=torch.int32)
+    if keys.is_cuda:
+        block_a, block_b, block_k = 64, 64, min(64, max(16, next_pow2(ck)))
+    else:  # the interpreter pays per program and per op, not per element: few, large blocks
+        block_a, block_b, block_k = max(16, min(next_pow2(na), 512)), max(16, min(next_pow2(nb), 512)), max(16, min(next_pow2(ck), 256))
+    _match_kernel[(f, triton.cdiv(na, block_a))](
+        keys, inv, best, idx, na, nb, ck, *keys.stride(), *inv.stride(), *best.stride(), *idx.stride(),
+        BLOCK_A=block_a, BLOCK_B=block_b, BLOCK_K=block_k,
+    )  # fmt: skip
+    return best, idx.long()
+
+
+# ---------------------------------------------------------------------------------------------
+# plan: which tokens merge where, and the survivors' order
+
+
+@dataclass
+class RoundPlan:
+    """Index bookkeeping of one merge round (``n`` tokens -> ``m = n - r``), all ``[F, *]`` tensors.
+
+    Attributes:
+        kept: ``[F, m]`` int64 old index of the token that survives in each new slot (slots in
+            centroid order).
+        slot_of_old: ``[F, n]`` int64 new slot every old token ends up in.
+        src: ``[F, r]`` int64 old indices of the merged A tokens, grouped by destination slot
+            (stable: within a slot, in descending-score order).
+        start: ``[F, m]`` int64 offset into ``src`` of each slot's sources; ``count``: how many.
+        size: ``[F, m]`` fp32 token sizes after the round; ``psum``: ``[F, m]`` summed source indices.
+        merged: ``[F, r]`` int64 old indices of merged A tokens, descending score order;
+            ``merged_into``: ``[F, r]`` old index of the B token each merged into.
+    """
+
+    kept: Tensor
+    slot_of_old: Tensor
+    src: Tensor
+    start: Tensor
+    count: Tensor
+    size: Tensor
+    psum: Tensor
+    merged: Tensor
+    merged_into: Tensor
+
+
+def plan_round(best: Tensor, best_idx: Tensor, size: Tensor, psum: Tensor, r: int) -> RoundPlan:
+    """Decide one round from match results: ``best``/``best_idx`` ``[F, ceil(n/2)]``, ``size``/``psum``
+    ``[F, n]`` fp32, ``r`` merges per frame -> :class:`RoundPlan`."""
+    f, n = size.shape
+    m = n - r
+    # pinned tie rule: stable descending sort, equal scores keep the lower A index first
+    order = torch.sort(best, dim=1, descending=True, stable=True).indices
+    merged_a = order[:, :r]
+    merged = 2 * merged_a
+    merged_into = 2 * best_idx.gather(1, merged_a) + 1
+    keep = torch.ones((f, n), dtype=torch.bool, device=size.device)
+    keep.scatter_(1, merged, False)
+    # survivors in old order (stable sort puts the False=0 keys, i.e. kept, first)
+    survivors = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :m]
+    size_all = size.scatter_add(1, merged_into, size.gather(1, merged))
+    psum_all = psum.scatter_add(1, merged_into, psum.gather(1, merged))
+    new_size = size_all.gather(1, survivors)
+    new_psum = psum_all.gather(1, survivors)
+    # final slot order: by centroid, stable (ties keep the old order)
+    perm = torch.sort(new_psum / new_size, dim=1, stable=True).indices
+    kept = survivors.gather(1, perm)
+    new_size = new_size.gather(1, perm)
+    new_psum = new_psum.gather(1, perm)
+    slots = torch.arange(m, device=size.device).expand(f, m)
+    slot_of_old = torch.empty((f, n), dtype=torch.long, device=size.device)
+    slot_of_old.scatter_(1, kept, slots)
+    src_slot = slot_of_old.gather(1, merged_into)
+    slot_of_old.scatter_(1, merged, src_slot)
+    by_slot = torch.sort(src_slot, dim=1, stable=True).indices
+    src = merged.gather(1, by_slot)
+    count = torch.zeros((f, m), dtype=torch.long, device=size.device).scatter_add_(1, src_slot, torch.ones_like(src_slot))
+    start = torch.cumsum(count, dim=1) - count
+    return RoundPlan(kept, slot_of_old, src, start, count, new_size, new_psum, merged, merged_into)
+
+
+# ---------------------------------------------------------------------------------------------
+# merge: size-weighted scatter-mean into the new slots
+
+
+def merge_reference(x: Tensor, weight: Tensor, plan: RoundPlan) -> Tensor:
+    """Size-weighted means: ``x`` ``[F, n, C]``, ``weight`` ``[F, n]`` -> ``[F, m, C]`` fp32.
+
+    Slot ``t`` = (sum of ``weight*x`` over its survivor and its sources) / (sum of their weights).
+    """
+    f, n, c = x.shape
+    m = plan.kept.shape[1]
+    w = weight.float()
+    idx = plan.slot_of_old
+    acc = torch.zeros((f, m, c), device=x.device, dtype=torch.float32)
+    acc.scatter_add_(1, idx[..., None].expand(f, n, c), x.float() * w[..., None])
+    total = torch.zeros((f, m), device=x.device, dtype=torch.float32).scatter_add(1, idx, w)
+    return acc / total[..., None]
+
+
+if triton is not None:
+
+    @triton.jit
+    def _merge_kernel(
+        x_ptr, w_ptr, kept_ptr, src_ptr, start_ptr, count_ptr, o_ptr, M, C,
+        sxf, sxn, sxc, swf, swn, skf, skm, ssf, ssr, stf, stm, scf, scm, sof, som, soc,
+        BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):  # fmt: skip
+        # one program = a block of new slots x a block of channels of one frame; each slot reads
+        # its survivor row and its (CSR-listed) merged sources: a gather, so no atomics
+        f = tl.program_id(0).to(tl.int64)
+        offs_t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+        offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+        tmask = offs_t < M
+        cmask = offs_c < C
+        m2 = tmask[:, None] & cmask[None, :]
+        own = tl.load(kept_ptr + f * skf + offs_t * skm, mask=tmask, other=0).to(tl.int64)
+        w_own = tl.load(w_ptr + f * swf + own * swn, mask=tmask, other=1.0).to(tl.float32)
+        row = tl.load(x_ptr + f * sxf + own[:, None] * sxn + offs_c[None, :] * sxc, mask=m2, other=0.0)
+        acc = row.to(tl.float32) * w_own[:, None]
+        total = w_own
+        start = tl.load(start_ptr + f * stf + offs_t * stm, mask=tmask, other=0)
+        count = tl.load(count_ptr + f * scf + offs_t * scm, mask=tmask, other=0)
+        for k in range(0, tl.max(count, axis=0)):
+            valid = tmask & (k < count)
+            s = tl.load(src_ptr + f * ssf + (start + k) * ssr, mask=valid, other=0).to(tl.int64)
+            ws = tl.load(w_ptr + f * swf + s * swn, mask=valid, other=0.0).to(tl.float32)
+            vs = tl.load(x_ptr + f * sxf + s[:, None] * sxn + offs_c[None, :] * sxc, mask=valid[:, None] & cmask[None, :], other=0.0)
+            acc += vs.to(tl.float32) * ws[:, None]
+            total += ws
+        out = acc / total[:, None]
+        tl.store(o_ptr + f * sof + offs_t[:, None].to(tl.int64) * som + offs_c[None, :] * soc, out, mask=m2)
+
+
+def _merge_launch(x: Tensor, weight: Tensor, plan: RoundPlan) -> Tensor:
+    f, _, c = x.shape
+    m = plan.kept.shape[1]
+    out = torch.empty((f, m, c), device=x.device, dtype=torch.float32)
+    if x.is_cuda:
+        block_t, block_c = 16, min(128, next_pow2(c))
+    else:
+        block_t, block_c = min(next_pow2(m), 1024), min(next_pow2(c), 256)
+    w = weight.float()
+    grid = (f, triton.cdiv(m, block_t), triton.cdiv(c, block_c))
+    _merge_kernel[grid](
+        x, w, plan.kept, plan.src, plan.start, plan.count, out, m, c,
+        *x.stride(), *w.stride(), *plan.kept.stride(), *plan.src.stride(), *plan.start.stride(),
+        *plan.count.stride(), *out.stride(), BLOCK_T=block_t, BLOCK_C=block_c,
+    )  # fmt: skip
+    return out
+
+
+class _MergeTriton(torch.autograd.Function):
+    """Autograd wrapper of the Triton merge.
+
+    Backward: every old token feeds exactly one slot, so ``dx[i] = g[slot(i)] * w[i] / W[slot(i)]``
+    (a Triton row gather); ``dw[i] = <g[slot(i)], x[i] - out[slot(i)]> / W[slot(i)]`` in torch,
+    only when the weights need a gradient (learned keys).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, plan: RoundPlan) -> Tensor:  # type: ignore[override]
+        out = _merge_launch(x, weight, plan)
+        ctx.plan = plan
+        ctx.save_for_backward(x, weight, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        x, weight, out = ctx.saved_tensors
+        plan: RoundPlan = ctx.plan
+        w = weight.float()
+        total = torch.zeros_like(plan.size).scatter_add(1, plan.slot_of_old, w).gather(1, plan.slot_of_old)
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = gather_rows_scaled(g, plan.slot_of_old, w / total, x.dtype, use_triton=True)
+        if ctx.needs_input_grad[1]:
+            c = x.shape[2]
+            idx = plan.slot_of_old[..., None].expand(-1, -1, c)
+            dw = ((g.gather(1, idx) * (x.float() - out.gather(1, idx))).sum(-1) / total).to(weight.dtype)
+        return dx, dw, None
+
+
+def merge_triton(x: Tensor, weight: Tensor, plan: RoundPlan) -> Tensor:
+    """Triton version of :func:`merge_reference` (same arguments and result), differentiable."""
+    return _MergeTriton.apply(x, weight, plan)
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole compressor
+
+
+@dataclass
+class TomeResult:
+    """Output of :func:`tome_merge`: ``x`` ``[F, M, C]`` (input dtype), ``positions`` ``[F, M]`` fp32
+    size-weighted centroid index (non-decreasing), ``size`` ``[F, M]`` fp32 source tokens per output."""
+
+    x: Tensor
+    positions: Tensor
+    size: Tensor
+
+
+def tome_merge(
+    x: Tensor,
+    tokens: int,
+    key_fn: Callable[[Tensor], Tensor] | None = None,
+    backend: str = "auto",
+    key_grad: bool = False,
+) -> TomeResult:
+    """Merge ``x`` ``[F, N, C]`` by repeated bipartite soft matching until at most ``tokens`` per frame remain.
+
+    Args:
+        x: ``[F, N, C]`` tokens in source (row-major) order.
+        tokens: target count in ``[1, N]``; the result has exactly ``min(N, tokens)`` tokens.
+        key_fn: maps the current fp32 tokens ``[F, n, C]`` to keys ``[F, n, Ck]``; ``None`` = the tokens.
+        backend: ``auto`` (Triton on CUDA, torch elsewhere), ``triton`` or ``torch``.
+        key_grad: give ``key_fn`` a gradient through a straight-through factor on each merged
+            token's weight (``1 + s - s.detach()``, ``s`` its match score): values are unchanged.
+
+    Returns:
+        :class:`TomeResult`. Every backend is differentiable w.r.t. ``x``.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"tome: expected x of shape [F, N, C], got shape {tuple(x.shape)}")
+    f, n, _ = x.shape
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= n:
+        raise ValueError(f"tome: tokens must be an int in [1, N={n}], got {tokens!r}")
+    use_triton = resolve_backend(backend, x, "tome") == "triton"
+    match = match_triton if use_triton else match_reference
+    merge = merge_triton if use_triton else merge_reference
+    size = torch.ones((f, n), device=x.device, dtype=torch.float32)
+    psum = torch.arange(n, device=x.device, dtype=torch.float32).expand(f, n)
+    cur = x
+    while n > tokens:
+        r = min(n - tokens, n // 2)
+        keys = cur if key_fn is None else key_fn(cur.float())
+        best, best_idx = match(keys.detach(), inv_norm(keys.detach()))
+        plan = plan_round(best, best_idx, size, psum, r)
+        weight = size
+        if key_grad and keys.requires_grad:
+            weight = size.scatter(1, plan.merged, size.gather(1, plan.merged) * _st_factor(keys, plan))
+        cur = merge(cur, weight, plan)
+        size, psum, n = plan.size, plan.psum, n - r
+    return TomeResult(cur.to(x.dtype), psum / size, size)
+
+
+def _st_factor(keys: Tensor, plan: RoundPlan) -> Tensor:
+    """``[F, r]`` ones whose gradient is that of each merged pair's cosine score."""
+    c = keys.shape[2]
+    a = keys.gather(1, plan.merged[..., None].expand(-1, -1, c)).float()
+    b = keys.gather(1, plan.merged_into[..., None].expand(-1, -1, c)).float()
+    s = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    return 1.0 + (s - s.detach())
+
+
+# ---------------------------------------------------------------------------------------------
+# baseline for benchmarks
+
+
+def tome_naive(x: Tensor, tokens: int) -> Tensor:
+    """ToMe as usually written (normalise, full score matrix, argsort, gather/scatter_reduce, cat),
+    repeated until ``tokens`` remain; the benchmarks' "straightforward reference".
+
+    ``[F, N, C]`` -> ``[F, tokens, C]`` in ToMe's order (unmerged A then B), not spatial order.
+    """
+    f, n, c = x.shape
+    size = torch.ones((f, n, 1), device=x.device, dtype=x.dtype)
+    while n > tokens:
+        r = min(n - tokens, n // 2)
+        metric = x / x.norm(dim=-1, keepdim=True)
+        a, b = metric[:, ::2], metric[:, 1::2]
+        scores = a @ b.transpose(-1, -2)
+        node_max, node_idx = scores.max(dim=-1)
+        edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
+        unm_idx, src_idx = edge_idx[:, r:], edge_idx[:, :r]
+        dst_idx = node_idx[..., None].gather(1, src_idx)
+        xs = x * size
+        merged = []
+        for t in (xs, size):
+            ta, tb = t[:, ::2], t[:, 1::2]
+            d = t.shape[-1]
+            unm = ta.gather(1, unm_idx.expand(-1, -1, d))
+            src = ta.gather(1, src_idx.expand(-1, -1, d))
+            tb = tb.scatter_reduce(1, dst_idx.expand(-1, -1, d), src, reduce="sum")
+            merged.append(torch.cat([unm, tb], dim=1))
+        x, size = merged[0] / merged[1], merged[1]
+        n -= r
+    return x
