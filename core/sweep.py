@@ -1,0 +1,343 @@
+"""``dynvlm run`` / ``lightning run``: one config, or the grid of its ``sweep:``.
+
+A sweep file names a base config and a grid of dotted keys::
+
+    base: synthetic.yaml
+    sweep:
+      model.compressor.name: [pool, tome, prune]
+      budget.tokens_per_frame: [4, 16, 64]
+      seed: [0, 1]
+
+Each point fits (in ``<output_dir>/<name>/points/<slug>/``), is tested, and appends one row
+to ``<output_dir>/<name>/results.csv``. The CSV is rewritten atomically after every point, a
+point whose row is already there is skipped on re-run, and an interrupted point resumes from
+its ``last.ckpt``. At the end ``results.md`` (a compressor x tokens table with the seed
+spread) and ``accuracy_vs_tokens.png`` are written beside it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from .config import apply_point, sweep_points
+
+RESULTS = "results.csv"
+COMPRESSOR_KEY = "model.compressor.name"
+TOKENS_KEY = "budget.tokens_per_frame"
+
+
+def run(cfg: DictConfig | Mapping[str, Any], config_path: str | None = None, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Fit then test ``cfg``; or, when it has ``sweep:``, every point of its grid (see module doc)."""
+    data = _plain(cfg)
+    if data.get("sweep"):
+        return run_sweep(data, callbacks=callbacks)
+    return run_point(data, callbacks=callbacks)
+
+
+def run_point(data: Mapping[str, Any], callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Fit and test one config; returns fit results, test metrics and timing."""
+    from . import train
+
+    stats = RunStats()
+    t0 = time.perf_counter()
+    fitted = train.fit(OmegaConf.create(dict(data)), callbacks=[stats, *callbacks])
+    if fitted.get("interrupted"):
+        raise KeyboardInterrupt(f"fit of {fitted['run_dir']} was interrupted; re-run to resume from its last checkpoint")
+    t1 = time.perf_counter()
+    tested = train.test(OmegaConf.create(dict(data)), checkpoint=fitted.get("checkpoint"))
+    t2 = time.perf_counter()
+    return {**fitted, **tested, **stats.summary(), "fit_s": round(t1 - t0, 2), "test_s": round(t2 - t1, 2)}
+
+
+def point_slug(point: Mapping[str, Any]) -> str:
+    """A folder-safe, stable name for a sweep point, e.g. ``compressor.name=pool,tokens_per_frame=16``."""
+    parts = []
+    for key, value in point.items():
+        short = key.removeprefix("model.").removeprefix("budget.")
+        parts.append(f"{short}={value}")
+    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", ",".join(parts))
+
+
+def run_sweep(data: Mapping[str, Any], callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Run every point of ``data['sweep']`` not yet in ``results.csv``; write the summary files."""
+    from tqdm.auto import tqdm
+
+    base = {k: v for k, v in data.items() if k != "sweep"}
+    name = str(base.get("name") or "sweep")
+    out = Path(str(base.get("output_dir") or "runs")) / name
+    out.mkdir(parents=True, exist_ok=True)
+    points = sweep_points(data["sweep"])
+    rows = read_results(out / RESULTS)
+    done = {r["point"] for r in rows}
+    todo = [p for p in points if point_slug(p) not in done]
+    bar = tqdm(points, desc=f"sweep {name}", unit="point", initial=len(points) - len(todo))
+    for point in todo:
+        slug = point_slug(point)
+        bar.set_postfix_str(slug)
+        point_data = apply_point(base, point)
+        point_data["name"] = f"{name}/points/{slug}"
+        result = run_point(point_data, callbacks=callbacks)
+        rows.append(result_row(slug, point, point_data, result))
+        write_results(out / RESULTS, rows)
+        bar.update(1)
+    bar.close()
+    summary = write_summary(out, rows, list(data["sweep"]))
+    return {"results": str(out / RESULTS), "points": len(points), "ran": len(todo), **summary}
+
+
+def result_row(slug: str, point: Mapping[str, Any], data: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
+    """One CSV row: the point's keys, accuracy overall and per family, cost and provenance."""
+    row: dict[str, Any] = {"point": slug, **{k: v for k, v in point.items()}}
+    row["compressor"] = (data.get("model") or {}).get("compressor", {}).get("name", "")
+    row["tokens_per_frame"] = (data.get("budget") or {}).get("tokens_per_frame", "")
+    row["seed"] = data.get("seed", 0)
+    row["accuracy"] = result.get("test/acc", "")
+    for key, value in sorted(result.items()):
+        if key.startswith("test/acc/"):
+            row[f"acc/{key.removeprefix('test/acc/')}"] = value
+        elif key.startswith("test/ceiling"):
+            row[key.removeprefix("test/")] = value
+    for key in ("visual_tokens", "frames", "tokens_per_frame"):
+        for source in (f"test/{key}", f"train/{key}"):
+            if source in result:
+                row[f"{key}_per_sample" if key != "tokens_per_frame" else "mean_tokens_per_frame"] = round(float(result[source]), 2)
+                break
+    for key in ("step_time_s", "peak_memory_mb", "fit_s", "test_s", "global_step"):
+        row[key] = result.get(key, "")
+    row["plugins"] = json.dumps(_provenance(result.get("run_dir")), sort_keys=True)
+    return row
+
+
+def _provenance(run_dir: str | None) -> dict[str, str]:
+    if not run_dir:
+        return {}
+    logs = sorted(Path(run_dir).glob("logs/version_*/hparams.yaml"))
+    if not logs:
+        return {}
+    hparams = OmegaConf.to_container(OmegaConf.load(logs[-1]))
+    return dict(hparams.get("provenance") or {}) if isinstance(hparams, dict) else {}
+
+
+# -- results files ---------------------------------------------------------------------------
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """Rows of a results CSV (empty when it does not exist)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_results(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write ``rows`` to ``path`` atomically (a temp file in the same folder, then rename)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_summary(out: Path, rows: Sequence[Mapping[str, Any]], sweep_keys: Sequence[str]) -> dict[str, Any]:
+    """``results.md`` and ``accuracy_vs_tokens.png`` from the rows; returns their paths."""
+    cells = _cells(rows)
+    (out / "results.md").write_text(results_markdown(rows, cells, sweep_keys))
+    plot = out / "accuracy_vs_tokens.png"
+    if cells:
+        plot_accuracy(cells, plot)
+    return {"results_md": str(out / "results.md"), "plot": str(plot) if cells else None}
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _cells(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], list[float]]:
+    """``(compressor, tokens per frame) -> accuracies`` over seeds."""
+    cells: dict[tuple[str, int], list[float]] = {}
+    for row in rows:
+        acc, tokens = _float(row.get("accuracy")), _float(row.get("tokens_per_frame"))
+        if acc is None or tokens is None:
+            continue
+        cells.setdefault((str(row.get("compressor", "")), int(tokens)), []).append(acc)
+    return cells
+
+
+def results_markdown(rows: Sequence[Mapping[str, Any]], cells: Mapping[tuple[str, int], list[float]], sweep_keys: Sequence[str]) -> str:
+    """A compressor x tokens-per-frame accuracy table (mean ± seed spread), then every row."""
+    lines = ["# Results", ""]
+    if cells:
+        compressors = sorted({c for c, _ in cells})
+        tokens = sorted({t for _, t in cells})
+        lines += ["Accuracy (%) by compressor and tokens per frame; ± is the range across seeds.", ""]
+        lines.append("| compressor | " + " | ".join(f"M={t}" for t in tokens) + " |")
+        lines.append("|---|" + "---|" * len(tokens))
+        for comp in compressors:
+            vals = []
+            for t in tokens:
+                accs = cells.get((comp, t))
+                vals.append(_fmt_cell(accs) if accs else "—")
+            lines.append(f"| {comp} | " + " | ".join(vals) + " |")
+        lines += ["", *findings(cells), ""]
+    columns = [c for c in ("point", "seed", "accuracy", "visual_tokens_per_sample", "frames_per_sample", "step_time_s", "peak_memory_mb") if any(c in r for r in rows)]
+    if rows:
+        lines += ["## All points", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for row in rows:
+            lines.append("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_cell(accs: Sequence[float]) -> str:
+    mean = 100 * statistics.fmean(accs)
+    if len(accs) == 1:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {100 * (max(accs) - min(accs)) / 2:.1f}"
+
+
+def findings(cells: Mapping[tuple[str, int], list[float]]) -> list[str]:
+    """Plain statements read off the numbers: best-worst gap vs seed spread, peak position."""
+    means = {k: statistics.fmean(v) for k, v in cells.items()}
+    spreads = [max(v) - min(v) for v in cells.values() if len(v) > 1]
+    out = []
+    best, worst = max(means, key=means.get), min(means, key=means.get)
+    gap = means[best] - means[worst]
+    out.append(f"- Best: {best[0]} at M={best[1]} ({100 * means[best]:.1f} %); worst: {worst[0]} at M={worst[1]} ({100 * means[worst]:.1f} %); gap {100 * gap:.1f} points.")
+    if spreads:
+        noise = max(spreads)
+        verdict = "more" if gap > 2 * noise else "not more"
+        out.append(f"- Largest seed spread (max − min over seeds of one setting): {100 * noise:.1f} points; the best–worst gap is {verdict} than twice that.")
+    else:
+        noise = None
+        out.append("- Only one seed per setting: seed noise is not measured, so no difference can be called beyond noise.")
+    for comp in sorted({c for c, _ in cells}):
+        series = sorted((t, means[(c, t)]) for c, t in means if c == comp)
+        if len(series) >= 3:
+            peak = max(range(len(series)), key=lambda i: series[i][1])
+            where = "at a middle" if 0 < peak < len(series) - 1 else "at an end"
+            out.append(f"- {comp}: accuracy peaks {where} tokens per frame (M={series[peak][0]}).")
+    tokens = sorted({t for _, t in cells})
+    for t in tokens:
+        at_t = {c: means[(c, t)] for c, tt in means if tt == t}
+        if len(at_t) >= 2 and noise is not None:
+            spread_t = max(at_t.values()) - min(at_t.values())
+            beyond = "beyond" if spread_t > 2 * noise else "within"
+            out.append(f"- M={t}: compressors differ by {100 * spread_t:.1f} points, {beyond} seed noise.")
+    return out
+
+
+def plot_accuracy(cells: Mapping[tuple[str, int], list[float]], path: Path) -> None:
+    """Accuracy vs tokens per frame, one line per compressor, bars spanning the seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for comp in sorted({c for c, _ in cells}):
+        series = sorted((t, v) for (c, t), v in cells.items() if c == comp)
+        xs = [t for t, _ in series]
+        ys = [100 * statistics.fmean(v) for _, v in series]
+        lo = [y - 100 * min(v) for y, (_, v) in zip(ys, series)]
+        hi = [100 * max(v) - y for y, (_, v) in zip(ys, series)]
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=comp)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("visual tokens per frame (M)")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# -- measurements ----------------------------------------------------------------------------
+
+
+class RunStats(pl.Callback):
+    """A Lightning callback timing training steps and reading peak memory for one fit.
+
+    Peak memory is the GPU's max allocated bytes on CUDA, otherwise the process's peak
+    resident set (``VmHWM``), reset at the start of the fit where Linux allows it.
+    """
+
+    def __init__(self) -> None:
+        self.step_times: list[float] = []
+        self._t: float | None = None
+        self.peak_mb: float | None = None
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                pass
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._t is not None:
+            self.step_times.append(time.perf_counter() - self._t)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            self.peak_mb = _vm_hwm_mb()
+
+    def summary(self) -> dict[str, Any]:
+        """Median step time (first steps, which warm up kernels, excluded when there are many)."""
+        times = self.step_times[3:] if len(self.step_times) > 6 else self.step_times
+        return {
+            "step_time_s": round(statistics.median(times), 4) if times else "",
+            "peak_memory_mb": round(self.peak_mb, 1) if self.peak_mb is not None else "",
+        }
+
+
+def _vm_hwm_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(cfg, DictConfig):
+        out = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(out, dict)
+        return out
+    return dict(cfg)
