@@ -55,8 +55,10 @@ class DataConfig:
     num_workers: int = 0
     on_error: Literal["skip", "raise"] = "skip"
     backend: Literal["auto", "decord", "pyav"] = "auto"
-    synth: dict[str, Any] | None = None  # generate synthetic data first: kwargs of the generator
-    max_samples: int | None = None
+    synth: dict[str, Any] | None = None  # generate synthetic data first: kwargs of dynvlm.data.synth (incl. out)
+    max_samples: int | None = None  # cap on items per split (the first ones)
+    shuffle: bool = True  # shuffle training items each epoch
+    mc_instruction: str | None = None  # line after MC options; None = "Answer with the option's letter ..."
 
 
 @dataclass
@@ -69,7 +71,8 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     warmup_steps: int = 0
     schedule: Literal["cosine", "constant"] = "cosine"
-    grad_clip: float | None = 1.0
+    grad_clip: float | None = 1.0  # max gradient norm (used when trainer.gradient_clip_val is unset)
+    aux_weight: float = 1.0  # weight of the compressor's auxiliary loss
 
 
 @dataclass
@@ -77,8 +80,9 @@ class StageConfig:
     """Which modules train; ``resume_from`` loads a previous stage's checkpoint first."""
 
     name: Literal["pretrain", "image_sft", "video_sft", "custom"] = "video_sft"
-    trainable: list[str] | None = None  # for `custom`: subset of encoder, compressor, projector, llm
-    resume_from: str | None = None
+    trainable: list[str] | None = None  # subset of encoder, compressor, projector, llm (required for `custom`)
+    resume_from: str | None = None  # a .ckpt (or .safetensors state dict) of the previous stage
+    checkpoint_every_n_steps: int | None = None  # also write last.ckpt every n steps (resume points)
 
 
 @dataclass

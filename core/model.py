@@ -1,0 +1,409 @@
+"""``VideoLLM``: encoder -> compressor -> projector -> splice into the LLM, as a LightningModule.
+
+One step (DESIGN.md section 4): the budget policy plans frames and tokens per frame ``M`` for
+each sample; all kept frames go through the encoder at once (``[F, N, C]``), the compressor
+(``[F, M, C]``, one call per distinct ``M``), the projector (``[F, M, D]``); the prompt builder
+tokenises the conversations with ``M`` visual positions per ``<image>``, and the projected
+tokens are scattered into those positions of the LLM's input embeddings. Loss = LLM loss on
+the answers + ``optim.aux_weight`` x the compressor's auxiliary loss.
+
+Nothing here assumes one process: the strategy (DDP, FSDP, DeepSpeed) comes from the trainer
+config, metrics that need every rank's predictions are gathered explicitly.
+
+Checkpoints hold only the trainable weights (plus weights carried over from a previous stage's
+checkpoint) and the resolved config (``hyper_parameters["config"]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from .budget import BudgetPolicy, FramePlan
+from .config import build_component, provenance_record
+from .projector import Projector
+from .prompt import Encoded, PromptBatch, PromptBuilder
+from .records import Batch, Sample, Turn
+from .schema import EvalConfig, OptimConfig, ProjectorConfig
+from .stages import apply_stage, load_weights, read_weights, stage_config
+
+CKPT_KEY = "dynvlm"  # our entry in a Lightning checkpoint: trainable/carried key lists
+
+
+def _section(cls: type, data: Mapping[str, Any] | None, name: str) -> Any:
+    data = dict(data or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{name}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(names))}")
+    return cls(**data)
+
+
+def config_dict(config: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved, plain-``dict`` copy of a run config."""
+    if isinstance(config, DictConfig):
+        out = OmegaConf.to_container(config, resolve=True)
+    else:
+        out = OmegaConf.to_container(OmegaConf.create(dict(config)), resolve=True)
+    assert isinstance(out, dict)
+    return out
+
+
+class VideoLLM(pl.LightningModule):
+    """The video LLM of one run config.
+
+    Args:
+        config: the run config (``model.{encoder,compressor,llm,projector}``, ``budget``, ``optim``,
+            ``stage``, ``eval``); other sections are kept in the hparams but unused here.
+        provenance: ignored (recomputed); accepted so ``load_from_checkpoint`` can pass hparams back.
+
+    Batches are :class:`dynvlm.records.Batch` (or a list of :class:`Sample`); frames stay where
+    the data put them and are moved to the module's device when encoded.
+    """
+
+    def __init__(self, config: DictConfig | Mapping[str, Any], provenance: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        cfg = config_dict(config)
+        model_cfg = cfg.get("model") or {}
+        for key in ("encoder", "compressor", "llm"):
+            if not model_cfg.get(key):
+                raise ValueError(f"model.{key}: missing; a run config needs model.encoder, model.compressor and model.llm")
+        self.encoder = build_component("encoder", model_cfg["encoder"])
+        self.compressor = build_component("compressor", model_cfg["compressor"], dim=self.encoder.width)
+        self.llm = build_component("llm", model_cfg["llm"])
+        proj = _section(ProjectorConfig, model_cfg.get("projector"), "model.projector")
+        self.projector = Projector(self.encoder.width, self.llm.width, depth=proj.depth, hidden=proj.hidden)
+        self.budget = BudgetPolicy(cfg.get("budget"), self.encoder.grid, self.compressor.achievable)
+        self.prompts = PromptBuilder(self.llm.tokenizer, getattr(self.llm, "system_prompt", None))
+        self.optim_cfg: OptimConfig = _section(OptimConfig, cfg.get("optim"), "optim")
+        self.eval_cfg: EvalConfig = _section(EvalConfig, cfg.get("eval"), "eval")
+        self.stage = stage_config(cfg.get("stage"))
+        self.trainable = apply_stage(self, self.stage)
+        self.carried: set[str] = set()
+        if self.stage.resume_from:
+            self.carried = set(load_weights(self, read_weights(self.stage.resume_from), self.stage.resume_from))
+        self.strict_loading = False  # checkpoints hold only trainable (+ carried) weights
+        self.save_hyperparameters(
+            {"config": cfg, "provenance": provenance_record(self.encoder, self.compressor, self.llm)}
+        )
+        self.predictions_path: Path | None = None  # set by dynvlm.train.test to write per-question results
+        self._eval_records: list[dict[str, Any]] = []
+
+    # -- visual path ------------------------------------------------------------------------
+    def plan(self, samples: Sequence[Sample], training: bool = False) -> list[FramePlan]:
+        """Budget plans (kept frame indices, tokens per frame) for ``samples``."""
+        for s in samples:
+            if s.frames.dim() != 4 or s.frames.shape[-1] != 3:
+                raise ValueError(f"sample {s.id!r}: frames must be [T, H, W, 3], got {tuple(s.frames.shape)}")
+            if len(s.timestamps) != s.frames.shape[0]:
+                raise ValueError(f"sample {s.id!r}: {len(s.timestamps)} timestamps for {s.frames.shape[0]} frames")
+        return self.budget.plan_batch([s.frames.shape[0] for s in samples], training=training)
+
+    def visual_features(self, samples: Sequence[Sample], plans: Sequence[FramePlan]) -> tuple[list[Tensor], Tensor | None]:
+        """Kept frames of each sample -> projected visual tokens ``[T_i * M_i, D]`` per sample, and the aux loss.
+
+        All frames are encoded together (``[F, N, C]``); the compressor runs once per distinct ``M``.
+        """
+        frames = torch.cat([s.frames[list(p.indices)] for s, p in zip(samples, plans)]).to(self.device)
+        counts = [len(p.indices) for p in plans]
+        per_frame_m = torch.tensor([p.tokens for p, c in zip(plans, counts) for _ in range(c)])
+        pixels = self.encoder.preprocess(frames)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())):
+            feats = self.encoder(pixels)  # [F, N, C]
+        outputs: dict[int, Tensor] = {}
+        aux: Tensor | None = None
+        for m in sorted(set(per_frame_m.tolist())):
+            idx = (per_frame_m == m).nonzero().squeeze(1)
+            out = self.compressor(feats[idx.to(feats.device)], self.encoder.grid, int(m))
+            if out.x.shape[1] != m:
+                raise RuntimeError(f"compressor returned {out.x.shape[1]} tokens per frame for a planned {m} "
+                                   "(its achievable() must report exact counts)")
+            outputs[m] = self.projector(out.x)  # [f, M, D]
+            if out.aux_loss is not None:
+                aux = out.aux_loss if aux is None else aux + out.aux_loss
+        # reassemble in frame order, then split per sample
+        cursor = {m: 0 for m in outputs}
+        rows = []
+        for m in per_frame_m.tolist():
+            rows.append(outputs[m][cursor[m]])
+            cursor[m] += 1
+        per_sample, start = [], 0
+        for c in counts:
+            per_sample.append(torch.cat(rows[start : start + c]) if c else rows[0][:0])
+            start += c
+        return per_sample, aux
+
+    def splice(self, batch: PromptBatch, visual: Sequence[Tensor]) -> Tensor:
+        """LLM input embeddings ``[B, L, D]`` with the visual tokens scattered into the visual positions."""
+        embeds = self.llm.embed(batch.input_ids.to(self.device))
+        vis = torch.cat(list(visual)).to(embeds.dtype)
+        mask = batch.visual_mask.to(self.device)
+        if int(mask.sum()) != vis.shape[0]:
+            raise RuntimeError(f"{int(mask.sum())} visual positions in the prompt but {vis.shape[0]} visual tokens")
+        return embeds.masked_scatter(mask.unsqueeze(-1), vis)
+
+    def encode_prompts(self, samples: Sequence[Sample], plans: Sequence[FramePlan],
+                       conversations: Sequence[Sequence[Turn]] | None = None, generation_prompt: bool = False) -> list[Encoded]:
+        """Tokenise each sample's conversation (or the given ``conversations``) for its plan."""
+        convs = conversations if conversations is not None else [s.conversation for s in samples]
+        return [
+            self.prompts.encode(conv, [s.timestamps[i] for i in p.indices], p.tokens, s.kind, generation_prompt)
+            for s, p, conv in zip(samples, plans, convs)
+        ]
+
+    # -- losses --------------------------------------------------------------------------------
+    def forward(self, samples: Batch | Sequence[Sample], training: bool = False) -> dict[str, Tensor]:
+        """Loss of a batch: ``{"loss", "lm_loss", "aux_loss", "tokens_per_frame", "frames", "visual_tokens"}``."""
+        samples = _samples(samples)
+        plans = self.plan(samples, training=training)
+        prompt = self.prompts.collate(self.encode_prompts(samples, plans), "right")
+        visual, aux = self.visual_features(samples, plans)
+        embeds = self.splice(prompt, visual)
+        out = self.llm(embeds, prompt.attention_mask.to(self.device), prompt.labels.to(self.device))
+        lm_loss = out.loss
+        aux_loss = aux if aux is not None else lm_loss.new_zeros(())
+        return {
+            "loss": lm_loss + self.optim_cfg.aux_weight * aux_loss,
+            "lm_loss": lm_loss.detach(),
+            "aux_loss": aux_loss.detach(),
+            "tokens_per_frame": torch.tensor(float(sum(p.tokens for p in plans)) / len(plans)),
+            "frames": torch.tensor(float(sum(len(p.indices) for p in plans)) / len(plans)),
+            "visual_tokens": torch.tensor(float(sum(p.visual_tokens for p in plans)) / len(plans)),
+        }
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        out = self(batch, training=True)
+        n = len(_samples(batch))
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=n)
+        for k in ("lm_loss", "aux_loss", "tokens_per_frame", "frames", "visual_tokens"):
+            self.log(f"train/{k}", out[k], batch_size=n)
+        return out["loss"]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        samples = _samples(batch)
+        out = self(samples, training=False)
+        self.log("val/loss", out["loss"], prog_bar=True, batch_size=len(samples), sync_dist=True)
+        self._eval_records.extend(self._mc_records(samples))
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_records.extend(self._mc_records(_samples(batch)))
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_records = []
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_records = []
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_accuracy("val", write=False)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_accuracy("test", write=True)
+
+    # -- multiple choice and generation ---------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, samples: Batch | Sequence[Sample], max_new_tokens: int | None = None) -> list[str]:
+        """Open-ended answers to each sample's last human turn (a trailing gpt turn is dropped)."""
+        samples = _samples(samples)
+        plans = self.plan(samples)
+        convs = [s.conversation[:-1] if s.conversation[-1].role == "gpt" else s.conversation for s in samples]
+        prompt = self.prompts.collate(self.encode_prompts(samples, plans, convs, generation_prompt=True), "left")
+        visual, _ = self.visual_features(samples, plans)
+        embeds = self.splice(prompt, visual)
+        new = self.llm.generate(embeds, prompt.attention_mask.to(self.device),
+                                max_new_tokens=max_new_tokens or self.eval_cfg.max_new_tokens)
+        return [t.strip() for t in self.llm.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def score_options(self, samples: Batch | Sequence[Sample]) -> list[list[float]]:
+        """Per-option log-likelihood of the answer letter (``A``, ``B``, ...) for multiple-choice samples.
+
+        Each sample needs ``meta["options"]``; its final gpt turn is replaced by each letter in
+        turn and the summed log-probability of that answer's tokens (incl. end of turn) is scored.
+        The visual tokens are computed once per sample and reused for every option.
+        """
+        samples = _samples(samples)
+        plans = self.plan(samples)
+        visual, _ = self.visual_features(samples, plans)
+        items, vis, owner = [], [], []
+        for i, (s, p) in enumerate(zip(samples, plans)):
+            options = s.meta.get("options")
+            if not options:
+                raise ValueError(f"sample {s.id!r}: multiple-choice scoring needs meta['options']")
+            base = s.conversation[:-1] if s.conversation[-1].role == "gpt" else list(s.conversation)
+            for k in range(len(options)):
+                conv = [*base, Turn("gpt", chr(ord("A") + k))]
+                items.extend(self.encode_prompts([s], [p], [conv]))
+                vis.append(visual[i])
+                owner.append(i)
+        prompt = self.prompts.collate(items, "right")
+        embeds = self.splice(prompt, vis)
+        logits = self.llm(embeds, prompt.attention_mask.to(self.device)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        targets = prompt.labels[:, 1:].to(self.device)
+        scores: list[list[float]] = [[] for _ in samples]
+        for row, i in enumerate(owner):
+            start, end = prompt.answer_spans[row][-1]
+            pos = torch.arange(start - 1, end - 1, device=self.device)
+            scores[i].append(float(logp[row, pos, targets[row, pos]].sum()))
+        return scores
+
+    def _mc_records(self, samples: Sequence[Sample]) -> list[dict[str, Any]]:
+        mc = [s for s in samples if s.meta.get("options")]
+        if not mc:
+            return []
+        if self.eval_cfg.mode == "generate":
+            texts = self.generate(mc)
+            preds = [_letter_index(t, len(s.meta["options"])) for t, s in zip(texts, mc)]
+        else:
+            scores = self.score_options(mc)
+            texts = [None] * len(mc)
+            preds = [max(range(len(sc)), key=sc.__getitem__) for sc in scores]
+        return [
+            {"question_id": s.meta.get("question_id", s.id), "category": s.meta.get("category", ""),
+             "pred": pred, "answer": s.meta.get("answer"), "text": text}
+            for s, pred, text in zip(mc, preds, texts)
+        ]
+
+    def _log_accuracy(self, split: str, write: bool) -> None:
+        records, seen = [], set()
+        for r in _gather(self._eval_records):
+            # a distributed sampler repeats a few samples so every rank gets the same count
+            qid = r["question_id"]
+            if qid and qid in seen:
+                continue
+            seen.add(qid)
+            records.append(r)
+        self._eval_records = []
+        scored = [r for r in records if r["answer"] is not None]
+        if not scored:
+            return
+        self.log(f"{split}/acc", sum(r["pred"] == r["answer"] for r in scored) / len(scored), sync_dist=False)
+        self.log(f"{split}/n", float(len(scored)), sync_dist=False)
+        for cat in sorted({r["category"] for r in scored if r["category"]}):
+            rows = [r for r in scored if r["category"] == cat]
+            self.log(f"{split}/acc/{cat}", sum(r["pred"] == r["answer"] for r in rows) / len(rows), sync_dist=False)
+        if write and self.predictions_path is not None and self.global_rank == 0:
+            self.predictions_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.predictions_path, "w") as f:
+                for r in records:
+                    f.write(json.dumps(r) + "\n")
+
+    # -- optimisation ------------------------------------------------------------------------
+    def param_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups: encoder at ``lr * encoder_lr_ratio``, the rest at ``lr``; no decay on biases/norms."""
+        o = self.optim_cfg
+        groups: dict[tuple[str, bool], list[Tensor]] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            part = "encoder" if name.startswith("encoder.") else "main"
+            groups.setdefault((part, p.dim() >= 2), []).append(p)
+        if not groups:
+            raise ValueError(f"stage {self.stage.name!r}: nothing to train")
+        return [
+            {"params": params, "name": f"{part}{'' if decay else '/no_decay'}",
+             "lr": o.lr * (o.encoder_lr_ratio if part == "encoder" else 1.0),
+             "weight_decay": o.weight_decay if decay else 0.0}
+            for (part, decay), params in sorted(groups.items())
+        ]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim_cfg
+        if len(o.betas) != 2:
+            raise ValueError(f"optim.betas must hold two values, got {o.betas}")
+        optimizer = torch.optim.AdamW(self.param_groups(), lr=o.lr, betas=tuple(o.betas))
+        total = None
+        if self._trainer is not None:
+            est = self.trainer.estimated_stepping_batches
+            total = int(est) if est is not None and math.isfinite(est) else None
+        lam = _schedule(o.warmup_steps, total, o.schedule)
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lam)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # the trainer's setting wins; otherwise optim.grad_clip (norm) applies
+        val = gradient_clip_val if gradient_clip_val is not None else self.optim_cfg.grad_clip
+        if val:
+            self.clip_gradients(optimizer, gradient_clip_val=val, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def saved_keys(self) -> list[str]:
+        """State-dict keys a checkpoint keeps: trainable parameters, carried weights, persistent buffers."""
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        params = {n for n, _ in self.named_parameters()}
+        return [k for k in self.state_dict() if k in trainable or k in self.carried or k not in params]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = set(self.saved_keys())
+        sd = checkpoint.get("state_dict")
+        if sd is not None:  # sharded strategies save elsewhere
+            checkpoint["state_dict"] = {k: v for k, v in sd.items() if k in keep}
+        checkpoint[CKPT_KEY] = {"trainable": list(self.trainable), "carried": sorted(self.carried),
+                                "stage": self.stage.name}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        sd = checkpoint.get("state_dict") or {}
+        own = self.state_dict()
+        unknown = [k for k in sd if k not in own]
+        if unknown:
+            raise ValueError(f"checkpoint holds {len(unknown)} weights this model does not have, e.g. {unknown[:3]}; "
+                             "was it saved from a different model config?")
+        self.carried |= set(checkpoint.get(CKPT_KEY, {}).get("carried", []))
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # frames are moved when encoded (after frame selection), the rest of a Batch is text
+        if isinstance(batch, Batch) or (isinstance(batch, list) and batch and isinstance(batch[0], Sample)):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+
+def _samples(batch: Batch | Sequence[Sample]) -> list[Sample]:
+    samples = list(batch.samples) if isinstance(batch, Batch) else list(batch)
+    if not samples:
+        raise ValueError("empty batch")
+    return samples
+
+
+def _letter_index(text: str, n: int) -> int:
+    """Index of the first option letter (``A``.. within ``n``) in a generated answer, ``-1`` when none."""
+    m = re.search(r"\b([A-Z])\b", text)
+    if m is None:
+        return -1
+    k = ord(m.group(1)) - ord("A")
+    return k if k < n else -1
+
+
+def _schedule(warmup: int, total: int | None, kind: str):
+    """LR multiplier per step: linear warm-up, then cosine to 0 at ``total`` (or constant)."""
+
+    def lam(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant" or not total or total <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / (total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return lam
+
+
+def _gather(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every rank's records (in rank order) when running distributed; the local ones otherwise."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return records
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, records)
+    return [r for part in parts for r in part]
