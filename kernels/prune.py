@@ -23,7 +23,9 @@ from ._rows import gather_rows_scaled
 __all__ = ["gumbel_noise", "gumbel_topk", "prune_naive", "prune_reference", "prune_triton", "select_reference"]
 
 
-def gumbel_noise(shape: tuple[int, ...], device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
+def gumbel_noise(
+    shape: tuple[int, ...], device: torch.device | str = "cpu", generator: torch.Generator | None = None
+) -> Tensor:
     """Standard Gumbel noise ``-log(E)``, ``E ~ Exp(1)``, fp32 of ``shape``; reproducible from ``generator``."""
     e = torch.empty(shape, device=device, dtype=torch.float32).exponential_(generator=generator)
     return -e.clamp_min(torch.finfo(torch.float32).tiny).log()

@@ -15,7 +15,9 @@ the two heavy steps have a reference and a Triton kernel each:
 - match: fused ``(A @ B^T) * inv_norm`` + row max/argmax, never materialising the scores;
 - merge: a segmented (CSR) scatter-mean that writes the survivors in their final order.
 
-The rounds run in fp32 whatever the input dtype; the result is rounded once to ``x.dtype``.
+Ties between bitwise-identical tokens are made exact by :mod:`dynvlm.kernels.ties` (a GEMM
+alone does not give equal columns equal bits). The rounds run in fp32 whatever the input
+dtype (fp64 stays fp64 on the torch path); the result is rounded once to ``x.dtype``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import Tensor
 
 from ._backend import next_pow2, resolve_backend, tl, triton
 from ._rows import gather_rows_scaled
+from .ties import resolve_ties, row_hash
 
 __all__ = [
     "RoundPlan",
@@ -46,15 +49,20 @@ __all__ = [
 # match: each A row's best B
 
 
+def _acc(t: Tensor) -> torch.dtype:
+    # the torch path keeps fp64 for gradcheck; everything else accumulates in fp32
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def inv_norm(keys: Tensor) -> Tensor:
     """``[F, n, Ck]`` keys -> ``[F, n]`` fp32 reciprocal L2 norms (zero keys get ``1e12``, not inf)."""
-    return torch.linalg.vector_norm(keys, dim=-1, dtype=torch.float32).clamp_min(1e-12).reciprocal()
+    return torch.linalg.vector_norm(keys, dim=-1, dtype=_acc(keys)).clamp_min(1e-12).reciprocal()
 
 
 def match_reference(keys: Tensor, inv: Tensor) -> tuple[Tensor, Tensor]:
     """Best B for each A: ``keys`` ``[F, n, Ck]``, ``inv`` ``[F, n]`` -> (max ``[F, ceil(n/2)]`` fp32,
     argmax ``[F, ceil(n/2)]`` int64, first index on ties). Needs ``n >= 2``."""
-    k = keys.float()
+    k = keys.to(_acc(keys))
     scores = torch.bmm(k[:, 0::2], k[:, 1::2].transpose(1, 2)) * inv[:, 0::2, None] * inv[:, None, 1::2]
     best, idx = scores.max(dim=-1)  # documented: first maximal index on ties
     return best, idx
@@ -106,8 +114,12 @@ if triton is not None:
         tl.store(idx_ptr + f * sxf + offs_a * sxa, best_idx, mask=amask)
 
 
-def match_triton(keys: Tensor, inv: Tensor) -> tuple[Tensor, Tensor]:
-    """Triton version of :func:`match_reference` (same arguments and results)."""
+def match_triton(keys: Tensor, inv: Tensor, blocks: tuple[int, int, int] | None = None) -> tuple[Tensor, Tensor]:
+    """Triton version of :func:`match_reference` (same arguments and results).
+
+    ``blocks`` overrides ``(BLOCK_A, BLOCK_B, BLOCK_K)`` (powers of two >= 16), e.g. to test the
+    streaming over B and K blocks on small inputs.
+    """
     f, n, ck = keys.shape
     na, nb = (n + 1) // 2, n // 2
     best = torch.empty((f, na), device=keys.device, dtype=torch.float32)
@@ -115,7 +127,13 @@ def match_triton(keys: Tensor, inv: Tensor) -> tuple[Tensor, Tensor]:
     if keys.is_cuda:
         block_a, block_b, block_k = 64, 64, min(64, max(16, next_pow2(ck)))
     else:  # the interpreter pays per program and per op, not per element: few, large blocks
-        block_a, block_b, block_k = max(16, min(next_pow2(na), 512)), max(16, min(next_pow2(nb), 512)), max(16, min(next_pow2(ck), 256))
+        block_a, block_b, block_k = (
+            max(16, min(next_pow2(na), 512)),
+            max(16, min(next_pow2(nb), 512)),
+            max(16, min(next_pow2(ck), 256)),
+        )
+    if blocks is not None:
+        block_a, block_b, block_k = blocks
     _match_kernel[(f, triton.cdiv(na, block_a))](
         keys, inv, best, idx, na, nb, ck, *keys.stride(), *inv.stride(), *best.stride(), *idx.stride(),
         BLOCK_A=block_a, BLOCK_B=block_b, BLOCK_K=block_k,
@@ -184,7 +202,9 @@ def plan_round(best: Tensor, best_idx: Tensor, size: Tensor, psum: Tensor, r: in
     slot_of_old.scatter_(1, merged, src_slot)
     by_slot = torch.sort(src_slot, dim=1, stable=True).indices
     src = merged.gather(1, by_slot)
-    count = torch.zeros((f, m), dtype=torch.long, device=size.device).scatter_add_(1, src_slot, torch.ones_like(src_slot))
+    count = torch.zeros((f, m), dtype=torch.long, device=size.device).scatter_add_(
+        1, src_slot, torch.ones_like(src_slot)
+    )
     start = torch.cumsum(count, dim=1) - count
     return RoundPlan(kept, slot_of_old, src, start, count, new_size, new_psum, merged, merged_into)
 
@@ -200,11 +220,12 @@ def merge_reference(x: Tensor, weight: Tensor, plan: RoundPlan) -> Tensor:
     """
     f, n, c = x.shape
     m = plan.kept.shape[1]
-    w = weight.float()
+    dt = _acc(x)
+    w = weight.to(dt)
     idx = plan.slot_of_old
-    acc = torch.zeros((f, m, c), device=x.device, dtype=torch.float32)
-    acc.scatter_add_(1, idx[..., None].expand(f, n, c), x.float() * w[..., None])
-    total = torch.zeros((f, m), device=x.device, dtype=torch.float32).scatter_add(1, idx, w)
+    acc = torch.zeros((f, m, c), device=x.device, dtype=dt)
+    acc.scatter_add_(1, idx[..., None].expand(f, n, c), x.to(dt) * w[..., None])
+    total = torch.zeros((f, m), device=x.device, dtype=dt).scatter_add(1, idx, w)
     return acc / total[..., None]
 
 
@@ -235,7 +256,11 @@ if triton is not None:
             valid = tmask & (k < count)
             s = tl.load(src_ptr + f * ssf + (start + k) * ssr, mask=valid, other=0).to(tl.int64)
             ws = tl.load(w_ptr + f * swf + s * swn, mask=valid, other=0.0).to(tl.float32)
-            vs = tl.load(x_ptr + f * sxf + s[:, None] * sxn + offs_c[None, :] * sxc, mask=valid[:, None] & cmask[None, :], other=0.0)
+            vs = tl.load(
+                x_ptr + f * sxf + s[:, None] * sxn + offs_c[None, :] * sxc,
+                mask=valid[:, None] & cmask[None, :],
+                other=0.0,
+            )
             acc += vs.to(tl.float32) * ws[:, None]
             total += ws
         out = acc / total[:, None]
@@ -338,13 +363,14 @@ def tome_merge(
     use_triton = resolve_backend(backend, x, "tome") == "triton"
     match = match_triton if use_triton else match_reference
     merge = merge_triton if use_triton else merge_reference
-    size = torch.ones((f, n), device=x.device, dtype=torch.float32)
-    psum = torch.arange(n, device=x.device, dtype=torch.float32).expand(f, n)
+    size = torch.ones((f, n), device=x.device, dtype=_acc(x))
+    psum = torch.arange(n, device=x.device, dtype=_acc(x)).expand(f, n)
     cur = x
     while n > tokens:
         r = min(n - tokens, n // 2)
-        keys = cur if key_fn is None else key_fn(cur.float())
-        best, best_idx = match(keys.detach(), inv_norm(keys.detach()))
+        keys = cur if key_fn is None else key_fn(cur.to(_acc(x)))
+        k = keys.detach()
+        best, best_idx = resolve_ties(*match(k, inv_norm(k)), row_hash(k, use_triton))
         plan = plan_round(best, best_idx, size, psum, r)
         weight = size
         if key_grad and keys.requires_grad:

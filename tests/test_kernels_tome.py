@@ -1,0 +1,182 @@
+"""ToMe kernels: fused match and scatter-mean merge (Triton, interpreter on CPU) against the torch reference."""
+
+import pytest
+import torch
+
+from dynvlm.kernels.ties import resolve_ties, row_hash
+from dynvlm.kernels.tome import (
+    inv_norm,
+    match_reference,
+    match_triton,
+    merge_reference,
+    merge_triton,
+    plan_round,
+    tome_merge,
+    tome_naive,
+)
+
+
+def _x(frames, n, c, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(frames, n, c, generator=g) + 0.2).to(dtype)
+
+
+@pytest.mark.parametrize("frames,n,c,blocks", [(2, 63, 96, None), (1, 50, 300, None), (2, 63, 40, (16, 16, 16))])
+def test_match_matches_reference(frames, n, c, blocks):
+    # blocks=(16,16,16): several A programs, a running max over B blocks and a K loop
+    k = _x(frames, n, c)
+    inv = inv_norm(k)
+    best_t, idx_t = match_triton(k, inv, blocks)
+    best_r, idx_r = match_reference(k, inv)
+    torch.testing.assert_close(best_t, best_r, rtol=1e-5, atol=1e-6)
+    assert torch.equal(idx_t, idx_r)
+    assert best_t.shape == (frames, (n + 1) // 2)
+
+
+def test_ties_between_identical_tokens_are_exact():
+    # every B token identical, and A tokens 0..9 copies of one another: the GEMM alone gives the
+    # equal columns unequal last bits (seen in the interpreter); after resolve_ties every A
+    # matches B 0 and identical A tokens carry identical scores, on every backend and blocking
+    k = _x(1, 70, 24)
+    k[:, 1::2] = k[:, 1:2]
+    k[:, 0:20:2] = k[:, 0:1]
+    inv = inv_norm(k)
+    for use_triton, blocks in ((False, None), (True, None), (True, (16, 16, 16))):
+        match = match_triton(k, inv, blocks) if use_triton else match_reference(k, inv)
+        best, idx = resolve_ties(*match, row_hash(k, use_triton))
+        assert torch.equal(idx, torch.zeros_like(idx))
+        assert torch.equal(best[:, :10], best[:, :1].expand(1, 10))
+
+
+def test_copies_match_their_copy_with_score_one():
+    k = _x(1, 20, 12)
+    k[:, 6] = k[:, 13]  # A token 3 is a copy of B token 6
+    k[:, 8] = k[:, 13]  # ... and so is A token 4
+    best, idx = resolve_ties(*match_reference(k, inv_norm(k)), row_hash(k, False))
+    assert idx[0, 3] == 6 and idx[0, 4] == 6
+    assert best[0, 3] == 1.0 and best[0, 4] == 1.0 and bool((best[0, :3] < 1).all())
+
+
+def test_row_hash_backends_agree_and_separate_rows():
+    k = _x(2, 33, 300)
+    k[:, 5] = k[:, 7]
+    ht, hr = row_hash(k, True), row_hash(k, False)
+    assert torch.equal(ht, hr)
+    assert ht[0, 5] == ht[0, 7] and len(set(ht[0].tolist())) == 32
+    assert torch.equal(row_hash(k.to(torch.bfloat16), True), row_hash(k.to(torch.bfloat16), False))
+
+
+def test_merge_matches_reference():
+    x = _x(2, 41, 72)
+    size = torch.rand(2, 41, generator=torch.Generator().manual_seed(3)) + 0.5
+    psum = torch.arange(41.0).expand(2, 41) * size
+    best, idx = match_reference(x, inv_norm(x))
+    plan = plan_round(best, idx, size, psum, r=17)
+    out_t = merge_triton(x, size, plan)
+    torch.testing.assert_close(out_t, merge_reference(x, size, plan), rtol=1e-5, atol=1e-6)
+    assert out_t.shape == (2, 24, 72)
+    # sizes are conserved and survivors sit in centroid order
+    torch.testing.assert_close(plan.size.sum(1), size.sum(1))
+    centroid = plan.psum / plan.size
+    assert bool((centroid[:, 1:] >= centroid[:, :-1]).all())
+
+
+@pytest.mark.parametrize("frames,n,c,tokens", [(2, 63, 96, 10), (1, 50, 33, 49), (2, 36, 64, 1), (1, 35, 300, 17)])
+def test_tome_fp32_matches_reference(frames, n, c, tokens):
+    x = _x(frames, n, c)
+    a = tome_merge(x, tokens, backend="triton")
+    b = tome_merge(x, tokens, backend="torch")
+    assert a.x.shape == (frames, tokens, c) and a.x.dtype == torch.float32
+    torch.testing.assert_close(a.x, b.x, rtol=1e-5, atol=1e-6)
+    assert torch.equal(a.positions, b.positions)
+    torch.testing.assert_close(a.size.sum(1), torch.full((frames,), float(n)))
+    assert bool((a.positions[:, 1:] >= a.positions[:, :-1]).all())
+
+
+def test_tome_bf16_matches_fp32_reference():
+    x = _x(2, 45, 80, torch.bfloat16)
+    a = tome_merge(x, 12, backend="triton")
+    assert a.x.dtype == torch.bfloat16
+    b = tome_merge(x.float(), 12, backend="torch")
+    torch.testing.assert_close(a.x.float(), b.x, rtol=1e-2, atol=1e-2)
+    assert torch.equal(a.positions, b.positions)
+
+
+def test_identical_tokens_follow_the_pinned_tie_rule():
+    # all 8 tokens equal: every A (0,2,4,6) ties on every B and the A scores tie too. Pinned
+    # rule: best B = lowest (token 1); merge order = lowest A first, so A tokens 0 and 2 merge
+    # into token 1 -> sizes [3,1,1,1,1,1], centroids [1,3,4,5,6,7]
+    x = _x(1, 1, 16).expand(1, 8, 16).contiguous()
+    for backend in ("torch", "triton"):
+        res = tome_merge(x, 6, backend=backend)
+        assert res.positions.tolist() == [[1.0, 3.0, 4.0, 5.0, 6.0, 7.0]], backend
+        assert res.size.tolist() == [[3.0, 1.0, 1.0, 1.0, 1.0, 1.0]], backend
+        torch.testing.assert_close(res.x, x[:, :6], rtol=1e-6, atol=1e-6)
+
+
+def test_static_regions_give_the_same_result_on_both_backends():
+    # a video frame whose left half is static background (identical tokens): many exact ties
+    x = _x(2, 48, 40)
+    x[:, :24] = x[:, :1]
+    a = tome_merge(x, 9, backend="triton")
+    b = tome_merge(x, 9, backend="torch")
+    assert torch.equal(a.positions, b.positions)
+    assert torch.equal(a.size, b.size)
+    torch.testing.assert_close(a.x, b.x, rtol=1e-5, atol=1e-6)
+
+
+def test_one_round_equals_published_tome():
+    # a single round (r <= N/2) must merge the same pairs as ToMe's own formulation
+    x = _x(2, 40, 32)
+    ours = tome_merge(x, 25, backend="torch").x
+    theirs = tome_naive(x, 25)
+    key = lambda t: torch.sort(t[..., 0], dim=1).values  # noqa: E731 - ToMe reorders tokens
+    torch.testing.assert_close(key(ours), key(theirs), rtol=1e-5, atol=1e-6)
+
+
+def test_gradcheck_torch_path():
+    x = torch.randn(1, 9, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: tome_merge(t, 3, backend="torch").x, (x,))
+
+
+def test_triton_gradient_matches_torch():
+    x = _x(2, 37, 48).requires_grad_()
+    g = torch.randn(2, 8, 48, generator=torch.Generator().manual_seed(2))
+    (gt,) = torch.autograd.grad(tome_merge(x, 8, backend="triton").x, x, g)
+    (gr,) = torch.autograd.grad(tome_merge(x, 8, backend="torch").x, x, g)
+    torch.testing.assert_close(gt, gr, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_learned_keys_get_gradients_without_changing_values(backend):
+    x = _x(1, 30, 16)
+    proj = torch.nn.Linear(16, 8, bias=False)
+    plain = tome_merge(x, 7, key_fn=proj, backend=backend, key_grad=False).x
+    res = tome_merge(x, 7, key_fn=proj, backend=backend, key_grad=True)
+    torch.testing.assert_close(res.x, plain, rtol=0, atol=0)
+    res.x.square().sum().backward()
+    assert proj.weight.grad is not None and proj.weight.grad.abs().sum() > 0
+
+
+def test_bad_tokens_raise():
+    x = _x(1, 10, 4)
+    for bad in (0, 11, 2.0, True):
+        with pytest.raises(ValueError, match=r"tokens must be an int in \[1, N=10\]"):
+            tome_merge(x, bad)
+    assert tome_merge(x, 10).x.shape == (1, 10, 4)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_static_background_merges_into_the_first_copy(backend):
+    # every B token is the same background token: each A's best B is a 35-way exact tie that
+    # must go to the first copy (token 1), whatever the GEMM's last bits say
+    x = _x(1, 70, 24)
+    x[:, 1::2] = x[:, 1:2]
+    r = 10
+    cos = torch.nn.functional.cosine_similarity(x[0, 0::2].double(), x[0, 1:2].double(), dim=-1)
+    merged = (2 * torch.sort(cos, descending=True, stable=True).indices[:r]).tolist()
+    rest = [float(i) for i in range(70) if i not in merged and i != 1]
+    expected = sorted(rest + [(1.0 + sum(merged)) / (1 + r)])
+    res = tome_merge(x, 70 - r, backend=backend)
+    torch.testing.assert_close(res.positions[0], torch.tensor(expected), rtol=0, atol=1e-5)
+    assert res.size.max() == 1 + r
