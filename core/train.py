@@ -3,7 +3,8 @@
 A run lives in ``<output_dir>/<name>/``: ``config.yaml`` (the resolved config), ``logs/`` (CSV
 metrics and hparams, including component provenance), ``checkpoints/last.ckpt``. Re-running
 ``fit`` on a run whose ``last.ckpt`` exists resumes from it (an interrupted run goes on where
-it stopped; a finished one returns at once).
+it stopped; a finished one returns at once). ``stage.checkpoint_every_n_steps`` sets how often
+``last.ckpt`` is written during training (default: at each epoch end and when training ends).
 """
 
 from __future__ import annotations
@@ -91,8 +92,7 @@ def fit(cfg: DictConfig | Mapping[str, Any], datamodule: pl.LightningDataModule 
         (out / "config.yaml").write_text(to_yaml(config_dict(cfg)))
     trainer.fit(model, datamodule=datamodule or make_datamodule(cfg), ckpt_path=resume)
     if trainer.checkpoint_callback is not None:
-        # also after an interruption: that is the point a re-run resumes from
-        trainer.save_checkpoint(str(last))
+        trainer.save_checkpoint(str(last))  # the final state, even when max_steps ends mid-epoch
     return {
         "run_dir": str(out),
         "checkpoint": str(last) if last.is_file() else None,

@@ -1,0 +1,121 @@
+"""VideoLLM without a Trainer: the splice, losses, multiple-choice scoring, generation, optimizer groups."""
+
+import pytest
+import torch
+from tiny_vlm import colour_samples, inline_model, run_config, save_clip, save_qwen
+
+from dynvlm.model import VideoLLM
+from dynvlm.prompt import IGNORE_INDEX
+from dynvlm.records import Batch, Turn
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    return colour_samples(tmp_path_factory.mktemp("videos"), 4)  # T = 4 or 5 frames of 24 px
+
+
+@pytest.fixture(scope="module")
+def path_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpts")
+    model = inline_model()
+    model["encoder"] = {"name": "clip", "path": save_clip(root / "clip")}
+    model["llm"] = {"name": "hf", "path": save_qwen(root / "qwen")}
+    torch.manual_seed(0)
+    return VideoLLM(run_config(root, model))
+
+
+def test_forward_and_training_step_on_decoded_frames(path_model, samples):
+    m = path_model
+    params = {n: p for n, p in m.named_parameters()}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    opt = torch.optim.AdamW(m.param_groups(), lr=1e-2)
+    out = m(Batch(samples), training=True)
+    assert torch.isfinite(out["loss"])
+    assert out["visual_tokens"] <= 64  # budget.max_tokens
+    out["loss"].backward()
+    # video_sft trains every module: the gradient reaches the encoder through the compressor and projector
+    for prefix in ("encoder.", "projector.", "llm."):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in params.items() if n.startswith(prefix))
+    opt.step()
+    assert not torch.equal(before["projector.net.0.weight"], params["projector.net.0.weight"])
+
+
+def test_visual_tokens_land_in_the_visual_positions(path_model, samples):
+    m = path_model
+    plans = m.plan(samples)
+    assert [p.tokens for p in plans] == [16, 9, 16, 9]  # 64 // 4 = 16; 64 // 5 = 12 -> 9 (a square for pool)
+    visual, aux = m.visual_features(samples, plans)
+    assert aux is None
+    assert [v.shape for v in visual] == [(len(p.indices) * p.tokens, 32) for p in plans]
+    prompt = m.prompts.collate(m.encode_prompts(samples, plans))
+    embeds = m.splice(prompt, visual)
+    text = m.llm.embed(prompt.input_ids)
+    for b in range(len(samples)):
+        torch.testing.assert_close(embeds[b][prompt.visual_mask[b]], visual[b])
+        torch.testing.assert_close(embeds[b][~prompt.visual_mask[b]], text[b][~prompt.visual_mask[b]])
+
+
+def test_mismatched_visual_count_is_an_error(path_model, samples):
+    m = path_model
+    plans = m.plan(samples[:1])
+    visual, _ = m.visual_features(samples[:1], plans)
+    prompt = m.prompts.collate(m.encode_prompts(samples[:1], plans))
+    with pytest.raises(RuntimeError, match="visual positions"):
+        m.splice(prompt, [visual[0][:-1]])
+
+
+def test_option_scores_are_answer_log_likelihoods(path_model, samples):
+    m = path_model.eval()
+    scores = m.score_options(samples[:2])
+    assert [len(s) for s in scores] == [3, 3]
+    # score of option B of sample 0 == -(summed LM loss of the conversation answered "B")
+    s = samples[0]
+    conv = [*s.conversation[:-1], Turn("gpt", "B")]
+    plans = m.plan([s])
+    prompt = m.prompts.collate(m.encode_prompts([s], plans, [conv]))
+    visual, _ = m.visual_features([s], plans)
+    out = m.llm(m.splice(prompt, visual), prompt.attention_mask, prompt.labels)
+    n = (prompt.labels != IGNORE_INDEX).sum()
+    assert scores[0][1] == pytest.approx(-(out.loss * n).item(), rel=1e-4)
+    m.train()
+
+
+def test_generate_batch_matches_one_by_one(path_model, samples):
+    m = path_model.eval()
+    together = m.generate(samples[:2], max_new_tokens=3)
+    alone = [m.generate([s], max_new_tokens=3)[0] for s in samples[:2]]
+    assert together == alone
+    assert all(isinstance(t, str) for t in together)
+    m.train()
+
+
+def test_optimizer_groups_put_the_encoder_at_a_fraction_of_lr(path_model):
+    groups = {g["name"]: g for g in path_model.param_groups()}
+    assert set(groups) == {"encoder", "encoder/no_decay", "main", "main/no_decay"}
+    assert groups["encoder"]["lr"] == pytest.approx(3e-3 * 0.2)
+    assert groups["main"]["lr"] == pytest.approx(3e-3)
+    enc = {id(p) for p in path_model.encoder.parameters()}
+    assert all(id(p) in enc for p in groups["encoder"]["params"] + groups["encoder/no_decay"]["params"])
+    assert all(p.dim() == 1 for p in groups["main/no_decay"]["params"])
+
+
+def test_compressor_aux_loss_is_added(samples, tmp_path):
+    cfg = run_config(tmp_path, inline_model("prune", aux_loss="keep_ratio"), optim={"aux_weight": 10.0})
+    m = VideoLLM(cfg)
+    out = m(samples[:2], training=True)
+    assert out["aux_loss"] > 0
+    assert out["loss"].item() == pytest.approx((out["lm_loss"] + 10.0 * out["aux_loss"]).item(), rel=1e-5)
+
+
+def test_missing_component_is_named(tmp_path):
+    cfg = run_config(tmp_path)
+    del cfg["model"]["llm"]
+    with pytest.raises(ValueError, match="model.llm: missing"):
+        VideoLLM(cfg)
+
+
+def test_bad_frames_name_the_sample(path_model, samples):
+    bad = samples[0]
+    broken = type(bad)(bad.frames, bad.timestamps[:-1], bad.conversation, id="broken")
+    with pytest.raises(ValueError, match="sample 'broken'"):
+        path_model(Batch([broken]))

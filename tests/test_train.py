@@ -1,0 +1,109 @@
+"""fit / validate / test on a real Lightning Trainer (CPU), resume after a crash, and DDP with 2 processes (gloo)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+from tiny_vlm import ListDataModule, colour_samples, run_config
+
+from dynvlm.config import load_config, to_yaml
+from dynvlm.train import fit, test, validate
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    return colour_samples(tmp_path_factory.mktemp("videos"), 6)
+
+
+def _yaml_config(tmp_path, **sections):
+    """Write the run config to YAML and load it the way the CLI does (validation included)."""
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run_config(tmp_path / "runs", **sections)))
+    return load_config(path)
+
+
+def test_fit_lowers_the_loss_and_writes_the_run(tmp_path, samples):
+    trainer = {"accelerator": "cpu", "devices": 1, "max_steps": 10, "enable_progress_bar": False,
+               "enable_model_summary": False, "log_every_n_steps": 1, "num_sanity_val_steps": 0}
+    cfg = _yaml_config(tmp_path, trainer=trainer)
+    dm = ListDataModule(samples, batch_size=6)
+    before = validate(cfg, datamodule=dm)
+    assert before["checkpoint"] is None  # nothing trained yet: the weights the config builds
+    result = fit(cfg, dm)
+    assert result["global_step"] == 10 and result["world_size"] == 1
+    after = validate(cfg, datamodule=dm)
+    assert after["checkpoint"] == result["checkpoint"]
+    assert after["val/loss"] < 0.7 * before["val/loss"]
+
+    run = Path(result["run_dir"])
+    assert (run / "config.yaml").read_text() == to_yaml(cfg)
+    hparams = yaml.safe_load(next((run / "logs").glob("version_*/hparams.yaml")).read_text())
+    assert hparams["provenance"] == {"encoder/clip": "dynvlm==0.1.0", "compressor/pool": "dynvlm==0.1.0",
+                                     "llm/hf": "dynvlm==0.1.0"}
+    ckpt = torch.load(result["checkpoint"], weights_only=False)
+    assert ckpt["hyper_parameters"]["config"]["model"]["compressor"] == {"name": "pool"}
+    assert set(ckpt["state_dict"]) and all(k.split(".")[0] in ("encoder", "projector", "llm") for k in ckpt["state_dict"])
+
+    scores = test(cfg, datamodule=dm)
+    assert scores["test/n"] == 6 and 0.0 <= scores["test/acc"] <= 1.0
+    assert scores["test/acc/colour"] == scores["test/acc"]
+    lines = (run / "predictions.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["question_id"] for x in lines) == [f"q{i}" for i in range(6)]
+
+
+class Crash(pl.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 3:
+            raise RuntimeError("simulated crash")
+
+
+def test_an_interrupted_fit_resumes_from_its_last_checkpoint(tmp_path, samples):
+    trainer = {"accelerator": "cpu", "max_steps": 5, "enable_progress_bar": False, "enable_model_summary": False,
+               "logger": False, "limit_val_batches": 0}
+    cfg = run_config(tmp_path, trainer=trainer, stage={"name": "video_sft", "checkpoint_every_n_steps": 2})
+    dm = ListDataModule(samples, batch_size=2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(cfg, dm, callbacks=[Crash()])
+    last = tmp_path / "tiny" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 2
+    again = fit(cfg, dm)
+    assert again["resumed_from"] == str(last)
+    assert again["global_step"] == 5
+    assert torch.load(last, weights_only=False)["global_step"] == 5
+
+
+DDP_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from tiny_vlm import ListDataModule, colour_samples, run_config
+from dynvlm.train import fit
+
+root = Path({root!r})
+rank = os.environ.get("LOCAL_RANK", "0")
+samples = colour_samples(root / f"videos{{rank}}", 4, seconds=2, max_frames=4)
+trainer = {{"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_steps": 2, "enable_progress_bar": False,
+           "enable_model_summary": False, "logger": False, "limit_val_batches": 1, "num_sanity_val_steps": 0}}
+result = fit(run_config(root / "runs", trainer=trainer), ListDataModule(samples, batch_size=2))
+(root / f"result{{rank}}.json").write_text(json.dumps(result))
+"""
+
+
+def test_ddp_with_two_cpu_processes(tmp_path):
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(tests=str(TESTS), root=str(tmp_path))))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in results] == [2, 2]
+    assert [r["global_step"] for r in results] == [2, 2]
+    assert all(r["val/loss"] == pytest.approx(results[0]["val/loss"]) for r in results)  # synced across ranks
+    assert Path(results[0]["checkpoint"]).is_file()
