@@ -1,0 +1,108 @@
+"""Items -> decoded samples, and the collate that makes a :class:`DataBatch`.
+
+A dataset item is decoded in whichever process asks for it (a DataLoader worker opens its own
+reader per item). A file that fails is either raised (``on_error="raise"``: the
+:class:`~dynvlm.video.VideoReadError` names it) or skipped: training substitutes the next
+readable item so batches keep their size; evaluation drops it (substituting would count another
+question twice). Skips travel with the batch to the main process in :attr:`DataBatch.skipped`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from ..records import Batch, Sample
+from ..video import VideoReadError, read_video
+from .annotations import Item
+
+MAX_SUBSTITUTES = 16  # training: how many following items to try in place of a broken one
+
+
+@dataclass
+class DataBatch(Batch):
+    """A :class:`~dynvlm.records.Batch` plus ``skipped``: ``(file, reason)`` of items this batch left out."""
+
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Loaded:
+    """What :meth:`VideoQADataset.__getitem__` returns: the sample (``None`` when dropped) and the skips."""
+
+    sample: Sample | None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+class VideoQADataset(Dataset):
+    """Decodes annotation items into :class:`~dynvlm.records.Sample` (uint8 ``[T, H, W, 3]`` frames).
+
+    Args:
+        items: records from :func:`dynvlm.data.annotations.read_items`.
+        root: folder relative media paths are resolved against.
+        fps, max_frames, backend: passed to :func:`dynvlm.video.read_video`.
+        on_error: ``"raise"`` or ``"skip"``.
+        substitute: on skip, return the next readable item instead (training) or nothing (eval).
+    """
+
+    def __init__(
+        self,
+        items: list[Item],
+        root: str | Path,
+        fps: float | None = 1.0,
+        max_frames: int | None = 128,
+        backend: str = "auto",
+        on_error: str = "skip",
+        substitute: bool = True,
+    ) -> None:
+        self.items = items
+        self.root = Path(root)
+        self.fps, self.max_frames, self.backend = fps, max_frames, backend
+        self.on_error, self.substitute = on_error, substitute
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def path_of(self, item: Item) -> Path:
+        """Absolute media path of ``item``."""
+        p = Path(item.media).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    def decode(self, item: Item) -> Sample:
+        """One item -> :class:`Sample`; raises :class:`VideoReadError` naming the file."""
+        path = self.path_of(item)
+        clip = read_video(path, fps=self.fps, max_frames=self.max_frames, backend=self.backend)
+        frames = torch.from_numpy(clip.frames)
+        kind = "image" if clip.backend == "image" else item.kind
+        meta = {**item.meta, "duration": item.meta.get("duration", clip.duration)}
+        conv = [type(t)(t.role, t.value) for t in item.conversation]  # copies: samples may be edited downstream
+        return Sample(frames, list(clip.timestamps), conv, kind, item.id, str(path), meta)
+
+    def __getitem__(self, index: int) -> Loaded:
+        skipped: list[tuple[str, str]] = []
+        tries = min(len(self.items), MAX_SUBSTITUTES + 1) if self.substitute else 1
+        for k in range(tries):
+            item = self.items[(index + k) % len(self.items)]
+            try:
+                return Loaded(self.decode(item), skipped)
+            except VideoReadError as exc:
+                if self.on_error == "raise":
+                    raise
+                skipped.append((exc.path, exc.reason))
+        return Loaded(None, skipped)
+
+
+def collate(loaded: list[Loaded | Sample]) -> DataBatch:
+    """Samples (or :class:`Loaded`) -> :class:`DataBatch`; frames keep their own ``T`` (no padding)."""
+    samples, skipped = [], []
+    for x in loaded:
+        if isinstance(x, Sample):
+            samples.append(x)
+            continue
+        skipped.extend(x.skipped)
+        if x.sample is not None:
+            samples.append(x.sample)
+    return DataBatch(samples=samples, skipped=skipped)

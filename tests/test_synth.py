@@ -1,0 +1,225 @@
+"""dynvlm.data.synth: real files, answers checked against the decoded frames, balance, no leaks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dynvlm.data import synth
+from dynvlm.data.annotations import read_items
+from dynvlm.video import read_video
+
+SMALL = dict(seed=3, train=8, val=3, test=6, min_duration=14, max_duration=18, max_visits=3, max_visit_seconds=4)
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory) -> Path:
+    return synth.generate({"out": str(tmp_path_factory.mktemp("synth")), **SMALL}, progress=False)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
+    kw = dict(SMALL, train=2, val=1, test=1)
+    a = synth.generate({"out": str(tmp_path / "a"), **kw}, progress=False)
+    b = synth.generate({"out": str(tmp_path / "b"), **kw, "workers": 2}, progress=False)
+    c = synth.generate({"out": str(tmp_path / "c"), **kw, "seed": 4}, progress=False)
+    da, db, dc = _digest(a), _digest(b), _digest(c)
+    assert da == db and len(da) == 2 + 1 + 1 + 1 + 5  # videos, manifest, 3 llava + 2 mc files
+    assert da["train.jsonl"] != dc["train.jsonl"]
+    assert da["videos/train/train_000000.mp4"] != dc["videos/train/train_000000.mp4"]
+
+
+# ------------------------------------------------------------------------------------------
+# answers against pixels
+
+
+def _nearest_colour(rgb: np.ndarray) -> str:
+    names = list(synth.COLOURS)
+    d = [np.abs(rgb - np.array(synth.COLOURS[n])).sum() for n in names]
+    return names[int(np.argmin(d))]
+
+
+def _balls_per_second(frames: np.ndarray, size: int) -> list[str | None]:
+    geo = synth.geometry(size)
+    out = []
+    for f in frames:
+        band = f[geo["band_top"] : geo["band_bottom"]].reshape(-1, 3).astype(float)
+        lit = band[band.max(1) > 100]
+        out.append(_nearest_colour(lit.mean(0)) if len(lit) >= geo["b"] else None)
+    return out
+
+
+def _symbol(frame: np.ndarray, colour: str, size: int) -> tuple[str, str]:
+    """(position, shape) of the symbol of ``colour`` read from the pixels."""
+    geo = synth.geometry(size)
+    f = frame.astype(int)
+    target = np.array(synth.COLOURS[colour])
+    mask = (np.abs(f - target).sum(-1) < 120) & (f.max(-1) > 100)
+    mask[geo["band_top"] : geo["band_bottom"]] = False
+    ys, xs = np.nonzero(mask)
+    assert len(ys), f"no {colour} symbol drawn"
+    cy, cx = ys.mean(), xs.mean()
+    position = ("top" if cy < size / 2 else "bottom") + " " + ("left" if cx < size / 2 else "right")
+    g = geo["g"]
+    y0, x0 = ys.min(), xs.min()
+    best, best_iou = "", -1.0
+    for shape in synth.SHAPES:
+        m = synth.glyph_mask(shape, g)
+        oy, ox = np.nonzero(m)  # align the template's top-left lit pixel with the drawn one's
+        crop = np.zeros((g, g), bool)
+        yy, xx = ys - y0 + oy.min(), xs - x0 + ox.min()
+        ok = (yy < g) & (xx < g)
+        crop[yy[ok], xx[ok]] = True
+        iou = (crop & m).sum() / (crop | m).sum()
+        if iou > best_iou:
+            best, best_iou = shape, iou
+    return position, best
+
+
+def _check(q: dict, frames: np.ndarray, size: int) -> None:
+    balls = _balls_per_second(frames, size)
+    answer, text = q["answer_text"], q["question"]
+    runs = [c for i, c in enumerate(balls) if c is not None and (i == 0 or balls[i - 1] != c)]
+    if q["qtype"] == "colour_at":
+        assert balls[int(re.search(r"second (\d+)", text).group(1))] == answer
+    elif q["qtype"] == "when":
+        colour = re.search(r"the (\w+) ball", text).group(1)
+        assert balls.index(colour) == int(answer)
+    elif q["qtype"] == "count":
+        assert len(runs) == int(answer)
+    elif q["qtype"] == "order":
+        assert (runs[0] if "first" in text else runs[-1]) == answer
+    elif q["qtype"] in ("shape", "where"):
+        colour = re.search(r"the (\w+) symbol", text).group(1)
+        position, shape = _symbol(frames[0], colour, size)
+        assert (shape if q["qtype"] == "shape" else position) == answer
+    else:
+        raise AssertionError(q["qtype"])
+    # the evidence is where the pixels say: a ball question's evidence seconds show a ball
+    if not q["needs_detail"]:
+        for group in q["evidence_groups"]:
+            assert all(balls[t] is not None for t in group)
+
+
+def test_every_answer_matches_the_decoded_frames(ds):
+    size = SMALL.get("size", 32)
+    checked = Counter()
+    videos: dict[str, np.ndarray] = {}
+    for split in ("val", "test"):
+        for rec in _jsonl(ds / f"{split}_mc.jsonl"):
+            if rec["video"] not in videos:
+                clip = read_video(ds / rec["video"], fps=1.0, max_frames=None)
+                assert clip.timestamps == [float(t) for t in range(rec["duration"])]
+                videos[rec["video"]] = clip.frames
+            q = dict(rec, answer_text=rec["options"]["ABCD".index(rec["answer"])])
+            _check(q, videos[rec["video"]], size)
+            checked[rec["qtype"]] += 1
+    for rec in _jsonl(ds / "train.jsonl"):  # training answers too, read with the other backend
+        frames = read_video(ds / rec["video"], fps=1.0, max_frames=None, backend="pyav").frames
+        humans = [t["value"] for t in rec["conversations"] if t["from"] == "human"]
+        gpts = [t["value"] for t in rec["conversations"] if t["from"] == "gpt"]
+        for q, h, g in zip(rec["questions"], humans, gpts):
+            assert (g == "ABCD"[q["options"].index(q["answer"])]) if q["format"] == "mc" else g == q["answer"]
+            _check(dict(q, answer_text=q["answer"], question=h.split("\n")[1 if h.startswith("<video>") else 0]), frames, size)
+            checked[q["qtype"]] += 1
+    assert set(checked) == set(synth.QTYPES) and sum(checked.values()) == (8 + 3 + 6) * 6
+
+
+def test_answer_letters_are_balanced(ds):
+    for split in ("val", "test"):
+        letters = Counter(r["answer"] for r in _jsonl(ds / f"{split}_mc.jsonl"))
+        assert max(letters.values()) / sum(letters.values()) <= 0.35, letters
+    turns = [t["value"] for r in _jsonl(ds / "train.jsonl") for t in r["conversations"] if t["from"] == "gpt"]
+    letters = Counter(v for v in turns if v in "ABCD")
+    assert len(letters) == 4 and max(letters.values()) / sum(letters.values()) <= 0.35, letters
+    # larger draw, no videos needed: the balancer itself never lets a letter run ahead
+    bal = synth.LetterBalancer(np.random.default_rng(0), 4)
+    counts = Counter(bal.next() for _ in range(1001))
+    assert max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_splits_share_no_clip(ds):
+    seen: dict[str, str] = {}
+    sigs: dict[tuple, str] = {}
+    for split in synth.SPLITS:
+        for rec in _jsonl(ds / f"{split}.jsonl"):
+            assert rec["video"].startswith(f"videos/{split}/") and (ds / rec["video"]).is_file()
+            assert rec["video"] not in seen
+            seen[rec["video"]] = split
+            sig = synth.Scene.from_dict(rec["scene"]).signature()
+            assert sig not in sigs, f"{rec['id']} repeats {sigs.get(sig)}"
+            sigs[sig] = rec["id"]
+        if split != "train":
+            assert {r["video"] for r in _jsonl(ds / f"{split}_mc.jsonl")} <= {v for v, s in seen.items() if s == split}
+    assert len(list((ds / "videos").rglob("*.mp4"))) == len(seen) == 8 + 3 + 6
+
+
+def test_vocabulary_covers_every_text(ds):
+    vocab = set(synth.vocabulary(max_duration=SMALL["max_duration"]))
+    texts = []
+    for split in synth.SPLITS:
+        texts += [t["value"] for r in _jsonl(ds / f"{split}.jsonl") for t in r["conversations"]]
+    for split in ("val", "test"):
+        items, _, _ = read_items(ds / f"{split}_mc.jsonl")
+        texts += [t.value for it in items for t in it.conversation]
+    words = {w for t in texts for w in synth.words(t)}
+    assert words <= vocab, words - vocab
+    assert len(vocab) < 120  # small and closed
+    assert "<video>" in vocab and "17" in vocab and "s" in vocab
+
+
+def test_records_carry_ceiling_ground_truth(ds):
+    recs = _jsonl(ds / "test_mc.jsonl")
+    for r in recs:
+        assert r["category"] == synth.QTYPES[r["qtype"]]
+        assert r["evidence_times"] == sorted({t for g in r["evidence_groups"] for t in g})
+        assert r["needs_detail"] == (r["qtype"] in ("shape", "where"))
+        assert synth.ceiling(r, fps=1.0, max_frames=None) == 1.0  # every second seen: all answerable
+    one = [synth.ceiling(r, fps=1.0, max_frames=1) for r in recs]
+    assert np.mean(one) < 0.9 and min(one) == 0.25  # one frame misses most balls
+    assert synth.answerable([[3, 4], [9]], [0, 4, 9]) and not synth.answerable([[3, 4], [9]], [0, 5, 9])
+
+
+def test_generation_is_idempotent_and_keyed_by_settings(ds):
+    before = {p: p.stat().st_mtime_ns for p in ds.rglob("*") if p.is_file()}
+    synth.generate({"out": str(ds), **SMALL}, progress=False)  # same settings: nothing rewritten
+    assert {p: p.stat().st_mtime_ns for p in ds.rglob("*") if p.is_file()} == before
+    with pytest.raises(synth.SynthError, match=r"differ: seed"):
+        synth.generate({"out": str(ds), **dict(SMALL, seed=9)}, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in ds.rglob("*") if p.is_file()} == before  # nothing lost
+
+
+def test_bad_settings_name_the_key(tmp_path):
+    with pytest.raises(synth.SynthError, match="unknown synth setting 'colours'.*valid: out, seed"):
+        synth.make_config({"out": str(tmp_path), "colours": 3})
+    with pytest.raises(synth.SynthError, match="synth.qtypes: valid question types: shape, where"):
+        synth.make_config({"out": str(tmp_path), "qtypes": "shape,dance"})
+    with pytest.raises(synth.SynthError, match="synth.min_duration: must fit"):
+        synth.make_config({"out": str(tmp_path), "min_duration": 5, "max_duration": 6})
+
+
+def test_cli_main(tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["--out", str(out), "--seed", "1", "--train", "2", "--val", "1", "--test", "1", "--min-duration", "12",
+            "--max-duration", "12", "--max-visits", "2", "--qtypes", "shape,count", "--size", "16", "--quiet"]
+    assert synth.main(argv) == 0
+    assert "train 2" in capsys.readouterr().out
+    recs = _jsonl(out / "test_mc.jsonl")
+    assert {r["qtype"] for r in recs} == {"shape", "count"}
+    clip = read_video(out / recs[0]["video"], fps=1.0)
+    assert clip.frames.shape == (12, 16, 16, 3)
+    assert synth.main(argv[:-1] + ["--seed", "2", "--quiet"]) == 2  # other settings, same folder
+    assert "differ: seed" in capsys.readouterr().out
