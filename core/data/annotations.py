@@ -282,7 +282,9 @@ def _strip_letters(options: list[str]) -> list[str]:
 
 
 def _answer_index(rec: dict[str, Any], options: list[str], where: str) -> int | None:
-    raw = rec.get("answer_id", rec.get("answer"))
+    raw = rec.get("answer_id")
+    if raw is None:  # parquet fills columns a row lacks with None
+        raw = rec.get("answer")
     if raw is None or raw == "":
         return None
     idx: int | None = None
