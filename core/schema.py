@@ -59,6 +59,7 @@ class DataConfig:
     max_samples: int | None = None  # cap on items per split (the first ones)
     shuffle: bool = True  # shuffle training items each epoch
     mc_instruction: str | None = None  # line after MC options; None = "Answer with the option's letter ..."
+    cache: bool | None = None  # keep decoded frames in memory; None = on for data.synth, off otherwise
 
 
 @dataclass

@@ -215,12 +215,13 @@ class PyAVBackend:
 
     @staticmethod
     def _decode_picked(container, stream, pts, tb, rate, fps, max_frames) -> tuple[list[np.ndarray], list[float], float]:
+        to_rgb = _rgb_converter()
         times = np.array([(p - pts[0]) * tb for p in pts])
         wanted = {pts[i]: float(times[i]) for i in sample_indices(times, fps, max_frames)}
         kept: dict[int, np.ndarray] = {}
         for frame in container.decode(stream):
             if frame.pts in wanted:
-                kept[frame.pts] = frame.to_ndarray(format="rgb24")
+                kept[frame.pts] = to_rgb(frame)
                 if len(kept) == len(wanted):
                     break  # everything picked is in: skip decoding the rest
         step = times[-1] - times[-2] if len(times) > 1 else (1.0 / rate if rate else 0.0)
@@ -230,9 +231,10 @@ class PyAVBackend:
     @staticmethod
     def _decode_all(container, stream, rate, fps, max_frames) -> tuple[list[np.ndarray], list[float], float]:
         # No usable packet timestamps (raw streams): decode everything, time from frames or their index.
+        to_rgb = _rgb_converter()
         frames, ftimes = [], []
         for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="rgb24"))
+            frames.append(to_rgb(frame))
             ftimes.append(float(frame.time) if frame.time is not None else float("nan"))
         if not frames:
             return [], [], 0.0
@@ -316,6 +318,17 @@ def read_video(
             log.debug("read %s with %s after: %s", path, name, "; ".join(notes))
         return clip
     raise VideoReadError(path, "; ".join(notes) or "no backend available")
+
+
+def _rgb_converter():
+    """``frame -> uint8 [H, W, 3]`` reusing one swscale context: ``frame.to_ndarray(format=...)``
+    builds a new one per call, which is 10x slower than decoding on small frames."""
+    try:
+        from av.video.reformatter import VideoReformatter
+    except ImportError:  # older PyAV
+        return lambda frame: frame.to_ndarray(format="rgb24")
+    reformatter = VideoReformatter()
+    return lambda frame: reformatter.reformat(frame, format="rgb24").to_ndarray()
 
 
 def _check_frames(path: Path, frames: np.ndarray) -> np.ndarray:

@@ -187,3 +187,19 @@ def test_real_lightning_fit_and_validate(synth_dir):
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1)
     trainer.fit(model, datamodule=dm)
     assert model.seen == [3, 3, 3] and model.val_seen == 6
+
+
+def test_cache_keeps_decoded_frames(tmp_path, synth_dir):
+    copy = tmp_path / "synth"
+    shutil.copytree(synth_dir, copy)
+    data = {"synth": {"out": str(copy), **SYNTH}, "batch_size": 4, "shuffle": False}
+    cached = VideoDataModule(data, BUDGET)  # cache defaults to on for synthetic data
+    plain = VideoDataModule({**data, "cache": False}, BUDGET)
+    cached.setup("fit")
+    plain.setup("fit")
+    first = [s.frames for b in cached.train_dataloader() for s in b.samples]
+    assert len(list(plain.train_dataloader())) == 2
+    shutil.rmtree(copy / "videos")  # from now on only the cache can serve frames
+    again = [s.frames for b in cached.train_dataloader() for s in b.samples]
+    assert len(again) == 6 and all(torch.equal(a, b) for a, b in zip(first, again)) and cached.skipped == []
+    assert sum(len(b) for b in plain.train_dataloader()) == 0 and len(plain.skipped) == 6

@@ -106,7 +106,7 @@ class VideoDataModule(pl.LightningDataModule):
         explicit = getattr(self.data, split)
         if explicit:
             return Path(explicit).expanduser()
-        if self.data.synth:
+        if self.data.synth and self.data.synth.get(split, 1) != 0:
             return Path(str(self.data.synth["out"])).expanduser() / SYNTH_FILES[split]
         return None
 
@@ -141,6 +141,7 @@ class VideoDataModule(pl.LightningDataModule):
         ds = VideoQADataset(
             items, root, self.budget.fps, self.budget.max_frames, self.data.backend, self.data.on_error,
             substitute=(split == "train"),
+            cache=self.data.cache if self.data.cache is not None else bool(self.data.synth),
         )
         ds.items = self._drop_missing(ds, split)
         log.info("%s: %d %s items from %s", split, len(ds.items), "multiple-choice" if is_mc else "conversation", path)
@@ -159,7 +160,7 @@ class VideoDataModule(pl.LightningDataModule):
                 missing.append((str(p), f"no such file (named at {item.where})"))
         if missing:
             self._record(split, missing)
-        if not keep:
+        if missing and not keep:
             raise RuntimeError(f"{split}: no usable items in {self.source(split)} ({len(missing)} media files missing)")
         return keep
 

@@ -46,6 +46,9 @@ class VideoQADataset(Dataset):
         fps, max_frames, backend: passed to :func:`dynvlm.video.read_video`.
         on_error: ``"raise"`` or ``"skip"``.
         substitute: on skip, return the next readable item instead (training) or nothing (eval).
+        cache: keep decoded frames in memory (per process) so later epochs skip decoding; for
+            small datasets such as the synthetic one, where decoding costs more than a tiny
+            model's step.
     """
 
     def __init__(
@@ -57,11 +60,14 @@ class VideoQADataset(Dataset):
         backend: str = "auto",
         on_error: str = "skip",
         substitute: bool = True,
+        cache: bool = False,
     ) -> None:
         self.items = items
         self.root = Path(root)
         self.fps, self.max_frames, self.backend = fps, max_frames, backend
         self.on_error, self.substitute = on_error, substitute
+        self.cache = cache
+        self._frames: dict[int, tuple[torch.Tensor, list[float], str, float]] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -71,23 +77,31 @@ class VideoQADataset(Dataset):
         p = Path(item.media).expanduser()
         return p if p.is_absolute() else self.root / p
 
-    def decode(self, item: Item) -> Sample:
-        """One item -> :class:`Sample`; raises :class:`VideoReadError` naming the file."""
+    def decode(self, item: Item, index: int | None = None) -> Sample:
+        """One item -> :class:`Sample`; raises :class:`VideoReadError` naming the file.
+
+        ``index`` (the item's position) keys the frame cache when ``cache`` is on.
+        """
         path = self.path_of(item)
-        clip = read_video(path, fps=self.fps, max_frames=self.max_frames, backend=self.backend)
-        frames = torch.from_numpy(clip.frames)
-        kind = "image" if clip.backend == "image" else item.kind
-        meta = {**item.meta, "duration": item.meta.get("duration", clip.duration)}
+        hit = self._frames.get(index) if index is not None else None
+        if hit is None:
+            clip = read_video(path, fps=self.fps, max_frames=self.max_frames, backend=self.backend)
+            hit = (torch.from_numpy(clip.frames), list(clip.timestamps), clip.backend, clip.duration)
+            if self.cache and index is not None:
+                self._frames[index] = hit
+        frames, timestamps, backend, duration = hit
+        kind = "image" if backend == "image" else item.kind
+        meta = {**item.meta, "duration": item.meta.get("duration", duration)}
         conv = [type(t)(t.role, t.value) for t in item.conversation]  # copies: samples may be edited downstream
-        return Sample(frames, list(clip.timestamps), conv, kind, item.id, str(path), meta)
+        return Sample(frames, list(timestamps), conv, kind, item.id, str(path), meta)
 
     def __getitem__(self, index: int) -> Loaded:
         skipped: list[tuple[str, str]] = []
         tries = min(len(self.items), MAX_SUBSTITUTES + 1) if self.substitute else 1
         for k in range(tries):
-            item = self.items[(index + k) % len(self.items)]
+            j = (index + k) % len(self.items)
             try:
-                return Loaded(self.decode(item), skipped)
+                return Loaded(self.decode(self.items[j], j), skipped)
             except VideoReadError as exc:
                 if self.on_error == "raise":
                     raise
