@@ -119,3 +119,18 @@ def test_bad_frames_name_the_sample(path_model, samples):
     broken = type(bad)(bad.frames, bad.timestamps[:-1], bad.conversation, id="broken")
     with pytest.raises(ValueError, match="sample 'broken'"):
         path_model(Batch([broken]))
+
+
+def test_model_bench_measures_a_step(tmp_path):
+    import yaml
+
+    from dynvlm import model_bench
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(run_config(tmp_path)))
+    args = model_bench._parser().parse_args(["--config", str(config), "--max-tokens", "32", "--steps", "1"])
+    row = model_bench.measure(4, args)
+    assert (row["frames"], row["tokens_per_frame"], row["visual_tokens"]) == (4, 4, 16)  # 32 // 4 = 8 -> 4 (pool)
+    assert row["llm_positions"] > row["visual_tokens"]
+    assert row["act_llm_mib"] > 0 and row["act_encoder_mib"] > 0 and 0 < row["llm_share"] < 1
+    assert "| 4 | 4 | 16 |" in model_bench.table([row])
