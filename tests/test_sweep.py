@@ -1,0 +1,111 @@
+"""The sweep runner end to end: two points on real synthetic videos, a crash mid-way, a re-run."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+from tiny_vlm import ENCODER, LLM
+
+from dynvlm.config import load_config
+from dynvlm.data.synth import vocabulary
+from dynvlm.sweep import findings, point_slug, read_results, run, write_results
+
+SYNTH = dict(seed=0, train=4, val=0, test=3, size=16, min_duration=12, max_duration=14, max_visits=2, max_visit_seconds=3)
+
+
+class Crash(pl.Callback):
+    """Crashes the fit of the point whose run folder contains ``slug`` at ``step``."""
+
+    def __init__(self, slug: str, step: int) -> None:
+        self.slug, self.step = slug, step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.slug in trainer.default_root_dir and trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+class CountFits(pl.Callback):
+    def __init__(self) -> None:
+        self.fits: list[tuple[str, int]] = []
+
+    def on_train_start(self, trainer, pl_module):
+        self.fits.append((Path(trainer.default_root_dir).name, trainer.global_step))
+
+
+def sweep_file(tmp_path: Path) -> Path:
+    cfg = {
+        "name": "mini",
+        "seed": 0,
+        "output_dir": str(tmp_path / "runs"),
+        "model": {
+            "encoder": {"name": "clip", "config": dict(ENCODER)},
+            "compressor": {"name": "pool"},
+            "llm": {"name": "hf", "config": dict(LLM), "vocabulary": vocabulary(max_duration=14, options=4)},
+        },
+        "budget": {"max_tokens": 64, "max_frames": 6, "tokens_per_frame": 4},
+        "data": {"synth": {"out": str(tmp_path / "synth"), **SYNTH}, "batch_size": 2},
+        "optim": {"lr": 1e-3, "warmup_steps": 1},
+        "stage": {"name": "video_sft", "checkpoint_every_n_steps": 1},
+        "trainer": {"accelerator": "cpu", "max_steps": 4, "enable_progress_bar": False, "enable_model_summary": False,
+                    "num_sanity_val_steps": 0, "limit_val_batches": 0, "log_every_n_steps": 1},
+        "sweep": {"budget.tokens_per_frame": [1, 4]},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_interrupted_sweep_resumes_without_rerunning_points(tmp_path):
+    cfg = load_config(sweep_file(tmp_path))
+    second = point_slug({"budget.tokens_per_frame": 4})
+    counter = CountFits()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg, callbacks=[counter, Crash(second, step=2)])
+    out = tmp_path / "runs" / "mini"
+    rows = read_results(out / "results.csv")
+    assert [r["point"] for r in rows] == [point_slug({"budget.tokens_per_frame": 1})]
+    assert counter.fits == [("tokens_per_frame=1", 0), ("tokens_per_frame=4", 0)]
+
+    counter = CountFits()
+    summary = run(cfg, callbacks=[counter])
+    assert summary["ran"] == 1 and summary["points"] == 2
+    assert counter.fits == [("tokens_per_frame=4", 2)]  # resumed at its last checkpoint, point 1 not rerun
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["point"] for r in rows] == ["tokens_per_frame=1", "tokens_per_frame=4"]
+    for r in rows:
+        assert 0.0 <= float(r["accuracy"]) <= 1.0
+        assert r["global_step"] == "4" and float(r["step_time_s"]) > 0 and float(r["peak_memory_mb"]) > 0
+        assert "compressor/pool" in r["plugins"]
+    ckpt = out / "points" / "tokens_per_frame=4" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 4
+    md = (out / "results.md").read_text()
+    assert "| pool |" in md and "M=1" in md and "M=4" in md
+    assert (out / "accuracy_vs_tokens.png").stat().st_size > 1000
+
+    counter = CountFits()
+    assert run(cfg, callbacks=[counter])["ran"] == 0 and counter.fits == []
+
+
+def test_results_csv_is_replaced_atomically(tmp_path):
+    path = tmp_path / "results.csv"
+    write_results(path, [{"point": "a", "accuracy": 0.5}])
+    write_results(path, [{"point": "a", "accuracy": 0.5}, {"point": "b", "accuracy": 0.7, "extra": 1}])
+    assert [r["point"] for r in read_results(path)] == ["a", "b"]
+    assert read_results(path)[0]["extra"] == ""
+    assert list(tmp_path.iterdir()) == [path]  # no temp files left behind
+
+
+def test_findings_compare_gap_to_seed_noise():
+    cells = {("pool", 1): [0.40, 0.42], ("pool", 4): [0.70, 0.71], ("pool", 16): [0.60, 0.61], ("tome", 4): [0.50, 0.50]}
+    text = "\n".join(findings(cells))
+    assert "gap 29.5 points" in text and "is more than twice" in text
+    assert "pool: accuracy peaks at a middle tokens per frame (M=4)" in text
+    assert "M=4: compressors differ by 20.5 points, beyond seed noise" in text
+    single = "\n".join(findings({("pool", 1): [0.4], ("pool", 4): [0.5]}))
+    assert "seed noise is not measured" in single
