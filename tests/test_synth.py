@@ -191,6 +191,13 @@ def test_records_carry_ceiling_ground_truth(ds):
     one = [synth.ceiling(r, fps=1.0, max_frames=1) for r in recs]
     assert np.mean(one) < 0.9 and min(one) == 0.25  # one frame misses most balls
     assert synth.answerable([[3, 4], [9]], [0, 4, 9]) and not synth.answerable([[3, 4], [9]], [0, 5, 9])
+    # the budget's second cap (N_max // M frames of those decoded) by the same truncated linspace
+    r = dict(recs[0], duration=20, native_fps=4)
+    assert synth.frame_times(r, 1.0, 8) == [0.0, 2.0, 5.0, 8.0, 10.0, 13.0, 16.0, 19.0]
+    assert synth.frame_times(r, 1.0, 8, keep=3) == [0.0, 8.0, 19.0]
+    table = synth.ceilings(recs, 1.0, 8, keep=2)
+    assert set(table) == {"overall", *synth.QTYPES.values()} and table["spatial"] == 1.0
+    assert table["overall"] < synth.ceilings(recs, 1.0, 8)["overall"]  # 2 frames miss balls 8 frames see
 
 
 def test_generation_is_idempotent_and_keyed_by_settings(ds):

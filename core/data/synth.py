@@ -18,7 +18,8 @@ conversation; ``mc_fraction`` of the turns are asked in the multiple-choice form
 letter). Every question records ``evidence_groups`` (seconds at which its evidence is on screen;
 it is answerable from a set of frames when each group holds one of their timestamps),
 ``evidence_times`` (their union) and ``needs_detail`` -- see :func:`answerable` and
-:func:`ceiling`.
+:func:`ceiling`. Drawing lives in :mod:`dynvlm.data.scenes`, questions in
+:mod:`dynvlm.data.questions`; this module writes the dataset and is the command line.
 
 Output folder::
 
@@ -35,12 +36,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import logging
-import re
 import shutil
-from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,44 +46,41 @@ from typing import Any
 
 import numpy as np
 
-from ..video import sample_times
-from .annotations import MC_INSTRUCTION, format_mc
+from .annotations import format_mc
+from .questions import (  # noqa: F401 - re-exported: the generator's public names live here too
+    LETTERS,
+    QTYPES,
+    TEMPLATES,
+    LetterBalancer,
+    Question,
+    answerable,
+    ask,
+    ceiling,
+    ceilings,
+    frame_times,
+    order_options,
+    vocabulary,
+    words,
+)
+from .scenes import (  # noqa: F401
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    Scene,
+    Symbol,
+    Visit,
+    draw_scene,
+    geometry,
+    glyph_mask,
+    render,
+    write_video,
+)
 
 log = logging.getLogger(__name__)
 
 VERSION = 1  # bump when the drawing or the questions change: old folders then regenerate
 
 SPLITS = ("train", "val", "test")
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (255, 0, 0),
-    "green": (0, 255, 0),
-    "blue": (40, 90, 255),  # lifted from pure blue so it stays bright on black
-    "yellow": (255, 255, 0),
-    "magenta": (255, 0, 255),
-    "cyan": (0, 255, 255),
-    "white": (255, 255, 255),
-}
-SHAPES = ("square", "circle", "triangle", "cross")
-POSITIONS = ("top left", "top right", "bottom left", "bottom right")
-QTYPES: dict[str, str] = {
-    "shape": "perception",
-    "where": "spatial",
-    "colour_at": "perception",
-    "when": "temporal",
-    "order": "temporal",
-    "count": "counting",
-}
-TEMPLATES = {
-    "shape": "What shape is the {colour} symbol?",
-    "where": "Where is the {colour} symbol?",
-    "colour_at": "What colour is the ball at second {second}?",
-    "when": "At what second does the {colour} ball appear?",
-    "first": "What colour is the first ball?",
-    "last": "What colour is the last ball?",
-    "count": "How many balls appear?",
-}
-LETTERS = "ABCDEFGH"
-WORD_RE = re.compile(r"<video>|<image>|[A-Za-z]+|\d+|[^\sA-Za-z\d]")
 
 
 class SynthError(ValueError):
@@ -177,327 +172,6 @@ def make_config(kwargs: dict[str, Any]) -> SynthConfig:
     cfg = SynthConfig(**kw)
     cfg.validate()
     return cfg
-
-
-# ------------------------------------------------------------------------------------------
-# scenes
-
-
-@dataclass
-class Symbol:
-    """A glyph at a corner: top-left pixel ``(x, y)``, side ``g`` px."""
-
-    colour: str
-    shape: str
-    position: str
-    x: int
-    y: int
-    g: int
-
-
-@dataclass
-class Visit:
-    """A ball on screen for ``start <= t < start + seconds`` sliding left->right or right->left."""
-
-    colour: str
-    start: int
-    seconds: int
-    direction: str  # "left" or "right": where it moves to
-
-    def seconds_visible(self) -> list[int]:
-        return list(range(self.start, self.start + self.seconds))
-
-
-@dataclass
-class Scene:
-    """Everything drawn in one video."""
-
-    id: str
-    split: str
-    duration: int
-    size: int
-    native_fps: int
-    symbols: list[Symbol]
-    visits: list[Visit]
-
-    def signature(self) -> tuple:
-        """What makes two clips the same clip (for the no-leak check across splits)."""
-        return (
-            self.duration,
-            tuple((s.colour, s.shape, s.position, s.x, s.y) for s in self.symbols),
-            tuple((v.colour, v.start, v.seconds, v.direction) for v in self.visits),
-        )
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> Scene:
-        return Scene(
-            **{k: v for k, v in d.items() if k not in ("symbols", "visits")},
-            symbols=[Symbol(**s) for s in d["symbols"]],
-            visits=[Visit(**v) for v in d["visits"]],
-        )
-
-
-def geometry(size: int) -> dict[str, int]:
-    """Pixel layout for a frame side: glyph side ``g``, ball diameter ``b``, middle band rows."""
-    b = max(3, round(size * 0.25))
-    g = max(3, round(size * 0.22))
-    top = (size - b) // 2
-    return {"g": g, "b": b, "band_top": top, "band_bottom": top + b}
-
-
-def _corner_region(position: str, size: int, geo: dict[str, int]) -> tuple[int, int, int, int]:
-    """``(x0, x1, y0, y1)`` where a glyph of that corner may be placed (exclusive ends)."""
-    half = size // 2
-    x0, x1 = (0, half - 1) if position.endswith("left") else (half + 1, size)
-    y0, y1 = (0, geo["band_top"] - 1) if position.startswith("top") else (geo["band_bottom"] + 1, size)
-    return x0, x1, y0, y1
-
-
-def draw_scene(rng: np.random.Generator, cfg: SynthConfig, split: str, vid: str) -> Scene:
-    """Draw one scene: symbols at distinct corners, then balls in non-overlapping time slots."""
-    geo = geometry(cfg.size)
-    g = geo["g"]
-    duration = int(rng.integers(cfg.min_duration, cfg.max_duration + 1))
-    colours = list(COLOURS)
-    symbols = []
-    corners = rng.permutation(len(POSITIONS))[: cfg.symbols]
-    sym_colours = rng.permutation(len(colours))[: cfg.symbols]
-    for pos_i, col_i in zip(corners, sym_colours):
-        position = POSITIONS[pos_i]
-        x0, x1, y0, y1 = _corner_region(position, cfg.size, geo)
-        x = int(rng.integers(x0, x1 - g + 1))
-        y = int(rng.integers(y0, y1 - g + 1))
-        symbols.append(Symbol(colours[col_i], SHAPES[int(rng.integers(len(SHAPES)))], position, x, y, g))
-    symbols.sort(key=lambda s: POSITIONS.index(s.position))
-    n = int(rng.integers(cfg.min_visits, cfg.max_visits + 1))
-    lengths = [int(rng.integers(cfg.min_visit_seconds, cfg.max_visit_seconds + 1)) for _ in range(n)]
-    # free seconds spread over n + 1 gaps (inner gaps >= 1 s so visits are separate events)
-    slack = duration - sum(lengths) - (n - 1)
-    cuts = np.sort(rng.integers(0, slack + 1, size=n))
-    visits, t, prev = [], 0, 0
-    ball_colours = rng.permutation(len(colours))[:n]
-    for i in range(n):
-        t += int(cuts[i] - prev) + (1 if i else 0)
-        prev = int(cuts[i])
-        visits.append(Visit(colours[ball_colours[i]], t, lengths[i], "right" if rng.random() < 0.5 else "left"))
-        t += lengths[i]
-    return Scene(vid, split, duration, cfg.size, cfg.native_fps, symbols, visits)
-
-
-@functools.lru_cache(maxsize=64)
-def glyph_mask(shape: str, g: int) -> np.ndarray:
-    """``[g, g]`` bool mask of a glyph; the four shapes differ in several pixels even at g = 3.
-
-    ``"circle"`` is a disc of diameter ``g`` (used for balls too).
-    """
-    yy, xx = np.mgrid[0:g, 0:g] + 0.5
-    c = g / 2
-    if shape == "square":
-        m = np.ones((g, g), bool)
-    elif shape == "disc":
-        m = np.hypot(xx - c, yy - c) <= c + 0.1
-    elif shape == "circle":  # a ring: its hollow centre separates it from the square
-        r = np.hypot(xx - c, yy - c)
-        m = (r <= c + 0.1) & (r >= max(c - 1.6, 0.75))
-    elif shape == "triangle":  # apex up: row y covers a width growing with y
-        m = np.abs(xx - c) <= (yy / g) * c + 0.01
-    elif shape == "cross":
-        w = round(g / 3)
-        w = max(1, w - 1 if g % 2 and w % 2 == 0 else w)  # odd sides get centred arms
-        lo = (g - w) // 2
-        m = np.zeros((g, g), bool)
-        m[lo : lo + w, :] = True
-        m[:, lo : lo + w] = True
-    else:
-        raise ValueError(f"unknown shape {shape!r}; valid: {', '.join(SHAPES)}")
-    m.setflags(write=False)
-    return m
-
-
-def ball_x(visit: Visit, t: float, size: int, b: int) -> int:
-    """Left pixel of the ball at time ``t`` (it slides across the band over the visit)."""
-    p = (t - visit.start) / visit.seconds
-    lo, hi = 1, size - b - 1
-    return int(round(lo + (hi - lo) * (p if visit.direction == "right" else 1 - p)))
-
-
-def _background(scene: Scene) -> np.ndarray:
-    frame = np.zeros((scene.size, scene.size, 3), np.uint8)
-    for s in scene.symbols:
-        frame[s.y : s.y + s.g, s.x : s.x + s.g][glyph_mask(s.shape, s.g)] = COLOURS[s.colour]
-    return frame
-
-
-def render(scene: Scene, t: float, background: np.ndarray | None = None) -> np.ndarray:
-    """The uint8 ``[size, size, 3]`` frame shown at time ``t`` seconds (``background``: the
-    symbols-only frame, to reuse across frames)."""
-    geo = geometry(scene.size)
-    frame = (_background(scene) if background is None else background).copy()
-    b = geo["b"]
-    for v in scene.visits:
-        if v.start <= t + 1e-9 < v.start + v.seconds:
-            x = ball_x(v, t, scene.size, b)
-            frame[geo["band_top"] : geo["band_bottom"], x : x + b][glyph_mask("disc", b)] = COLOURS[v.colour]
-    return frame
-
-
-def write_video(scene: Scene, path: Path, crf: int, pix_fmt: str) -> None:
-    """Encode the scene to ``path`` (H.264 in MP4), one frame every ``1 / native_fps`` s."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part.mp4")
-    background = _background(scene)
-    with av.open(str(tmp), "w", format="mp4") as c:
-        s = c.add_stream("libx264", rate=scene.native_fps)
-        s.width = s.height = scene.size
-        s.pix_fmt = pix_fmt
-        # one thread and a fixed preset: the same seed gives byte-identical files
-        s.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
-        for i in range(scene.duration * scene.native_fps):
-            frame = av.VideoFrame.from_ndarray(render(scene, i / scene.native_fps, background), format="rgb24")
-            for p in s.encode(frame):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    tmp.replace(path)
-
-
-# ------------------------------------------------------------------------------------------
-# questions
-
-
-@dataclass
-class Question:
-    """One question about a scene, before its options are ordered."""
-
-    qtype: str
-    family: str
-    text: str
-    answer: str
-    distractors: list[str]
-    needs_detail: bool
-    evidence_groups: list[list[int]]
-
-    @property
-    def evidence_times(self) -> list[int]:
-        return sorted({t for g in self.evidence_groups for t in g})
-
-
-def _distractors(rng: np.random.Generator, answer: str, preferred: Sequence[str], pool: Sequence[str], k: int) -> list[str]:
-    """``k`` wrong options: ``preferred`` ones first (in random order), then from ``pool``."""
-    pref = [p for p in dict.fromkeys(preferred) if p != answer]
-    rest = [p for p in pool if p != answer and p not in pref]
-    out = [pref[i] for i in rng.permutation(len(pref))] + [rest[i] for i in rng.permutation(len(rest))]
-    if len(out) < k:
-        raise SynthError(f"not enough distinct options for answer {answer!r}")
-    return out[:k]
-
-
-def ask(rng: np.random.Generator, scene: Scene, qtypes: Sequence[str], options: int) -> list[Question]:
-    """One question of each type in ``qtypes`` about ``scene`` (order shuffled)."""
-    k = options - 1
-    every = list(range(scene.duration))
-    colours = list(COLOURS)
-    ball_colours = [v.colour for v in scene.visits]
-    qs: list[Question] = []
-    for qtype in qtypes:
-        family = QTYPES[qtype]
-        if qtype in ("shape", "where"):
-            s = scene.symbols[int(rng.integers(len(scene.symbols)))]
-            if qtype == "shape":
-                ans, pool = s.shape, SHAPES
-            else:
-                ans, pool = s.position, POSITIONS
-            text = TEMPLATES[qtype].format(colour=s.colour)
-            qs.append(Question(qtype, family, text, ans, _distractors(rng, ans, (), pool, k), True, [every]))
-        elif qtype == "colour_at":
-            v = scene.visits[int(rng.integers(len(scene.visits)))]
-            second = int(rng.integers(v.start, v.start + v.seconds))
-            text = TEMPLATES[qtype].format(second=second)
-            dis = _distractors(rng, v.colour, ball_colours, colours, k)
-            qs.append(Question(qtype, family, text, v.colour, dis, False, [v.seconds_visible()]))
-        elif qtype == "when":
-            v = scene.visits[int(rng.integers(len(scene.visits)))]
-            # wrong seconds lie outside this ball's visit, so any frame of the visit tells them apart
-            others = [w.start for w in scene.visits if w is not v]
-            pool = [str(t) for t in range(scene.duration) if not v.start <= t < v.start + v.seconds]
-            dis = _distractors(rng, str(v.start), [str(t) for t in others], pool, k)
-            text = TEMPLATES[qtype].format(colour=v.colour)
-            qs.append(Question(qtype, family, text, str(v.start), dis, False, [v.seconds_visible()]))
-        elif qtype == "order":
-            which = "first" if rng.random() < 0.5 else "last"
-            v = scene.visits[0] if which == "first" else scene.visits[-1]
-            dis = _distractors(rng, v.colour, ball_colours, colours, k)
-            qs.append(Question(qtype, family, TEMPLATES[which], v.colour, dis, False, [v.seconds_visible()]))
-        elif qtype == "count":
-            ans = str(len(scene.visits))
-            pool = [str(i) for i in range(1, max(options, len(COLOURS)) + 1)]
-            near = [str(i) for i in range(1, options + 1)]  # keep counts 1..options in play first
-            dis = _distractors(rng, ans, near, pool, k)
-            qs.append(Question(qtype, family, TEMPLATES[qtype], ans, dis, False, [v.seconds_visible() for v in scene.visits]))
-    return [qs[i] for i in rng.permutation(len(qs))]
-
-
-class LetterBalancer:
-    """Positions of correct answers: consecutive blocks of ``n`` are permutations of ``0..n-1``,
-    so over any prefix no letter is ahead of another by more than one block."""
-
-    def __init__(self, rng: np.random.Generator, n: int) -> None:
-        self.rng, self.n, self.bag = rng, n, []
-
-    def next(self) -> int:
-        if not self.bag:
-            self.bag = [int(i) for i in self.rng.permutation(self.n)]
-        return self.bag.pop()
-
-
-def order_options(q: Question, slot: int) -> tuple[list[str], int]:
-    """Options with the answer at index ``slot`` and the distractors around it."""
-    opts = list(q.distractors)
-    opts.insert(slot, q.answer)
-    return opts, slot
-
-
-def answerable(evidence_groups: Sequence[Sequence[float]], times: Iterable[float]) -> bool:
-    """Whether frames at ``times`` (seconds) see every evidence group of a question."""
-    seconds = {int(round(t)) for t in times}
-    return all(seconds.intersection(int(s) for s in g) for g in evidence_groups)
-
-
-def ceiling(record: dict[str, Any], fps: float | None = 1.0, max_frames: int | None = None) -> float:
-    """Best expected accuracy on one MC record (from ``*_mc.jsonl``) when frames are sampled at
-    ``fps`` and capped at ``max_frames``: 1 if every evidence group is seen, else chance.
-
-    Coverage only: a detail question is always "seen"; what compression costs it is the model's.
-    """
-    times = sample_times(record["duration"], record["native_fps"], fps, max_frames)
-    if answerable(record["evidence_groups"], times):
-        return 1.0
-    return 1.0 / len(record["options"])
-
-
-# ------------------------------------------------------------------------------------------
-# vocabulary
-
-
-def words(text: str) -> list[str]:
-    """The word-level split every synthetic text obeys (``<video>`` stays one word)."""
-    return WORD_RE.findall(text)
-
-
-def vocabulary(max_duration: int = 60, options: int = 4) -> list[str]:
-    """Every word the generator can write (questions, answers, option letters, the MC
-    instruction, the ``<video>`` placeholder) plus the prompt builder's ``"1s: <image>; ..."``
-    scaffolding for seconds ``0..max_duration``; sorted.
-    """
-    texts: list[str] = [MC_INSTRUCTION, "<video>", "<image>", "s : ; ."]
-    texts += [f"{LETTERS[i]}." for i in range(options)]
-    texts += list(COLOURS) + list(SHAPES) + list(POSITIONS)
-    texts += [str(i) for i in range(max(max_duration, len(COLOURS)) + 1)]
-    for template in TEMPLATES.values():
-        texts.append(template.format(colour="red", second=0))
-    return sorted({w for t in texts for w in words(t)})
 
 
 # ------------------------------------------------------------------------------------------

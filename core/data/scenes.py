@@ -1,0 +1,211 @@
+"""Synthetic scenes: what one clip shows, drawn from a seed, rendered to frames, encoded to MP4.
+
+A scene (``size`` x ``size`` px) holds up to four **symbols** -- small glyphs (square, circle,
+triangle, cross) of distinct colours, one per corner region, on screen the whole clip -- and a
+few **balls**: discs of distinct colours that slide across the middle band, one at a time, each
+for several seconds. Symbols never enter the band, so every question's evidence is unambiguous.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .synth import SynthConfig
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (40, 90, 255),  # lifted from pure blue so it stays bright on black
+    "yellow": (255, 255, 0),
+    "magenta": (255, 0, 255),
+    "cyan": (0, 255, 255),
+    "white": (255, 255, 255),
+}
+SHAPES = ("square", "circle", "triangle", "cross")
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+
+
+@dataclass
+class Symbol:
+    """A glyph at a corner: top-left pixel ``(x, y)``, side ``g`` px."""
+
+    colour: str
+    shape: str
+    position: str
+    x: int
+    y: int
+    g: int
+
+
+@dataclass
+class Visit:
+    """A ball on screen for ``start <= t < start + seconds`` sliding left->right or right->left."""
+
+    colour: str
+    start: int
+    seconds: int
+    direction: str  # "left" or "right": where it moves to
+
+    def seconds_visible(self) -> list[int]:
+        return list(range(self.start, self.start + self.seconds))
+
+
+@dataclass
+class Scene:
+    """Everything drawn in one video."""
+
+    id: str
+    split: str
+    duration: int
+    size: int
+    native_fps: int
+    symbols: list[Symbol]
+    visits: list[Visit]
+
+    def signature(self) -> tuple:
+        """What makes two clips the same clip (for the no-leak check across splits)."""
+        return (
+            self.duration,
+            tuple((s.colour, s.shape, s.position, s.x, s.y) for s in self.symbols),
+            tuple((v.colour, v.start, v.seconds, v.direction) for v in self.visits),
+        )
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Scene:
+        return Scene(
+            **{k: v for k, v in d.items() if k not in ("symbols", "visits")},
+            symbols=[Symbol(**s) for s in d["symbols"]],
+            visits=[Visit(**v) for v in d["visits"]],
+        )
+
+
+def geometry(size: int) -> dict[str, int]:
+    """Pixel layout for a frame side: glyph side ``g``, ball diameter ``b``, middle band rows."""
+    b = max(3, round(size * 0.25))
+    g = max(3, round(size * 0.22))
+    top = (size - b) // 2
+    return {"g": g, "b": b, "band_top": top, "band_bottom": top + b}
+
+
+def _corner_region(position: str, size: int, geo: dict[str, int]) -> tuple[int, int, int, int]:
+    """``(x0, x1, y0, y1)`` where a glyph of that corner may be placed (exclusive ends)."""
+    half = size // 2
+    x0, x1 = (0, half - 1) if position.endswith("left") else (half + 1, size)
+    y0, y1 = (0, geo["band_top"] - 1) if position.startswith("top") else (geo["band_bottom"] + 1, size)
+    return x0, x1, y0, y1
+
+
+def draw_scene(rng: np.random.Generator, cfg: SynthConfig, split: str, vid: str) -> Scene:
+    """Draw one scene: symbols at distinct corners, then balls in non-overlapping time slots."""
+    geo = geometry(cfg.size)
+    g = geo["g"]
+    duration = int(rng.integers(cfg.min_duration, cfg.max_duration + 1))
+    colours = list(COLOURS)
+    symbols = []
+    corners = rng.permutation(len(POSITIONS))[: cfg.symbols]
+    sym_colours = rng.permutation(len(colours))[: cfg.symbols]
+    for pos_i, col_i in zip(corners, sym_colours):
+        position = POSITIONS[pos_i]
+        x0, x1, y0, y1 = _corner_region(position, cfg.size, geo)
+        x = int(rng.integers(x0, x1 - g + 1))
+        y = int(rng.integers(y0, y1 - g + 1))
+        symbols.append(Symbol(colours[col_i], SHAPES[int(rng.integers(len(SHAPES)))], position, x, y, g))
+    symbols.sort(key=lambda s: POSITIONS.index(s.position))
+    n = int(rng.integers(cfg.min_visits, cfg.max_visits + 1))
+    lengths = [int(rng.integers(cfg.min_visit_seconds, cfg.max_visit_seconds + 1)) for _ in range(n)]
+    # free seconds spread over n + 1 gaps (inner gaps >= 1 s so visits are separate events)
+    slack = duration - sum(lengths) - (n - 1)
+    cuts = np.sort(rng.integers(0, slack + 1, size=n))
+    visits, t, prev = [], 0, 0
+    ball_colours = rng.permutation(len(colours))[:n]
+    for i in range(n):
+        t += int(cuts[i] - prev) + (1 if i else 0)
+        prev = int(cuts[i])
+        visits.append(Visit(colours[ball_colours[i]], t, lengths[i], "right" if rng.random() < 0.5 else "left"))
+        t += lengths[i]
+    return Scene(vid, split, duration, cfg.size, cfg.native_fps, symbols, visits)
+
+
+@functools.lru_cache(maxsize=64)
+def glyph_mask(shape: str, g: int) -> np.ndarray:
+    """``[g, g]`` bool mask of a glyph; the four shapes differ in several pixels even at g = 3.
+
+    ``"circle"`` is a disc of diameter ``g`` (used for balls too).
+    """
+    yy, xx = np.mgrid[0:g, 0:g] + 0.5
+    c = g / 2
+    if shape == "square":
+        m = np.ones((g, g), bool)
+    elif shape == "disc":
+        m = np.hypot(xx - c, yy - c) <= c + 0.1
+    elif shape == "circle":  # a ring: its hollow centre separates it from the square
+        r = np.hypot(xx - c, yy - c)
+        m = (r <= c + 0.1) & (r >= max(c - 1.6, 0.75))
+    elif shape == "triangle":  # apex up: row y covers a width growing with y
+        m = np.abs(xx - c) <= (yy / g) * c + 0.01
+    elif shape == "cross":
+        w = round(g / 3)
+        w = max(1, w - 1 if g % 2 and w % 2 == 0 else w)  # odd sides get centred arms
+        lo = (g - w) // 2
+        m = np.zeros((g, g), bool)
+        m[lo : lo + w, :] = True
+        m[:, lo : lo + w] = True
+    else:
+        raise ValueError(f"unknown shape {shape!r}; valid: {', '.join(SHAPES)}")
+    m.setflags(write=False)
+    return m
+
+
+def ball_x(visit: Visit, t: float, size: int, b: int) -> int:
+    """Left pixel of the ball at time ``t`` (it slides across the band over the visit)."""
+    p = (t - visit.start) / visit.seconds
+    lo, hi = 1, size - b - 1
+    return int(round(lo + (hi - lo) * (p if visit.direction == "right" else 1 - p)))
+
+
+def _background(scene: Scene) -> np.ndarray:
+    frame = np.zeros((scene.size, scene.size, 3), np.uint8)
+    for s in scene.symbols:
+        frame[s.y : s.y + s.g, s.x : s.x + s.g][glyph_mask(s.shape, s.g)] = COLOURS[s.colour]
+    return frame
+
+
+def render(scene: Scene, t: float, background: np.ndarray | None = None) -> np.ndarray:
+    """The uint8 ``[size, size, 3]`` frame shown at time ``t`` seconds (``background``: the
+    symbols-only frame, to reuse across frames)."""
+    geo = geometry(scene.size)
+    frame = (_background(scene) if background is None else background).copy()
+    b = geo["b"]
+    for v in scene.visits:
+        if v.start <= t + 1e-9 < v.start + v.seconds:
+            x = ball_x(v, t, scene.size, b)
+            frame[geo["band_top"] : geo["band_bottom"], x : x + b][glyph_mask("disc", b)] = COLOURS[v.colour]
+    return frame
+
+
+def write_video(scene: Scene, path: Path, crf: int, pix_fmt: str) -> None:
+    """Encode the scene to ``path`` (H.264 in MP4), one frame every ``1 / native_fps`` s."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part.mp4")
+    background = _background(scene)
+    with av.open(str(tmp), "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=scene.native_fps)
+        s.width = s.height = scene.size
+        s.pix_fmt = pix_fmt
+        # one thread and a fixed preset: the same seed gives byte-identical files
+        s.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+        for i in range(scene.duration * scene.native_fps):
+            frame = av.VideoFrame.from_ndarray(render(scene, i / scene.native_fps, background), format="rgb24")
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    tmp.replace(path)
