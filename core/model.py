@@ -181,7 +181,9 @@ class VideoLLM(pl.LightningModule):
             "visual_tokens": torch.tensor(float(sum(p.visual_tokens for p in plans)) / len(plans)),
         }
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        if not _has_samples(batch):
+            return None  # every file of the batch was skipped by the data side: no step
         out = self(batch, training=True)
         n = len(_samples(batch))
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=n)
@@ -190,12 +192,16 @@ class VideoLLM(pl.LightningModule):
         return out["loss"]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        if not _has_samples(batch):
+            return
         samples = _samples(batch)
         out = self(samples, training=False)
         self.log("val/loss", out["loss"], prog_bar=True, batch_size=len(samples), sync_dist=True)
         self._eval_records.extend(self._mc_records(samples))
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
+        if not _has_samples(batch):
+            return
         self._eval_records.extend(self._mc_records(_samples(batch)))
 
     def on_validation_epoch_start(self) -> None:
@@ -373,6 +379,10 @@ def _samples(batch: Batch | Sequence[Sample]) -> list[Sample]:
     if not samples:
         raise ValueError("empty batch")
     return samples
+
+
+def _has_samples(batch: Batch | Sequence[Sample]) -> bool:
+    return len(batch.samples if isinstance(batch, Batch) else batch) > 0
 
 
 def _letter_index(text: str, n: int) -> int:

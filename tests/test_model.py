@@ -134,3 +134,9 @@ def test_model_bench_measures_a_step(tmp_path):
     assert row["llm_positions"] > row["visual_tokens"]
     assert row["act_llm_mib"] > 0 and row["act_encoder_mib"] > 0 and 0 < row["llm_share"] < 1
     assert "| 4 | 4 | 16 |" in model_bench.table([row])
+
+
+def test_a_batch_whose_files_were_all_skipped_makes_no_step(path_model):
+    assert path_model.training_step(Batch([]), 0) is None
+    with pytest.raises(ValueError, match="empty batch"):
+        path_model(Batch([]))

@@ -10,7 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
-from tiny_vlm import ListDataModule, colour_samples, run_config
+from tiny_vlm import ListDataModule, colour_samples, inline_model, run_config
 
 from dynvlm.config import load_config, to_yaml
 from dynvlm.train import fit, test, validate
@@ -59,6 +59,34 @@ def test_fit_lowers_the_loss_and_writes_the_run(tmp_path, samples):
     assert sorted(json.loads(x)["question_id"] for x in lines) == [f"q{i}" for i in range(6)]
 
 
+def test_fit_and_test_on_the_synthetic_data_module(tmp_path):
+    from dynvlm.data import VideoDataModule
+    from dynvlm.model import VideoLLM
+
+    model = inline_model()
+    del model["llm"]["vocabulary"]  # the word-level tokenizer takes the synthetic task's word list
+    synth = {"out": str(tmp_path / "synth"), "train": 4, "val": 2, "test": 4, "size": 16, "min_duration": 6,
+             "max_duration": 8, "max_visits": 2, "max_visit_seconds": 2}
+    cfg = _yaml_config(tmp_path, model=model, data={"synth": synth, "batch_size": 2},
+                       budget={"max_tokens": 64, "max_frames": 8})
+    result = fit(cfg)  # the DataModule comes from cfg.data
+    assert result["global_step"] == 4 and result["train/loss"] > 0
+
+    dm = VideoDataModule(cfg.data, cfg.budget)
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    vlm = VideoLLM(cfg)
+    encoded = vlm.encode_prompts(batch.samples, vlm.plan(batch.samples))
+    assert all(vlm.llm.tokenizer.unk_token_id not in e.ids for e in encoded)  # every word is in the vocabulary
+    assert all(len(e.answer_spans) == sum(t.role == "gpt" for t in s.conversation)
+               for e, s in zip(encoded, batch.samples))
+
+    scores = test(cfg)
+    assert scores["test/n"] >= 4 and 0.0 <= scores["test/acc"] <= 1.0
+    assert any(k.startswith("test/acc/") for k in scores)  # per-category accuracy
+
+
 class Crash(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == 3:
@@ -84,7 +112,7 @@ DDP_SCRIPT = """
 import json, os, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from tiny_vlm import ListDataModule, colour_samples, run_config
+from tiny_vlm import ListDataModule, colour_samples, inline_model, run_config
 from dynvlm.train import fit
 
 root = Path({root!r})
