@@ -228,5 +228,27 @@ def test_cli_main(tmp_path, capsys):
     assert {r["qtype"] for r in recs} == {"shape", "count"}
     clip = read_video(out / recs[0]["video"], fps=1.0)
     assert clip.frames.shape == (12, 16, 16, 3)
+    for rec in recs:  # at 16 px the symbols touch the ball band: answers still match the pixels
+        frames = read_video(out / rec["video"], fps=1.0, max_frames=None).frames
+        _check(dict(rec, answer_text=rec["options"]["ABCD".index(rec["answer"])]), frames, 16)
     assert synth.main(argv[:-1] + ["--seed", "2", "--quiet"]) == 2  # other settings, same folder
-    assert "differ: seed" in capsys.readouterr().out
+    assert "differ: seed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_pooling_a_glyph_hides_its_shape(size):
+    """By construction the detail family needs tokens finer than a glyph: with equal-area shapes
+    a token pooled over a corner (M = 4 on a 2x2 grid) is the same for every shape."""
+    geo = synth.geometry(size)
+    frames = {}
+    for equal in (True, False):
+        for shape in synth.SHAPES:
+            sym = synth.Symbol("red", shape, "top left", 1, 0, geo["g"])
+            scene = synth.Scene("x", "test", 10, size, 4, [sym], [], equal)
+            frames[equal, shape] = synth.render(scene, 0.0).astype(float)
+    half = size // 2
+    pooled = {k: f[:half, :half].mean((0, 1)) for k, f in frames.items()}
+    for shape in synth.SHAPES[1:]:
+        assert np.allclose(pooled[True, shape], pooled[True, "square"])  # same token whatever the shape
+        assert not np.array_equal(frames[True, shape], frames[True, "square"])  # full resolution tells them apart
+    assert len({tuple(pooled[False, s]) for s in synth.SHAPES}) == 4  # unequal areas leak the shape when pooled

@@ -67,6 +67,7 @@ class Scene:
     native_fps: int
     symbols: list[Symbol]
     visits: list[Visit]
+    equal_area: bool = True  # symbol shapes light the same number of pixels (see glyph_mask)
 
     def signature(self) -> tuple:
         """What makes two clips the same clip (for the no-leak check across splits)."""
@@ -86,18 +87,21 @@ class Scene:
 
 
 def geometry(size: int) -> dict[str, int]:
-    """Pixel layout for a frame side: glyph side ``g``, ball diameter ``b``, middle band rows."""
+    """Pixel layout for a frame side: glyph side ``g``, ball diameter ``b``, middle band rows,
+    and ``gap`` (rows between the band and the corner regions, 0 when the frame is too small)."""
     b = max(3, round(size * 0.25))
-    g = max(3, round(size * 0.22))
+    g = max(6, round(size * 0.22))  # equal-area shapes stay distinct from 6 px up
     top = (size - b) // 2
-    return {"g": g, "b": b, "band_top": top, "band_bottom": top + b}
+    gap = 1 if top - 1 >= g else 0
+    return {"g": g, "b": b, "band_top": top, "band_bottom": top + b, "gap": gap}
 
 
 def _corner_region(position: str, size: int, geo: dict[str, int]) -> tuple[int, int, int, int]:
     """``(x0, x1, y0, y1)`` where a glyph of that corner may be placed (exclusive ends)."""
     half = size // 2
     x0, x1 = (0, half - 1) if position.endswith("left") else (half + 1, size)
-    y0, y1 = (0, geo["band_top"] - 1) if position.startswith("top") else (geo["band_bottom"] + 1, size)
+    gap = geo["gap"]
+    y0, y1 = (0, geo["band_top"] - gap) if position.startswith("top") else (geo["band_bottom"] + gap, size)
     return x0, x1, y0, y1
 
 
@@ -129,36 +133,83 @@ def draw_scene(rng: np.random.Generator, cfg: SynthConfig, split: str, vid: str)
         prev = int(cuts[i])
         visits.append(Visit(colours[ball_colours[i]], t, lengths[i], "right" if rng.random() < 0.5 else "left"))
         t += lengths[i]
-    return Scene(vid, split, duration, cfg.size, cfg.native_fps, symbols, visits)
+    return Scene(vid, split, duration, cfg.size, cfg.native_fps, symbols, visits, cfg.equal_area)
 
 
 @functools.lru_cache(maxsize=64)
-def glyph_mask(shape: str, g: int) -> np.ndarray:
-    """``[g, g]`` bool mask of a glyph; the four shapes differ in several pixels even at g = 3.
+def glyph_mask(shape: str, g: int, equal_area: bool = True) -> np.ndarray:
+    """``[g, g]`` bool mask of a glyph (or ``"disc"``, the ball).
 
-    ``"circle"`` is a disc of diameter ``g`` (used for balls too).
+    With ``equal_area`` every symbol shape lights exactly ``4g - 4`` pixels (a square outline's
+    count), so a token pooled over a whole glyph has the same value whatever its shape: telling
+    shapes apart needs several tokens per glyph. Otherwise the shapes are filled/thin and their
+    areas differ (a pooled token then leaks the shape through its brightness).
     """
     yy, xx = np.mgrid[0:g, 0:g] + 0.5
     c = g / 2
-    if shape == "square":
-        m = np.ones((g, g), bool)
-    elif shape == "disc":
+    if shape == "disc":
         m = np.hypot(xx - c, yy - c) <= c + 0.1
-    elif shape == "circle":  # a ring: its hollow centre separates it from the square
+    elif shape == "square":
+        m = np.ones((g, g), bool)
+        if equal_area:
+            m[1:-1, 1:-1] = False
+    elif shape == "circle":  # a ring: its hollow centre separates it from a filled square
         r = np.hypot(xx - c, yy - c)
-        m = (r <= c + 0.1) & (r >= max(c - 1.6, 0.75))
-    elif shape == "triangle":  # apex up: row y covers a width growing with y
-        m = np.abs(xx - c) <= (yy / g) * c + 0.01
+        widths = [1.6] if not equal_area else [0.8 + 0.05 * i for i in range(60)]
+        # the ring width whose pixel count is nearest the common area: little left to equalise
+        m = min(((r <= c + 0.1) & (r >= max(c - w, 0.75)) for w in widths), key=lambda k: abs(int(k.sum()) - (4 * g - 4)))
+    elif shape == "triangle":  # apex up, filled: row y covers a width growing with y
+        sides = [g] if not equal_area else range(g, 2, -1)
+        m = min((_triangle(k, g) for k in sides), key=lambda k: abs(int(k.sum()) - (4 * g - 4)))
     elif shape == "cross":
-        w = round(g / 3)
-        w = max(1, w - 1 if g % 2 and w % 2 == 0 else w)  # odd sides get centred arms
+        w = 2 if equal_area else round(g / 3)  # two-pixel arms: 2 * 2g - 4 = 4g - 4 pixels
+        if not equal_area:
+            w = max(1, w - 1 if g % 2 and w % 2 == 0 else w)  # odd sides get centred arms
         lo = (g - w) // 2
         m = np.zeros((g, g), bool)
         m[lo : lo + w, :] = True
         m[:, lo : lo + w] = True
     else:
         raise ValueError(f"unknown shape {shape!r}; valid: {', '.join(SHAPES)}")
+    if equal_area and shape != "disc":
+        m = _equalise(m, 4 * g - 4, along_radius=shape == "circle")
     m.setflags(write=False)
+    return m
+
+
+def _triangle(k: int, g: int) -> np.ndarray:
+    """A filled apex-up triangle of side ``k`` at the bottom centre of a ``g`` x ``g`` cell."""
+    yy, xx = np.mgrid[0:k, 0:k] + 0.5
+    t = np.abs(xx - k / 2) <= (yy / k) * k / 2 + 0.01
+    m = np.zeros((g, g), bool)
+    x0 = (g - k) // 2
+    m[g - k :, x0 : x0 + k] = t
+    return m
+
+
+def _equalise(m: np.ndarray, target: int, along_radius: bool = False) -> np.ndarray:
+    """Remove the pixels farthest from the centre, or grow next to the mask (nearest the centre, or
+    ``along_radius`` at the mask's mean radius) until exactly ``target`` pixels are lit (ties broken
+    by row, then column)."""
+    m = m.copy()
+    g = m.shape[0]
+    yy, xx = np.mgrid[0:g, 0:g] + 0.5
+    dist = np.hypot(xx - g / 2, yy - g / 2)
+    while m.sum() > target:
+        ys, xs = np.nonzero(m)
+        k = max(range(len(ys)), key=lambda i: (dist[ys[i], xs[i]], -ys[i], -xs[i]))
+        m[ys[k], xs[k]] = False
+    while m.sum() < target:
+        nb = np.zeros_like(m)
+        nb[1:] |= m[:-1]
+        nb[:-1] |= m[1:]
+        nb[:, 1:] |= m[:, :-1]
+        nb[:, :-1] |= m[:, 1:]
+        ys, xs = np.nonzero(nb & ~m)
+        # rings grow along their own radius (they stay rings); filled shapes grow nearest the centre
+        radius = dist[m].mean() if along_radius else 0.0
+        k = min(range(len(ys)), key=lambda i: (abs(dist[ys[i], xs[i]] - radius), ys[i], xs[i]))
+        m[ys[k], xs[k]] = True
     return m
 
 
@@ -172,7 +223,7 @@ def ball_x(visit: Visit, t: float, size: int, b: int) -> int:
 def _background(scene: Scene) -> np.ndarray:
     frame = np.zeros((scene.size, scene.size, 3), np.uint8)
     for s in scene.symbols:
-        frame[s.y : s.y + s.g, s.x : s.x + s.g][glyph_mask(s.shape, s.g)] = COLOURS[s.colour]
+        frame[s.y : s.y + s.g, s.x : s.x + s.g][glyph_mask(s.shape, s.g, scene.equal_area)] = COLOURS[s.colour]
     return frame
 
 

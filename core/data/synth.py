@@ -39,6 +39,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,7 +79,7 @@ from .scenes import (  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-VERSION = 1  # bump when the drawing or the questions change: old folders then regenerate
+VERSION = 2  # bump when the drawing or the questions change: old folders then regenerate
 
 SPLITS = ("train", "val", "test")
 
@@ -109,6 +110,7 @@ class SynthConfig:
     min_visit_seconds: int = 2  # several seconds: coverage falls gradually as frames get fewer
     max_visit_seconds: int = 5
     symbols: int = 4  # corner glyphs per video, 1..4
+    equal_area: bool = True  # all symbol shapes light the same pixel count: pooling one glyph hides its shape
     qtypes: list[str] = field(default_factory=lambda: list(QTYPES))
     mc_fraction: float = 0.5  # share of training turns asked as multiple choice
     options: int = 4  # options per multiple-choice question
@@ -124,8 +126,8 @@ class SynthConfig:
         for key in ("train", "val", "test"):
             if getattr(self, key) < 0:
                 bad(key, "must be >= 0")
-        if self.size < 12 or self.size % 2:
-            bad("size", "must be an even number >= 12")
+        if self.size < 16 or self.size % 2:
+            bad("size", "must be an even number >= 16")
         if self.native_fps < 1:
             bad("native_fps", "must be >= 1")
         if not 1 <= self.min_visits <= self.max_visits:
@@ -354,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = generate(make_config(args), force=force, progress=not quiet)
     except SynthError as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     manifest = json.loads((out / "manifest.json").read_text())
     print(f"synthetic dataset in {out}: " + ", ".join(f"{k} {v}" for k, v in manifest["counts"].items()))
