@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -269,8 +268,11 @@ class VideoLLM(pl.LightningModule):
         if not mc:
             return []
         if self.eval_cfg.mode == "generate":
+            from .answers import extract_choice
+
             texts = self.generate(mc)
-            preds = [_letter_index(t, len(s.meta["options"])) for t, s in zip(texts, mc)]
+            preds = [extract_choice(t, len(s.meta["options"]), s.meta["options"]) for t, s in zip(texts, mc)]
+            preds = [-1 if p is None else p for p in preds]  # unparseable answers count as wrong
         else:
             scores = self.score_options(mc)
             texts = [None] * len(mc)
@@ -383,15 +385,6 @@ def _samples(batch: Batch | Sequence[Sample]) -> list[Sample]:
 
 def _has_samples(batch: Batch | Sequence[Sample]) -> bool:
     return len(batch.samples if isinstance(batch, Batch) else batch) > 0
-
-
-def _letter_index(text: str, n: int) -> int:
-    """Index of the first option letter (``A``.. within ``n``) in a generated answer, ``-1`` when none."""
-    m = re.search(r"\b([A-Z])\b", text)
-    if m is None:
-        return -1
-    k = ord(m.group(1)) - ord("A")
-    return k if k < n else -1
 
 
 def _schedule(warmup: int, total: int | None, kind: str):

@@ -140,3 +140,28 @@ def test_a_batch_whose_files_were_all_skipped_makes_no_step(path_model):
     assert path_model.training_step(Batch([]), 0) is None
     with pytest.raises(ValueError, match="empty batch"):
         path_model(Batch([]))
+
+
+def test_generate_mode_scores_parsed_letters(samples, tmp_path):
+    m = VideoLLM(run_config(tmp_path, eval={"mode": "generate", "max_new_tokens": 2})).eval()
+    records = m._mc_records(samples[:3])
+    assert [r["question_id"] for r in records] == ["q0", "q1", "q2"]
+    assert all(isinstance(r["text"], str) and -1 <= r["pred"] < 3 for r in records)
+    assert [r["answer"] for r in records] == [0, 1, 2]
+
+
+def test_siglip_video_llm_trains_a_step(samples, tmp_path):
+    from tiny_vlm import save_siglip
+
+    model = inline_model()
+    model["encoder"] = {"name": "siglip", "path": save_siglip(tmp_path / "siglip")}
+    m = VideoLLM(run_config(tmp_path, model))
+    opt = torch.optim.AdamW(m.param_groups(), lr=1e-2)
+    losses = []
+    for _ in range(3):
+        loss = m(samples[:2])["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
