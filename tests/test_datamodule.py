@@ -203,3 +203,20 @@ def test_cache_keeps_decoded_frames(tmp_path, synth_dir):
     again = [s.frames for b in cached.train_dataloader() for s in b.samples]
     assert len(again) == 6 and all(torch.equal(a, b) for a, b in zip(first, again)) and cached.skipped == []
     assert sum(len(b) for b in plain.train_dataloader()) == 0 and len(plain.skipped) == 6
+
+
+def test_lightning_can_inject_a_distributed_sampler(synth_dir):
+    # what Lightning does to every training loader under DDP: rebuild it around a DistributedSampler
+    from lightning_fabric.utilities.data import _replace_dunder_methods, _update_dataloader
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    with _replace_dunder_methods(DataLoader, "dataset"):
+        dm = VideoDataModule({"synth": {"out": str(synth_dir), **SYNTH}, "batch_size": 2}, BUDGET)
+        loader = dm.train_dataloader()
+    ranks = []
+    for rank in (0, 1):
+        sampler = DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=False)
+        rebuilt = _update_dataloader(loader, sampler)
+        assert type(rebuilt) is type(loader) and rebuilt.split == "train"
+        ranks.append(_ids(rebuilt))
+    assert sorted(ranks[0] + ranks[1]) == [f"train_{i:06d}" for i in range(6)] and not set(ranks[0]) & set(ranks[1])
