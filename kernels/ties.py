@@ -3,11 +3,19 @@
 A GEMM does not promise bitwise-equal results for equal columns: BLAS and the Triton
 interpreter (numpy) compute edge tiles differently, so the "equal" scores of identical tokens
 differ in the last bit and argmax/argsort break the tie by that noise. Integer arithmetic has
-no such problem, so identical rows are found exactly by a 64-bit hash of their bits
-(``sum(bits * w) mod 2**64`` with fixed random odd ``w``: order-independent, so any backend
-computes the same value), and the match results are then corrected so that:
+no such problem, so identical tokens are found exactly by hashing:
 
-- an A token with a bitwise-identical B token matches the lowest such B with score exactly 1;
+- round 1: a hash of each token's bits, ``sum_c(bits_c * w_c) mod 2**32`` for two fixed random
+  weight vectors (wrapping integer sums do not depend on the summation order, so every backend
+  agrees), packed into one int64;
+- later rounds: a merged token's hash is the order-independent wrapping sum of
+  ``mix(hash, size)`` over the tokens merged into it, so two outputs built from the same
+  (token, size) multiset -- mathematically equal -- get equal hashes without rereading rows.
+
+Tokens are hashed rather than keys: a learned key projection is itself a GEMM and may give
+identical tokens keys that differ in the last bit. The match results are then corrected:
+
+- an A token with an identical B token matches the lowest such B with score exactly 1;
 - any other best score is clamped below 1 (cosine <= 1 is only reached by copies);
 - among identical B tokens the lowest index wins;
 - identical A tokens take their lowest twin's (score, match), so the stable sort orders them
@@ -21,40 +29,55 @@ from torch import Tensor
 
 from ._backend import next_pow2, tl, triton
 
-__all__ = ["resolve_ties", "row_hash", "row_hash_reference", "row_hash_triton"]
+__all__ = ["merge_hash", "resolve_ties", "row_hash", "row_hash_reference", "row_hash_triton"]
 
 _INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _WEIGHTS: dict[tuple[int, str], Tensor] = {}
 _BELOW_ONE = 1.0 - 2.0**-24  # the largest fp32 below 1
+_LOW32 = 0xFFFFFFFF
 
 
 def _weights(c: int, device: torch.device) -> Tensor:
+    """``[2, c]`` int32 odd weights, fixed so every backend and run hashes alike."""
     key = (c, str(device))
     if key not in _WEIGHTS:
-        g = torch.Generator().manual_seed(0x70E)  # fixed: every backend and run hashes alike
-        w = torch.randint(1, 2**62, (c,), generator=g, dtype=torch.int64) | 1
+        g = torch.Generator().manual_seed(0x70E)
+        w = torch.randint(-(2**31), 2**31 - 1, (2, c), generator=g, dtype=torch.int64).to(torch.int32) | 1
         _WEIGHTS[key] = w.to(device)
     return _WEIGHTS[key]
 
 
-def _bits(keys: Tensor) -> Tensor:
-    return keys.view(_INT_VIEW[keys.element_size()])
+def _bits32(x: Tensor) -> Tensor:
+    bits = x.view(_INT_VIEW[x.element_size()])
+    if bits.dtype == torch.int64:  # fp64: fold the high word in
+        bits = (bits ^ (bits >> 32)) & _LOW32
+    return bits.to(torch.int32)
 
 
-def row_hash_reference(keys: Tensor) -> Tensor:
-    """``[F, n, C]`` float keys -> ``[F, n]`` int64 hash of each row's bits (equal rows, equal hashes)."""
-    bits = _bits(keys).to(torch.int64)
-    return (bits * _weights(keys.shape[2], keys.device)).sum(-1)  # wraps mod 2**64 in any order
+def _pack(h1: Tensor, h2: Tensor) -> Tensor:
+    return (h1.to(torch.int64) << 32) | (h2.to(torch.int64) & _LOW32)
+
+
+def row_hash_reference(x: Tensor) -> Tensor:
+    """``[F, n, C]`` float tokens -> ``[F, n]`` int64 hash of each row's bits (equal rows, equal hashes)."""
+    bits = _bits32(x)
+    w = _weights(x.shape[2], x.device)
+    # int32 products and sums wrap mod 2**32: exact in any order
+    return _pack((bits * w[0]).sum(-1, dtype=torch.int32), (bits * w[1]).sum(-1, dtype=torch.int32))
 
 
 if triton is not None:
 
     @triton.jit
-    def _hash_kernel(b_ptr, w_ptr, o_ptr, N, C, sbf, sbn, sbc, sof, son, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _hash_kernel(
+        b_ptr, w_ptr, o1_ptr, o2_ptr, N, C, sbf, sbn, sbc, sof, son,
+        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):  # fmt: skip
         f = tl.program_id(0).to(tl.int64)
         offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = offs_n < N
-        acc = tl.zeros((BLOCK_N,), tl.int64)
+        h1 = tl.zeros((BLOCK_N,), tl.int32)
+        h2 = tl.zeros((BLOCK_N,), tl.int32)
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
             cmask = offs_c < C
@@ -62,28 +85,47 @@ if triton is not None:
                 b_ptr + f * sbf + offs_n[:, None].to(tl.int64) * sbn + offs_c[None, :] * sbc,
                 mask=nmask[:, None] & cmask[None, :],
                 other=0,
-            ).to(tl.int64)
-            w = tl.load(w_ptr + offs_c, mask=cmask, other=0)
-            acc += tl.sum(bits * w[None, :], axis=1)
-        tl.store(o_ptr + f * sof + offs_n * son, acc, mask=nmask)
+            )
+            w1 = tl.load(w_ptr + offs_c, mask=cmask, other=0)
+            w2 = tl.load(w_ptr + C + offs_c, mask=cmask, other=0)
+            h1 += tl.sum(bits * w1[None, :], axis=1)
+            h2 += tl.sum(bits * w2[None, :], axis=1)
+        tl.store(o1_ptr + f * sof + offs_n * son, h1, mask=nmask)
+        tl.store(o2_ptr + f * sof + offs_n * son, h2, mask=nmask)
 
 
-def row_hash_triton(keys: Tensor) -> Tensor:
+def row_hash_triton(x: Tensor) -> Tensor:
     """Triton version of :func:`row_hash_reference` (bitwise the same result)."""
-    f, n, c = keys.shape
-    bits = _bits(keys)
-    out = torch.empty((f, n), device=keys.device, dtype=torch.int64)
-    block_n = 32 if keys.is_cuda else min(next_pow2(n), 1024)
-    block_c = 64 if keys.is_cuda else min(next_pow2(c), 256)
+    f, n, c = x.shape
+    bits = _bits32(x) if x.element_size() != 4 else x.view(torch.int32)
+    h1 = torch.empty((f, n), device=x.device, dtype=torch.int32)
+    h2 = torch.empty_like(h1)
+    block_n = 32 if x.is_cuda else min(next_pow2(n), 1024)
+    block_c = 64 if x.is_cuda else min(next_pow2(c), 256)
     _hash_kernel[(f, triton.cdiv(n, block_n))](
-        bits, _weights(c, keys.device), out, n, c, *bits.stride(), *out.stride(), BLOCK_N=block_n, BLOCK_C=block_c
+        bits, _weights(c, x.device), h1, h2, n, c, *bits.stride(), *h1.stride(), BLOCK_N=block_n, BLOCK_C=block_c
     )
-    return out
+    return _pack(h1, h2)
 
 
-def row_hash(keys: Tensor, use_triton: bool) -> Tensor:
+def row_hash(x: Tensor, use_triton: bool) -> Tensor:
     """Dispatch between :func:`row_hash_triton` and :func:`row_hash_reference`."""
-    return row_hash_triton(keys) if use_triton else row_hash_reference(keys)
+    return row_hash_triton(x) if use_triton else row_hash_reference(x)
+
+
+def _mix(h: Tensor) -> Tensor:
+    # splitmix64 finaliser (wrapping int64); logical shifts emulated by masking the sign fill
+    h = (h ^ ((h >> 30) & ((1 << 34) - 1))) * -4658895280553007687  # 0xBF58476D1CE4E5B9
+    h = (h ^ ((h >> 27) & ((1 << 37) - 1))) * -7723592293110705685  # 0x94D049BB133111EB
+    return h ^ ((h >> 31) & ((1 << 33) - 1))
+
+
+def merge_hash(h: Tensor, size: Tensor, slot_of_old: Tensor, m: int) -> Tensor:
+    """Hashes after a merge round: ``h`` ``[F, n]`` int64, ``size`` ``[F, n]`` float, ``slot_of_old``
+    ``[F, n]`` -> ``[F, m]`` int64, equal for slots merged from equal (hash, size) multisets."""
+    size_bits = size.to(torch.float64).view(torch.int64)
+    contrib = _mix(h ^ _mix(size_bits))
+    return torch.zeros((h.shape[0], m), dtype=torch.int64, device=h.device).scatter_add_(1, slot_of_old, contrib)
 
 
 def _first_twin(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -105,7 +147,7 @@ def resolve_ties(best: Tensor, best_idx: Tensor, key_hash: Tensor) -> tuple[Tens
     Args:
         best: ``[F, na]`` best cosine score of each A token (A = even positions).
         best_idx: ``[F, na]`` int64 index into B (odd positions) of that best score.
-        key_hash: ``[F, n]`` int64 :func:`row_hash` of the keys.
+        key_hash: ``[F, n]`` int64 token hashes (:func:`row_hash`, then :func:`merge_hash`).
 
     Returns:
         Corrected ``(best, best_idx)``, same shapes.

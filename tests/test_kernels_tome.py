@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dynvlm.kernels.ties import resolve_ties, row_hash
+from dynvlm.kernels.ties import merge_hash, resolve_ties, row_hash
 from dynvlm.kernels.tome import (
     inv_norm,
     match_reference,
@@ -63,7 +63,20 @@ def test_row_hash_backends_agree_and_separate_rows():
     ht, hr = row_hash(k, True), row_hash(k, False)
     assert torch.equal(ht, hr)
     assert ht[0, 5] == ht[0, 7] and len(set(ht[0].tolist())) == 32
-    assert torch.equal(row_hash(k.to(torch.bfloat16), True), row_hash(k.to(torch.bfloat16), False))
+    for dtype in (torch.bfloat16, torch.float64):
+        assert torch.equal(row_hash(k.to(dtype), True), row_hash(k.to(dtype), False))
+
+
+def test_merge_hash_follows_multisets():
+    h = torch.tensor([[11, 22, 11, 33, 22, 11]])
+    size = torch.tensor([[1.0, 2.0, 1.0, 1.0, 2.0, 1.0]])
+    # slot 0 <- {11@1, 22@2}; slot 1 <- {22@2, 11@1} (same multiset); slot 2 <- {33@1, 11@1}
+    slot_of_old = torch.tensor([[0, 0, 1, 2, 1, 2]])
+    out = merge_hash(h, size, slot_of_old, 3)
+    assert out[0, 0] == out[0, 1] and out[0, 0] != out[0, 2]
+    size2 = torch.tensor([[1.0, 2.0, 1.0, 1.0, 3.0, 1.0]])  # a different size changes the hash
+    out2 = merge_hash(h, size2, slot_of_old, 3)
+    assert out2[0, 0] != out2[0, 1]
 
 
 def test_merge_matches_reference():

@@ -1,0 +1,309 @@
+"""``dynvlm bench kernels``: time every compressor op on each backend and print a markdown table.
+
+For each op (pool, tome, prune) at each ``(frames, N, C, tokens)`` size and dtype it times:
+
+- ``naive``: the straightforward eager version model code usually writes (``pool_naive``,
+  ``tome_naive``, ``prune_naive``);
+- ``torch``: this package's torch path (``backend="torch"``);
+- ``compile``: ``torch.compile`` of the naive version, measured in the same run;
+- ``triton``: the Triton path (CUDA only; ``n/a (no GPU)`` elsewhere).
+
+Times are the median and 20/80 % quantiles in ms (``triton.testing.do_bench`` on CUDA, which
+flushes L2; wall clock on CPU). The speed-up columns divide the naive (or compiled) median by
+the path's median. ``GB/s`` is the op's floor traffic (see :func:`floor_bytes`) over the best
+path's median, against the copy bandwidth measured in the same run.
+
+``prune`` is timed as its kernel's job: select the top ``tokens`` of given scores + Gumbel
+noise and gather the rows (the scorer MLP is a plain GEMM left to cuBLAS/MKL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ._backend import HAS_TRITON, triton
+from .pool import adaptive_pool, pool_naive
+from .prune import gumbel_noise, gumbel_topk, prune_naive
+from .tome import tome_merge, tome_naive
+
+__all__ = ["SIZES", "Timing", "floor_bytes", "main", "run"]
+
+SIZES = ((8, 576, 1024, 100), (128, 576, 1024, 100), (128, 576, 1024, 16))
+OPS = ("pool", "tome", "prune")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Timing:
+    """Median and 20/80 % quantiles in ms over ``n`` runs."""
+
+    median: float
+    p20: float
+    p80: float
+    n: int
+
+    def __str__(self) -> str:
+        if self.n == 1:
+            return f"{self.median:.2f} (1 run)"
+        return f"{self.median:.2f} [{self.p20:.2f}–{self.p80:.2f}]"
+
+
+def _time_cpu(fn: Callable[[], object], budget_s: float) -> Timing:
+    start = time.perf_counter()
+    fn()  # warm-up (allocator, lazy init); a slow op's warm-up is its only run
+    first = time.perf_counter() - start
+    runs = 1 if first * 2 > budget_s else max(2, min(20, int(budget_s / max(first, 1e-6))))
+    samples = [first] if runs == 1 else []
+    for _ in range(runs if runs > 1 else 0):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    ms = sorted(s * 1e3 for s in samples)
+    q = statistics.quantiles(ms, n=5) if len(ms) >= 2 else [ms[0]] * 4
+    return Timing(statistics.median(ms), q[0], q[3], len(ms))
+
+
+def _time(fn: Callable[[], object], device: torch.device, budget_s: float) -> Timing:
+    if device.type == "cuda":
+        med, p20, p80 = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
+        return Timing(med, p20, p80, 0)
+    return _time_cpu(fn, budget_s)
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Measured device copy bandwidth in GB/s (read + write of a 256 MiB buffer)."""
+    src = torch.empty(64 * 2**20, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # first touch of dst's pages is not part of the bandwidth
+    t = _time(lambda: dst.copy_(src), device, budget_s=1.0)
+    return 2 * src.numel() * 4 / (t.median * 1e-3) / 1e9
+
+
+def floor_bytes(op: str, frames: int, n: int, c: int, tokens: int, itemsize: int) -> int:
+    """Minimal memory traffic of one call: pool reads X and writes the output; ToMe reads X twice
+    (match, merge) and writes the output; prune's select+gather reads scores and noise (fp32) and
+    the kept rows, and writes them."""
+    x = frames * n * c * itemsize
+    s = math.isqrt(tokens)
+    if op == "pool":
+        return x + frames * s * s * c * itemsize
+    if op == "tome":
+        return 2 * x + frames * tokens * c * itemsize
+    return 2 * frames * n * 4 + 2 * frames * tokens * c * itemsize
+
+
+def _fns(op: str, x: torch.Tensor, tokens: int, gen: torch.Generator) -> dict[str, Callable[[torch.Tensor], object]]:
+    frames, n, _ = x.shape
+    side = math.isqrt(n)
+    grid = (side, n // side)
+    s = math.isqrt(tokens)
+    if op == "pool":
+        return {
+            "naive": lambda t: pool_naive(t, grid, (s, s)),
+            "torch": lambda t: adaptive_pool(t, (s, s), grid, backend="torch"),
+            "triton": lambda t: adaptive_pool(t, (s, s), grid, backend="triton"),
+        }
+    if op == "tome":
+        return {
+            "naive": lambda t: tome_naive(t, tokens),
+            "torch": lambda t: tome_merge(t, tokens, backend="torch").x,
+            "triton": lambda t: tome_merge(t, tokens, backend="triton").x,
+        }
+    scores = torch.randn(frames, n, generator=gen).to(x.device)
+    noise = gumbel_noise((frames, n), generator=gen).to(x.device)
+    return {
+        "naive": lambda t: prune_naive(t, scores, tokens, noise),
+        "torch": lambda t: gumbel_topk(t, scores, tokens, noise, backend="torch")[0],
+        "triton": lambda t: gumbel_topk(t, scores, tokens, noise, backend="triton")[0],
+    }
+
+
+def run(
+    ops: tuple[str, ...] = OPS,
+    sizes: tuple[tuple[int, int, int, int], ...] = SIZES,
+    dtypes: tuple[str, ...] = ("fp32", "bf16"),
+    device: str | None = None,
+    compile_budget_s: float | None = None,
+    cell_budget_s: float | None = None,
+    time_budget_s: float | None = None,
+    out=sys.stdout,
+) -> list[dict[str, object]]:
+    """Measure and print the table; return its rows as dicts (times in ms, ``None`` = not measured).
+
+    Args:
+        ops, sizes, dtypes: what to measure (sizes are ``(frames, N, C, tokens)``, N a square).
+        device: ``cuda`` or ``cpu`` (default: CUDA when available).
+        compile_budget_s: seconds allowed for ``torch.compile`` compilations (default unlimited on
+            CUDA, 30 s on CPU, where inductor takes tens of seconds per shape); rows past it print
+            ``skipped (compile budget)``.
+        cell_budget_s: wall-clock seconds per timed cell on CPU (default 1.0).
+        time_budget_s: total seconds (default unlimited on CUDA, 90 s on CPU). Rows run fp32
+            first, smallest size first; a row whose estimated cost (from the same op and dtype
+            at a smaller size, scaled by frames) would overrun the budget prints ``skipped``.
+    """
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = dev.type == "cuda"
+    use_triton = on_gpu and HAS_TRITON
+    compile_left = compile_budget_s if compile_budget_s is not None else (math.inf if on_gpu else 30.0)
+    cell = cell_budget_s if cell_budget_s is not None else 1.0
+    deadline = time.perf_counter() + (time_budget_s if time_budget_s is not None else (math.inf if on_gpu else 90.0))
+    per_frame: dict[tuple[str, str], float] = {}  # seconds per frame of a row, from the last measured size
+    gen = torch.Generator().manual_seed(0)
+    bw = copy_bandwidth(dev)
+    _header(out, dev, bw)
+    rows: list[dict[str, object]] = []
+    compiled: dict[tuple[str, str], Callable] = {}
+    for dname in dtypes:
+        for frames, n, c, tokens in sorted(sizes):
+            for op in ops:
+                key = (op, dname)
+                est = per_frame.get(key, 0.0) * frames
+                if time.perf_counter() + est > deadline:
+                    skipped = {"op": op, "dtype": dname, "frames": frames, "N": n, "C": c, "tokens": tokens}
+                    print(_skipped_row(skipped, est), file=out, flush=True)
+                    rows.append(skipped)
+                    continue
+                row_start = time.perf_counter()
+                row = _measure(op, dname, (frames, n, c, tokens), dev, gen, cell, compiled, compile_left, use_triton)
+                compile_left -= row.pop("compile seconds")
+                row["copy GB/s"] = bw
+                row["GB/s"] = row.pop("bytes") / (row["triton" if use_triton else "torch"].median * 1e-3) / 1e9
+                rows.append(row)
+                _print_row(out, row, "triton" if use_triton else "torch")
+                per_frame[key] = (time.perf_counter() - row_start) / frames
+    return rows
+
+
+def _measure(
+    op: str,
+    dname: str,
+    size: tuple[int, int, int, int],
+    dev: torch.device,
+    gen: torch.Generator,
+    cell: float,
+    compiled: dict[tuple[str, str], Callable],
+    compile_left: float,
+    use_triton: bool,
+) -> dict[str, object]:
+    """Time one row: every path of ``op`` on one random input of ``size`` and dtype ``dname``."""
+    frames, n, c, tokens = size
+    x = torch.randn(frames, n, c, generator=gen).to(device=dev, dtype=DTYPES[dname])
+    fns = _fns(op, x, tokens, gen)
+    row: dict[str, object] = {"op": op, "dtype": dname, "frames": frames, "N": n, "C": c, "tokens": tokens}
+    row["naive"] = _time(lambda: fns["naive"](x), dev, cell)
+    row["torch"] = _time(lambda: fns["torch"](x), dev, cell)
+    spent = 0.0
+    if compile_left > 0:
+        fn = compiled.setdefault((op, dname), torch.compile(fns["naive"], dynamic=False))
+        t0 = time.perf_counter()
+        fn(x)  # compile (or recompile for this shape) outside the timing
+        spent = time.perf_counter() - t0
+        row["compile"] = _time(lambda: fn(x), dev, cell)
+    else:
+        row["compile"] = "skipped (compile budget)"
+    row["triton"] = _time(lambda: fns["triton"](x), dev, cell) if use_triton else "n/a (no GPU)"
+    row["compile seconds"] = spent
+    row["bytes"] = floor_bytes(op, frames, n, c, tokens, x.element_size())
+    return row
+
+
+def _header(out, dev: torch.device, bw: float) -> None:
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+    else:
+        name = f"{_cpu_model()} ({torch.get_num_threads()} threads)"
+    tv = triton.__version__ if HAS_TRITON else "absent"
+    print(f"device: {name}; torch {torch.__version__}; triton {tv}; copy bandwidth {bw:.1f} GB/s", file=out)
+    print("times: median [p20–p80] ms; speed-up = naive (or compiled) median / path median", file=out)
+    print("", file=out)
+    print(
+        "| op | dtype | F×N×C → tokens | naive | torch | compile(naive) | triton "
+        "| torch vs naive | best vs naive | best vs compile | best GB/s (% copy) |",
+        file=out,
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|", file=out)
+
+
+def _skipped_row(row: dict, est: float) -> str:
+    shape = f"{row['frames']}×{row['N']}×{row['C']} → {row['tokens']}"
+    note = f"skipped (time budget: ~{est:.0f} s)"
+    return "| " + " | ".join([row["op"], row["dtype"], shape, note] + ["–"] * 7) + " |"
+
+
+def _ratio(num: Timing | str, den: Timing | str) -> str:
+    if isinstance(num, Timing) and isinstance(den, Timing):
+        return f"{num.median / den.median:.2f}×"
+    return "n/a"
+
+
+def _print_row(out, row: dict, best_name: str) -> None:
+    best = row[best_name]
+    shape = f"{row['frames']}×{row['N']}×{row['C']} → {row['tokens']}"
+    cells = [
+        row["op"], row["dtype"], shape, row["naive"], row["torch"], row["compile"], row["triton"],
+        _ratio(row["naive"], row["torch"]), f"{_ratio(row['naive'], best)} ({best_name})",
+        _ratio(row["compile"], best), f"{row['GB/s']:.1f} ({100 * row['GB/s'] / row['copy GB/s']:.0f} %)",
+    ]  # fmt: skip
+    print("| " + " | ".join(str(c) for c in cells) + " |", file=out, flush=True)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _size(text: str) -> tuple[int, int, int, int]:
+    parts = text.lower().replace("x", ",").split(",")
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"size must be frames,N,C,tokens (e.g. 8,576,1024,100), got {text!r}")
+    f, n, c, t = (int(p) for p in parts)
+    if math.isqrt(n) ** 2 != n or not 1 <= t <= n:
+        raise argparse.ArgumentTypeError(f"size {text!r}: N must be a perfect square and tokens in [1, N]")
+    return f, n, c, t
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``dynvlm bench kernels [options]``; returns the exit status."""
+    p = argparse.ArgumentParser(prog="dynvlm bench kernels", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), help="ops to time (default: all)")
+    p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
+    p.add_argument("--size", dest="sizes", action="append", type=_size, metavar="F,N,C,TOKENS",
+                   help="a size to time (repeatable; default: the three sizes of issue 3)")  # fmt: skip
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.add_argument("--compile-budget", type=float, default=None, metavar="S",
+                   help="seconds for torch.compile compilations (default: unlimited on CUDA, 30 on CPU)")  # fmt: skip
+    p.add_argument("--cell-budget", type=float, default=None, metavar="S", help="CPU seconds per timed cell (1.0)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="S",
+                   help="total seconds; rows estimated to overrun it are skipped (default: unlimited on CUDA, 90 on CPU)")  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="one small size (2,64,96,16), fp32, no compile: a smoke run")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("dynvlm bench kernels: --device cuda requested but CUDA is not available", file=sys.stderr)
+        return 2
+    sizes = tuple(args.sizes) if args.sizes else SIZES
+    dtypes = tuple(args.dtypes)
+    compile_budget = args.compile_budget
+    if args.quick:
+        sizes, dtypes = ((2, 64, 96, 16),), ("fp32",)
+        compile_budget = 0.0 if compile_budget is None else compile_budget  # inductor's cold start is ~40 s on CPU
+    run(tuple(args.ops), sizes, dtypes, args.device, compile_budget, args.cell_budget, args.time_budget)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main(sys.argv[1:]))
