@@ -72,14 +72,19 @@ class PromptBuilder:
         tokenizer: a ``transformers`` tokenizer with a chat template and a pad token.
         system_prompt: system turn text, or ``None`` to leave it out.
         max_length: raise when a sequence is longer (``None`` = no limit).
+        cache_size: tokenised conversations kept (keyed by text and timestamps; M is applied after).
     """
 
-    def __init__(self, tokenizer: Any, system_prompt: str | None = None, max_length: int | None = None) -> None:
+    def __init__(self, tokenizer: Any, system_prompt: str | None = None, max_length: int | None = None,
+                 cache_size: int = 16384) -> None:
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError("prompt: the tokenizer has no chat template")
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
         self.max_length = max_length
+        # rendering and tokenising do not depend on M, and an epoch sees the same samples again
+        self.cache_size = cache_size
+        self._cache: dict[tuple, list[tuple[str, list[int]]]] = {}
 
     # -- text ------------------------------------------------------------------------------
     def messages(self, conversation: Sequence[Turn], kind: str, timestamps: Sequence[float]) -> list[dict[str, str]]:
@@ -134,57 +139,87 @@ class PromptBuilder:
         """
         if tokens_per_frame < 1:
             raise ValueError(f"prompt: tokens_per_frame must be >= 1, got {tokens_per_frame}")
+        key = (tuple((t.role, t.value) for t in conversation), tuple(timestamps), kind, generation_prompt)
+        segments = self._cache.get(key)
+        if segments is None:
+            segments = self._segments(self._pieces(conversation, timestamps, kind, generation_prompt), len(timestamps))
+            if len(self._cache) >= self.cache_size:
+                self._cache.clear()
+            self._cache[key] = segments
+        return self._expand_images(segments, tokens_per_frame)
+
+    def _pieces(self, conversation: Sequence[Turn], timestamps: Sequence[float], kind: str,
+                generation_prompt: bool) -> list[tuple[str, bool]]:
+        """The rendered conversation cut into ``(text, is_answer)`` pieces."""
         msgs = self.messages(conversation, kind, timestamps)
-        pieces: list[tuple[str, bool]] = []  # (text, is_answer)
+        pieces: list[tuple[str, bool]] = []
         if generation_prompt:
             if msgs[-1]["role"] != "user":
                 raise ValueError("prompt: a generation prompt needs a conversation ending with a human turn")
-            pieces.append((self._render(msgs, True), False))
-        else:
-            if msgs[-1]["role"] != "assistant":
-                raise ValueError("prompt: a training conversation must end with a gpt turn (the answer)")
-            done = 0
-            for j, m in enumerate(msgs):
-                if m["role"] != "assistant":
-                    continue
-                prefix = self._render(msgs[:j], True)
-                full = self._render(msgs[: j + 1], False)
-                if not full.startswith(prefix) or not prefix.startswith(_rendered_prefix(pieces)):
-                    raise ValueError("prompt: the chat template does not render turns as a growing prefix; "
-                                     "cannot locate the assistant answers")
-                pieces.append((prefix[done:], False))
-                answer = full[len(prefix):]
-                kept = answer.rstrip()  # the newline after the end-of-turn token is not a target
-                pieces.append((kept, True))
-                pieces.append((answer[len(kept):], False))
-                done = len(full)
-        return self._tokenize(pieces, tokens_per_frame, len(timestamps))
-
-    def _tokenize(self, pieces: list[tuple[str, bool]], m: int, frames: int) -> Encoded:
-        ids: list[int] = []
-        labels: list[int] = []
-        spans: list[tuple[int, int]] = []
-        n_images = 0
-        for text, is_answer in pieces:
-            if not text:
+            return [(self._render(msgs, True), False)]
+        if msgs[-1]["role"] != "assistant":
+            raise ValueError("prompt: a training conversation must end with a gpt turn (the answer)")
+        # Answers are found by rendering growing prefixes: what the template adds between "up to
+        # the assistant header" and "with this answer" is the answer plus its end-of-turn token.
+        done = 0
+        for j, m in enumerate(msgs):
+            if m["role"] != "assistant":
                 continue
-            start = len(ids)
+            prefix = self._render(msgs[:j], True)
+            full = self._render(msgs[: j + 1], False)
+            if not full.startswith(prefix) or not prefix.startswith(_rendered_prefix(pieces)):
+                raise ValueError("prompt: the chat template does not render turns as a growing prefix; "
+                                 "cannot locate the assistant answers")
+            pieces.append((prefix[done:], False))
+            answer = full[len(prefix):]
+            kept = answer.rstrip()  # the newline after the end-of-turn token is not a target
+            pieces.append((kept, True))
+            pieces.append((answer[len(kept):], False))
+            done = len(full)
+        return pieces
+
+    def _segments(self, pieces: list[tuple[str, bool]], frames: int) -> list[tuple[str, list[int]]]:
+        """Pieces -> ``(kind, token ids)`` segments, kind ``text``, ``answer``, ``image`` (one ``<image>``)
+        or ``end`` (closes an answer span). All text chunks go through the tokenizer in one batched call."""
+        layout: list[tuple[str, int]] = []  # (kind, chunk index)
+        chunks: list[str] = []
+        for text, is_answer in pieces:
             for k, chunk in enumerate(text.split(IMAGE)):
                 if k:
                     if is_answer:
                         raise ValueError(f"prompt: an answer holds {IMAGE}")
-                    ids.extend([IMAGE_TOKEN_ID] * m)
-                    labels.extend([IGNORE_INDEX] * m)
-                    n_images += 1
+                    layout.append(("image", -1))
                 if chunk:
-                    tok = self.tokenizer(chunk, add_special_tokens=False)["input_ids"]
-                    ids.extend(tok)
-                    labels.extend(tok if is_answer else [IGNORE_INDEX] * len(tok))
+                    layout.append(("answer" if is_answer else "text", len(chunks)))
+                    chunks.append(chunk)
             if is_answer:
-                spans.append((start, len(ids)))
+                layout.append(("end", -1))
+        n_images = sum(kind == "image" for kind, _ in layout)
         if n_images != frames:
             raise ValueError(f"prompt: {n_images} {IMAGE} positions in the rendered text but {frames} frames; "
                              f"text must not contain a literal {IMAGE}")
+        ids = self.tokenizer(chunks, add_special_tokens=False)["input_ids"] if chunks else []
+        return [(kind, list(ids[i]) if i >= 0 else []) for kind, i in layout]
+
+    def _expand_images(self, segments: list[tuple[str, list[int]]], m: int) -> Encoded:
+        ids: list[int] = []
+        labels: list[int] = []
+        spans: list[tuple[int, int]] = []
+        start: int | None = None
+        n_images = 0
+        for kind, tok in segments:
+            if kind == "image":
+                ids.extend([IMAGE_TOKEN_ID] * m)
+                labels.extend([IGNORE_INDEX] * m)
+                n_images += 1
+            elif kind == "end":
+                spans.append((len(ids) if start is None else start, len(ids)))
+                start = None
+            else:
+                if kind == "answer" and start is None:
+                    start = len(ids)
+                ids.extend(tok)
+                labels.extend(tok if kind == "answer" else [IGNORE_INDEX] * len(tok))
         if self.max_length is not None and len(ids) > self.max_length:
             raise ValueError(f"prompt: sequence of {len(ids)} tokens exceeds max_length={self.max_length}")
         return Encoded(ids, labels, spans, n_images * m)

@@ -118,3 +118,14 @@ def test_malformed_conversations_are_rejected(builder, conv, frames, kind, messa
 def test_too_long_sequence_is_rejected():
     with pytest.raises(ValueError, match="exceeds max_length=10"):
         PromptBuilder(TOK, None, max_length=10).encode([Turn("human", "<video>"), Turn("gpt", "red")], [0.0], 16)
+
+
+def test_cached_text_is_reused_for_any_tokens_per_frame(builder):
+    conv = [Turn("human", "<video> what colour ?"), Turn("gpt", "red")]
+    two = builder.encode(conv, [0.0, 1.0], 2)
+    three = builder.encode(conv, [0.0, 1.0], 3)
+    assert len(builder._cache) == 1  # rendered and tokenised once
+    assert (two.visual_tokens, three.visual_tokens) == (4, 6)
+    assert [i for i in two.ids if i != IMAGE_TOKEN_ID] == [i for i in three.ids if i != IMAGE_TOKEN_ID]
+    assert len(three.ids) == len(two.ids) + 2 and three.answer_spans[0][0] == two.answer_spans[0][0] + 2
+    assert builder.encode(conv, [0.0, 2.0], 2).ids != two.ids  # other timestamps: other text
