@@ -214,6 +214,8 @@ def test_bad_settings_name_the_key(tmp_path):
         synth.make_config({"out": str(tmp_path), "colours": 3})
     with pytest.raises(synth.SynthError, match="synth.qtypes: valid question types: shape, where"):
         synth.make_config({"out": str(tmp_path), "qtypes": "shape,dance"})
+    with pytest.raises(synth.SynthError, match="synth.size: expected int, got str '32'"):
+        synth.make_config({"out": str(tmp_path), "size": "32"})
     with pytest.raises(synth.SynthError, match="synth.min_duration: must fit"):
         synth.make_config({"out": str(tmp_path), "min_duration": 5, "max_duration": 6})
 

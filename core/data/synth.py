@@ -189,6 +189,19 @@ def make_config(kwargs: dict[str, Any]) -> SynthConfig:
     kw = dict(kwargs)
     if isinstance(kw.get("qtypes"), str):
         kw["qtypes"] = [q.strip() for q in kw["qtypes"].split(",") if q.strip()]
+    if "qtypes" in kw:
+        if not hasattr(kw["qtypes"], "__iter__"):
+            raise SynthError(f"synth.qtypes: expected a list or comma-separated names, got {kw['qtypes']!r}")
+        kw["qtypes"] = [str(q) for q in kw["qtypes"]]  # also an omegaconf ListConfig
+    kw["out"] = str(kw["out"])
+    defaults = SynthConfig(out="")
+    for key, value in kw.items():
+        want = type(getattr(defaults, key))
+        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        if want is float:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok:
+            raise SynthError(f"synth.{key}: expected {want.__name__}, got {type(value).__name__} {value!r}")
     cfg = SynthConfig(**kw)
     cfg.validate()
     return cfg
