@@ -147,6 +147,14 @@ def test_eval_drops_a_broken_video_without_substituting(tmp_path, synth_dir):
     assert [k.file for k in dm.skipped] == [str(broken_video)] and dm.skipped[0].split == "test"
 
 
+def test_synthetic_data_is_generated_on_first_use_outside_a_trainer(tmp_path):
+    out = tmp_path / "fresh"
+    dm = VideoDataModule({"synth": {"out": str(out), **dict(SYNTH, train=2, val=0, test=1)}, "eval_batch_size": 6}, BUDGET)
+    batch = next(iter(dm.test_dataloader()))  # no prepare_data / setup call
+    assert len(batch) == 6 and (out / "manifest.json").is_file()
+    assert dm.source("val") is None  # an empty synthetic split is no data
+
+
 def test_bad_sections_are_named():
     with pytest.raises(ValueError, match="unknown DataConfig key 'trian'; valid: train, val, test"):
         VideoDataModule({"trian": "x.jsonl"}, BUDGET)

@@ -130,6 +130,9 @@ class VideoDataModule(pl.LightningDataModule):
     def _build(self, split: str) -> VideoQADataset:
         path = self.source(split)
         assert path is not None
+        if self.data.synth and not (Path(str(self.data.synth.get("out", ""))) / "manifest.json").exists():
+            # used outside a Trainer (which calls prepare_data first, on one process): generate now
+            self.prepare_data()
         instruction = self.data.mc_instruction if self.data.mc_instruction is not None else MC_INSTRUCTION
         items, problems, is_mc = read_items(path, self.data.on_error, instruction)
         self.is_mc[split] = is_mc
