@@ -5,9 +5,9 @@ interpreter (numpy) compute edge tiles differently, so the "equal" scores of ide
 differ in the last bit and argmax/argsort break the tie by that noise. Integer arithmetic has
 no such problem, so identical tokens are found exactly by hashing:
 
-- round 1: a hash of each token's bits, ``sum_c(bits_c * w_c) mod 2**32`` for two fixed random
-  weight vectors (wrapping integer sums do not depend on the summation order, so every backend
-  agrees), packed into one int64;
+- round 1: a hash of each token's bits, ``sum_c(word_c * w_c) mod 2**64`` over its bits read as
+  int64 words, with fixed random odd ``w`` (wrapping integer sums do not depend on the summation
+  order, so every backend agrees);
 - later rounds: a merged token's hash is the order-independent wrapping sum of
   ``mix(hash, size)`` over the tokens merged into it, so two outputs built from the same
   (token, size) multiset -- mathematically equal -- get equal hashes without rereading rows.
@@ -34,50 +34,51 @@ __all__ = ["merge_hash", "resolve_ties", "row_hash", "row_hash_reference", "row_
 _INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _WEIGHTS: dict[tuple[int, str], Tensor] = {}
 _BELOW_ONE = 1.0 - 2.0**-24  # the largest fp32 below 1
-_LOW32 = 0xFFFFFFFF
 
 
 def _weights(c: int, device: torch.device) -> Tensor:
-    """``[2, c]`` int32 odd weights, fixed so every backend and run hashes alike."""
+    """``[c]`` int64 odd weights, fixed so every backend and run hashes alike."""
     key = (c, str(device))
     if key not in _WEIGHTS:
         g = torch.Generator().manual_seed(0x70E)
-        w = torch.randint(-(2**31), 2**31 - 1, (2, c), generator=g, dtype=torch.int64).to(torch.int32) | 1
-        _WEIGHTS[key] = w.to(device)
+        _WEIGHTS[key] = (torch.randint(-(2**62), 2**62, (c,), generator=g, dtype=torch.int64) | 1).to(device)
     return _WEIGHTS[key]
 
 
-def _bits32(x: Tensor) -> Tensor:
-    bits = x.view(_INT_VIEW[x.element_size()])
-    if bits.dtype == torch.int64:  # fp64: fold the high word in
-        bits = (bits ^ (bits >> 32)) & _LOW32
-    return bits.to(torch.int32)
-
-
-def _pack(h1: Tensor, h2: Tensor) -> Tensor:
-    return (h1.to(torch.int64) << 32) | (h2.to(torch.int64) & _LOW32)
+def _bits64(x: Tensor) -> Tensor:
+    """The bits of ``x`` ``[F, n, C]`` as int64 words ``[F, n, C']``: packed words when a row's bytes
+    allow (no copy; e.g. two fp32 channels per word), else one word per element."""
+    if x.shape[-1] * x.element_size() % 8 == 0:
+        try:
+            return x.view(torch.int64)
+        except RuntimeError:  # strides do not allow the packed view
+            pass
+    return x.view(_INT_VIEW[x.element_size()]).to(torch.int64)
 
 
 def row_hash_reference(x: Tensor) -> Tensor:
-    """``[F, n, C]`` float tokens -> ``[F, n]`` int64 hash of each row's bits (equal rows, equal hashes)."""
-    bits = _bits32(x)
-    w = _weights(x.shape[2], x.device)
-    # int32 products and sums wrap mod 2**32: exact in any order
-    return _pack((bits * w[0]).sum(-1, dtype=torch.int32), (bits * w[1]).sum(-1, dtype=torch.int32))
+    """``[F, n, C]`` float tokens -> ``[F, n]`` int64 hash of each row's bits (equal rows, equal hashes).
+
+    ``sum(words * w) mod 2**64``: wrapping integer arithmetic, exact in any order.
+    """
+    bits = _bits64(x)
+    w = _weights(bits.shape[-1], x.device)
+    if x.is_cuda:  # no integer matrix-vector product on CUDA
+        return (bits * w).sum(-1)
+    return torch.mv(bits.reshape(-1, bits.shape[-1]), w).view(x.shape[:2])  # ~10x faster than mul+sum
 
 
 if triton is not None:
 
     @triton.jit
     def _hash_kernel(
-        b_ptr, w_ptr, o1_ptr, o2_ptr, N, C, sbf, sbn, sbc, sof, son,
+        b_ptr, w_ptr, o_ptr, N, C, sbf, sbn, sbc, sof, son,
         BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
     ):  # fmt: skip
         f = tl.program_id(0).to(tl.int64)
         offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = offs_n < N
-        h1 = tl.zeros((BLOCK_N,), tl.int32)
-        h2 = tl.zeros((BLOCK_N,), tl.int32)
+        h = tl.zeros((BLOCK_N,), tl.int64)
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
             cmask = offs_c < C
@@ -86,26 +87,23 @@ if triton is not None:
                 mask=nmask[:, None] & cmask[None, :],
                 other=0,
             )
-            w1 = tl.load(w_ptr + offs_c, mask=cmask, other=0)
-            w2 = tl.load(w_ptr + C + offs_c, mask=cmask, other=0)
-            h1 += tl.sum(bits * w1[None, :], axis=1)
-            h2 += tl.sum(bits * w2[None, :], axis=1)
-        tl.store(o1_ptr + f * sof + offs_n * son, h1, mask=nmask)
-        tl.store(o2_ptr + f * sof + offs_n * son, h2, mask=nmask)
+            w = tl.load(w_ptr + offs_c, mask=cmask, other=0)
+            h += tl.sum(bits * w[None, :], axis=1)
+        tl.store(o_ptr + f * sof + offs_n * son, h, mask=nmask)
 
 
 def row_hash_triton(x: Tensor) -> Tensor:
     """Triton version of :func:`row_hash_reference` (bitwise the same result)."""
-    f, n, c = x.shape
-    bits = _bits32(x) if x.element_size() != 4 else x.view(torch.int32)
-    h1 = torch.empty((f, n), device=x.device, dtype=torch.int32)
-    h2 = torch.empty_like(h1)
+    f, n, _ = x.shape
+    bits = _bits64(x)
+    c = bits.shape[-1]
+    out = torch.empty((f, n), device=x.device, dtype=torch.int64)
     block_n = 32 if x.is_cuda else min(next_pow2(n), 1024)
     block_c = 64 if x.is_cuda else min(next_pow2(c), 256)
     _hash_kernel[(f, triton.cdiv(n, block_n))](
-        bits, _weights(c, x.device), h1, h2, n, c, *bits.stride(), *h1.stride(), BLOCK_N=block_n, BLOCK_C=block_c
+        bits, _weights(c, x.device), out, n, c, *bits.stride(), *out.stride(), BLOCK_N=block_n, BLOCK_C=block_c
     )
-    return _pack(h1, h2)
+    return out
 
 
 def row_hash(x: Tensor, use_triton: bool) -> Tensor:

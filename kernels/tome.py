@@ -229,12 +229,20 @@ def merge_reference(x: Tensor, weight: Tensor, plan: RoundPlan) -> Tensor:
     base = torch.arange(f, device=x.device)[:, None]
     rows = x.reshape(f * n, c)
     w_own, w_src = w.gather(1, plan.kept), w.gather(1, plan.src)
-    own = rows.index_select(0, (plan.kept + base * n).reshape(-1)).to(dt) * w_own.reshape(-1, 1)
-    src = rows.index_select(0, (plan.src + base * n).reshape(-1)).to(dt) * w_src.reshape(-1, 1)
+    own = rows.index_select(0, (plan.kept + base * n).reshape(-1)).to(dt)
+    src = rows.index_select(0, (plan.src + base * n).reshape(-1)).to(dt)
     src_slot = plan.slot_of_old.gather(1, plan.src)
-    acc = own.index_add_(0, (src_slot + base * m).reshape(-1), src)
     total = w_own.scatter_add(1, src_slot, w_src)
-    return acc.reshape(f, m, c) / total[..., None]
+    if weight.requires_grad:  # learned-key straight-through: keep every step out of place
+        own = own * w_own.reshape(-1, 1)
+        acc = own.index_add_(0, (src_slot + base * m).reshape(-1), src * w_src.reshape(-1, 1))
+        return acc.reshape(f, m, c) / total[..., None]
+    # own/src are fresh index_select buffers: in place saves three passes over the rows (their
+    # backward only needs w and total)
+    acc = own.mul_(w_own.reshape(-1, 1)).index_add_(
+        0, (src_slot + base * m).reshape(-1), src.mul_(w_src.reshape(-1, 1))
+    )
+    return acc.reshape(f, m, c).div_(total[..., None])
 
 
 if triton is not None:
