@@ -121,25 +121,24 @@ class VideoLLM(pl.LightningModule):
             feats = self.encoder(pixels)  # [F, N, C]
         outputs: dict[int, Tensor] = {}
         aux: Tensor | None = None
-        for m in sorted(set(per_frame_m.tolist())):
+        groups = sorted(set(per_frame_m.tolist()))
+        for m in groups:
             idx = (per_frame_m == m).nonzero().squeeze(1)
-            out = self.compressor(feats[idx.to(feats.device)], self.encoder.grid, int(m))
+            x = feats if len(groups) == 1 else feats[idx.to(feats.device)]  # training: one M, no gather
+            out = self.compressor(x, self.encoder.grid, int(m))
             if out.x.shape[1] != m:
                 raise RuntimeError(f"compressor returned {out.x.shape[1]} tokens per frame for a planned {m} "
                                    "(its achievable() must report exact counts)")
             outputs[m] = self.projector(out.x)  # [f, M, D]
             if out.aux_loss is not None:
                 aux = out.aux_loss if aux is None else aux + out.aux_loss
-        # reassemble in frame order, then split per sample
-        cursor = {m: 0 for m in outputs}
-        rows = []
-        for m in per_frame_m.tolist():
-            rows.append(outputs[m][cursor[m]])
-            cursor[m] += 1
-        per_sample, start = [], 0
-        for c in counts:
-            per_sample.append(torch.cat(rows[start : start + c]) if c else rows[0][:0])
-            start += c
+        # every frame of a sample shares its M, so each sample is one contiguous slice of its group
+        cursor = dict.fromkeys(outputs, 0)
+        per_sample = []
+        for p, c in zip(plans, counts):
+            group = outputs[p.tokens]
+            per_sample.append(group[cursor[p.tokens] : cursor[p.tokens] + c].reshape(-1, group.shape[-1]))
+            cursor[p.tokens] += c
         return per_sample, aux
 
     def splice(self, batch: PromptBatch, visual: Sequence[Tensor]) -> Tensor:

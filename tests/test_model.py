@@ -47,6 +47,11 @@ def test_visual_tokens_land_in_the_visual_positions(path_model, samples):
     visual, aux = m.visual_features(samples, plans)
     assert aux is None
     assert [v.shape for v in visual] == [(len(p.indices) * p.tokens, 32) for p in plans]
+    with torch.no_grad():  # batched (grouped by M) == each sample on its own
+        for s, p, v in zip(samples, plans, visual):
+            feats = m.encoder(m.encoder.preprocess(s.frames[list(p.indices)]))
+            alone = m.projector(m.compressor(feats, m.encoder.grid, p.tokens).x).reshape(-1, 32)
+            torch.testing.assert_close(v, alone, atol=1e-5, rtol=1e-4)
     prompt = m.prompts.collate(m.encode_prompts(samples, plans))
     embeds = m.splice(prompt, visual)
     text = m.llm.embed(prompt.input_ids)
