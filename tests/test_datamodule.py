@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -153,6 +154,28 @@ def test_synthetic_data_is_generated_on_first_use_outside_a_trainer(tmp_path):
     batch = next(iter(dm.test_dataloader()))  # no prepare_data / setup call
     assert len(batch) == 6 and (out / "manifest.json").is_file()
     assert dm.source("val") is None  # an empty synthetic split is no data
+
+
+def test_images_root_and_max_samples(tmp_path, synth_dir):
+    from PIL import Image
+
+    media = tmp_path / "media"
+    (media / "v").mkdir(parents=True)
+    Image.fromarray(np.full((9, 13, 3), 200, np.uint8)).save(media / "still.png")
+    shutil.copy(synth_dir / "videos" / "train" / "train_000000.mp4", media / "v" / "clip.mp4")
+    recs = [
+        {"id": "img", "image": "still.png", "conversations": [{"from": "human", "value": "Colour?"}, {"from": "gpt", "value": "grey"}]},
+        {"id": "vid", "video": "v/clip.mp4", "conversations": [{"from": "human", "value": "<video>\nHi"}, {"from": "gpt", "value": "yo"}]},
+        {"id": "cut", "video": "v/clip.mp4", "conversations": [{"from": "human", "value": "<video>\nHi"}, {"from": "gpt", "value": "yo"}]},
+    ]
+    (tmp_path / "ann").mkdir()
+    (tmp_path / "ann" / "train.json").write_text(json.dumps(recs))
+    dm = VideoDataModule({"train": str(tmp_path / "ann" / "train.json"), "root": str(media), "max_samples": 2, "shuffle": False}, BUDGET)
+    (batch,) = list(dm.train_dataloader())
+    img, vid = batch.samples
+    assert (img.kind, tuple(img.frames.shape), img.timestamps) == ("image", (1, 9, 13, 3), [0.0])
+    assert img.conversation[0].value == "<image>\nColour?" and int(img.frames.float().mean()) == 200
+    assert vid.kind == "video" and vid.frames.shape[0] == 8 and vid.source == str(media / "v" / "clip.mp4")
 
 
 def test_bad_sections_are_named():
