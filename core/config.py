@@ -2,7 +2,8 @@
 
 A config is one or more YAML files (``base: other.yaml`` chains them, relative to the file
 that names it), then ``key=value`` overrides from the command line, then omegaconf
-interpolation. Validation rejects, with the key, the file it came from and the valid
+interpolation. In a file, ``${here}`` stands for that file's folder (absolute), so recipes
+can name files beside them whatever the working directory. Validation rejects, with the key, the file it came from and the valid
 choices:
 
 - unknown top-level keys and unknown keys of the dataclass sections in :mod:`dynvlm.schema`;
@@ -31,6 +32,7 @@ from . import schema
 from .registry import PluginError, Registry, get_registry
 
 CLI = "the command line"
+HERE = "${here}"
 ORIGINS_KEY = "_origins"  # not stored in the tree: kept on the DictConfig object's side
 
 
@@ -100,7 +102,10 @@ def _read_chain(path: Path, seen: tuple[Path, ...]) -> list[tuple[str, DictConfi
         chain = " -> ".join(str(p) for p in (*seen, real))
         raise ConfigError(f"config files name each other as base in a loop: {chain}")
     try:
-        layer = OmegaConf.load(path)
+        # `${here}` is the folder of the file that writes it, so recipes can name their files
+        # (shipped weights, base configs' data) independently of the working directory
+        text = path.read_text().replace(HERE, str(path.parent.resolve()))
+        layer = OmegaConf.create(text)
     except Exception as exc:  # noqa: BLE001 - yaml errors come in several types
         raise ConfigError(f"cannot parse {path}: {exc}") from None
     if not isinstance(layer, DictConfig):

@@ -192,3 +192,12 @@ def test_bad_interpolation_names_the_file(tmp_path):
 def test_build_component_rejects_unknown_kwargs():
     with pytest.raises(ConfigError, match="unknown key 'blah' for compressor 'pool'"):
         dynvlm.build_component("compressor", {"name": "pool", "blah": 1}, dim=4)
+
+
+def test_here_is_the_folder_of_the_file_that_writes_it(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    write(tmp_path / "recipes" / "base.yaml", "data: {train: '${here}/train.jsonl'}\n")
+    child = write(tmp_path / "child.yaml", "base: recipes/base.yaml\ndata: {test: '${here}/test.jsonl'}\n")
+    cfg = load_config(child)
+    assert cfg.data.train == str((tmp_path / "recipes" / "train.jsonl").resolve())
+    assert cfg.data.test == str((tmp_path / "test.jsonl").resolve())
