@@ -153,7 +153,7 @@ def test_synthetic_data_is_generated_on_first_use_outside_a_trainer(tmp_path):
     dm = VideoDataModule({"synth": {"out": str(out), **dict(SYNTH, train=2, val=0, test=1)}, "eval_batch_size": 6}, BUDGET)
     batch = next(iter(dm.test_dataloader()))  # no prepare_data / setup call
     assert len(batch) == 6 and (out / "manifest.json").is_file()
-    assert dm.source("val") is None  # an empty synthetic split is no data
+    assert dm.source("val") is None and dm.val_dataloader() == []  # an empty split is no data: no validation
 
 
 def test_images_root_and_max_samples(tmp_path, synth_dir):

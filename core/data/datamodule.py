@@ -197,8 +197,11 @@ class VideoDataModule(pl.LightningDataModule):
         """Shuffled training batches (``data.batch_size``)."""
         return self._loader("train")
 
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches in file order (``data.eval_batch_size``)."""
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation batches in file order (``data.eval_batch_size``); ``[]`` (Lightning then skips
+        validation) when no validation data is configured."""
+        if self.source("val") is None:
+            return []
         return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
