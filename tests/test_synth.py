@@ -209,6 +209,23 @@ def test_generation_is_idempotent_and_keyed_by_settings(ds):
     assert {p: p.stat().st_mtime_ns for p in ds.rglob("*") if p.is_file()} == before  # nothing lost
 
 
+def test_an_unrelated_folder_is_never_overwritten(tmp_path):
+    (tmp_path / "videos" / "train").mkdir(parents=True)
+    keep = tmp_path / "videos" / "train" / "mine.mp4"
+    keep.write_bytes(b"user data")
+    with pytest.raises(synth.SynthError, match="non-empty folder that holds no synthetic dataset"):
+        synth.generate({"out": str(tmp_path), **dict(SMALL, train=1, val=0, test=0)}, progress=False)
+    assert keep.read_bytes() == b"user data"
+    # an interrupted run leaves its marker: the next run may clean up and finish
+    out = tmp_path / "crashed"
+    (out / "videos" / "train").mkdir(parents=True)
+    (out / "videos" / "train" / "half.part.mp4").write_bytes(b"")
+    (out / synth.INCOMPLETE).touch()
+    synth.generate({"out": str(out), **dict(SMALL, train=1, val=0, test=0)}, progress=False)
+    assert sorted(p.name for p in (out / "videos" / "train").iterdir()) == ["train_000000.mp4"]
+    assert not (out / synth.INCOMPLETE).exists() and (out / "manifest.json").is_file()
+
+
 def test_bad_settings_name_the_key(tmp_path):
     with pytest.raises(synth.SynthError, match="unknown synth setting 'colours'.*valid: out, seed"):
         synth.make_config({"out": str(tmp_path), "colours": 3})

@@ -100,6 +100,7 @@ log = logging.getLogger(__name__)
 VERSION = 2  # bump when the drawing or the questions change: old folders then regenerate
 
 SPLITS = ("train", "val", "test")
+INCOMPLETE = ".synth-incomplete"  # present while a generation runs (or after it crashed)
 
 
 class SynthError(ValueError):
@@ -251,8 +252,9 @@ def generate(cfg: SynthConfig | dict[str, Any], force: bool = False, progress: b
         The output folder.
 
     Raises:
-        SynthError: bad settings, or ``out`` holds a dataset made with other settings (the
-            message names the differing keys; nothing is deleted).
+        SynthError: bad settings, ``out`` holds a dataset made with other settings (the
+            message names the differing keys; nothing is deleted), or ``out`` is a non-empty
+            folder the generator did not make.
     """
     from tqdm.auto import tqdm
 
@@ -275,11 +277,17 @@ def generate(cfg: SynthConfig | dict[str, Any], force: bool = False, progress: b
             f"{out} holds a synthetic dataset made with other settings (differ: {', '.join(diff)}); "
             "choose another 'out' or regenerate with --force"
         )
+    marker = out / INCOMPLETE
+    ours = manifest_path.exists() or marker.exists()
+    if out.exists() and any(out.iterdir()) and not ours:
+        # never delete what the generator did not write
+        raise SynthError(f"{out} is a non-empty folder that holds no synthetic dataset; choose an empty or new 'out'")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.touch()
     if manifest_path.exists():
         manifest_path.unlink()
     for split in SPLITS:  # stale clips of a previous, different dataset
         shutil.rmtree(out / "videos" / split, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
 
     # 1. scenes (cheap), redrawn on the rare clash with a clip already in any split
     scenes: dict[str, list[Scene]] = {s: [] for s in SPLITS}
@@ -347,6 +355,7 @@ def generate(cfg: SynthConfig | dict[str, Any], force: bool = False, progress: b
     tmp = manifest_path.with_suffix(".part")
     tmp.write_text(json.dumps({"config": key, "counts": counts}, indent=1, sort_keys=True))
     tmp.replace(manifest_path)  # last: a folder without a manifest is incomplete
+    marker.unlink()
     return out
 
 
