@@ -92,8 +92,6 @@ class EvalConfig:
 
     mode: Literal["loglik", "generate"] = "loglik"
     max_new_tokens: int = 16
-    data: str | None = None
-    batch_size: int = 8
 
 
 #: top-level sections validated as dataclasses

@@ -201,3 +201,22 @@ def test_here_is_the_folder_of_the_file_that_writes_it(tmp_path):
     cfg = load_config(child)
     assert cfg.data.train == str((tmp_path / "recipes" / "train.jsonl").resolve())
     assert cfg.data.test == str((tmp_path / "test.jsonl").resolve())
+
+
+def test_config_reference_documents_every_key():
+    """docs/config.md names every field of every section, so the reference matches the code."""
+    import dataclasses
+    from pathlib import Path
+
+    from dynvlm import schema
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    sections = {**schema.SECTIONS, "model.projector": schema.ProjectorConfig}
+    missing = [
+        f"{section}.{f.name}"
+        for section, cls in sections.items()
+        for f in dataclasses.fields(cls)
+        if f"`{section}.{f.name}`" not in doc
+    ]
+    missing += [f"top-level {key}" for key in ("name", "seed", "output_dir", "base", "sweep") if f"`{key}`" not in doc]
+    assert not missing, f"docs/config.md does not document: {missing}"
