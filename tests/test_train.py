@@ -51,6 +51,12 @@ def test_fit_lowers_the_loss_and_writes_the_run(tmp_path, samples):
     ckpt = torch.load(result["checkpoint"], weights_only=False)
     assert ckpt["hyper_parameters"]["config"]["model"]["compressor"] == {"name": "pool"}
     assert set(ckpt["state_dict"]) and all(k.split(".")[0] in ("encoder", "projector", "llm") for k in ckpt["state_dict"])
+    # the checkpoint alone rebuilds the model: config from its hparams, weights from its state dict
+    from dynvlm.model import VideoLLM
+
+    restored = VideoLLM.load_from_checkpoint(result["checkpoint"])
+    for key in ("projector.net.0.weight", "llm.model.lm_head.weight", "encoder.model.embeddings.patch_embedding.weight"):
+        torch.testing.assert_close(restored.state_dict()[key], ckpt["state_dict"][key])
 
     scores = test(cfg, datamodule=dm)
     assert scores["test/n"] == 6 and 0.0 <= scores["test/acc"] <= 1.0
@@ -113,15 +119,26 @@ import json, os, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from tiny_vlm import ListDataModule, colour_samples, inline_model, run_config
+import pytorch_lightning as pl
 from dynvlm.train import fit
+
+
+class Losses(pl.Callback):
+    def __init__(self):
+        self.values = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.values.append(float(outputs["loss"]))
+
 
 root = Path({root!r})
 rank = os.environ.get("LOCAL_RANK", "0")
 samples = colour_samples(root / f"videos{{rank}}", 4, seconds=2, max_frames=4)
-trainer = {{"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_steps": 2, "enable_progress_bar": False,
+trainer = {{"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_steps": 4, "enable_progress_bar": False,
            "enable_model_summary": False, "logger": False, "limit_val_batches": 1, "num_sanity_val_steps": 0}}
-result = fit(run_config(root / "runs", trainer=trainer), ListDataModule(samples, batch_size=2))
-(root / f"result{{rank}}.json").write_text(json.dumps(result))
+losses = Losses()
+result = fit(run_config(root / "runs", trainer=trainer), ListDataModule(samples, batch_size=2), callbacks=[losses])
+(root / f"result{{rank}}.json").write_text(json.dumps({{**result, "losses": losses.values}}))
 """
 
 
@@ -132,6 +149,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in results] == [2, 2]
-    assert [r["global_step"] for r in results] == [2, 2]
+    assert [r["global_step"] for r in results] == [4, 4]
+    assert all(r["losses"][-1] < r["losses"][0] for r in results)  # each rank's loss falls
     assert all(r["val/loss"] == pytest.approx(results[0]["val/loss"]) for r in results)  # synced across ranks
     assert Path(results[0]["checkpoint"]).is_file()
