@@ -25,6 +25,7 @@ import platform
 import statistics
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,14 +62,16 @@ def _time_cpu(fn: Callable[[], object], budget_s: float) -> Timing:
     start = time.perf_counter()
     fn()  # warm-up (allocator, lazy init); a slow op's warm-up is its only run
     first = time.perf_counter() - start
-    runs = 1 if first * 2 > budget_s else max(2, min(20, int(budget_s / max(first, 1e-6))))
-    samples = [first] if runs == 1 else []
-    for _ in range(runs if runs > 1 else 0):
+    if first >= 2.0:  # too slow to repeat within the CLI's time budget: the warm-up is the sample
+        runs, samples = 0, [first]
+    else:
+        runs, samples = max(1, min(20, int(budget_s / max(first, 1e-6)))), []
+    for _ in range(runs):
         t0 = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t0)
     ms = sorted(s * 1e3 for s in samples)
-    q = statistics.quantiles(ms, n=5) if len(ms) >= 2 else [ms[0]] * 4
+    q = statistics.quantiles(ms, n=5, method="inclusive") if len(ms) >= 2 else [ms[0]] * 4
     return Timing(statistics.median(ms), q[0], q[3], len(ms))
 
 
@@ -137,83 +140,82 @@ def run(
     time_budget_s: float | None = None,
     out=sys.stdout,
 ) -> list[dict[str, object]]:
-    """Measure and print the table; return its rows as dicts (times in ms, ``None`` = not measured).
+    """Measure, then print the table; return its rows as dicts (:class:`Timing` cells or a reason string).
 
     Args:
         ops, sizes, dtypes: what to measure (sizes are ``(frames, N, C, tokens)``, N a square).
         device: ``cuda`` or ``cpu`` (default: CUDA when available).
         compile_budget_s: seconds allowed for ``torch.compile`` compilations (default unlimited on
-            CUDA, 30 s on CPU, where inductor takes tens of seconds per shape); rows past it print
-            ``skipped (compile budget)``.
-        cell_budget_s: wall-clock seconds per timed cell on CPU (default 1.0).
-        time_budget_s: total seconds (default unlimited on CUDA, 90 s on CPU). Rows run fp32
-            first, smallest size first; a row whose estimated cost (from the same op and dtype
-            at a smaller size, scaled by frames) would overrun the budget prints ``skipped``.
+            CUDA, 40 s on CPU, where inductor takes tens of seconds per shape).
+        cell_budget_s: wall-clock seconds per timed cell on CPU (default 0.5).
+        time_budget_s: total seconds (default unlimited on CUDA, 85 s on CPU). Eager paths are
+            timed first (fp32 first, smallest size first), then ``torch.compile`` cells while the
+            budgets last; a row whose cost, estimated from the same op and dtype at a smaller
+            size, would overrun the budget is printed as skipped.
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = dev.type == "cuda"
     use_triton = on_gpu and HAS_TRITON
-    compile_left = compile_budget_s if compile_budget_s is not None else (math.inf if on_gpu else 30.0)
-    cell = cell_budget_s if cell_budget_s is not None else 1.0
-    deadline = time.perf_counter() + (time_budget_s if time_budget_s is not None else (math.inf if on_gpu else 90.0))
-    per_frame: dict[tuple[str, str], float] = {}  # seconds per frame of a row, from the last measured size
-    gen = torch.Generator().manual_seed(0)
+    compile_left = compile_budget_s if compile_budget_s is not None else (math.inf if on_gpu else 40.0)
+    cell = cell_budget_s if cell_budget_s is not None else 0.5
+    started = time.perf_counter()
+    deadline = started + (time_budget_s if time_budget_s is not None else (math.inf if on_gpu else 85.0))
+    paths = ("naive", "torch", "triton") if use_triton else ("naive", "torch")
     bw = copy_bandwidth(dev)
-    _header(out, dev, bw)
     rows: list[dict[str, object]] = []
-    compiled: dict[tuple[str, str], Callable] = {}
+    per_frame: dict[tuple[str, str], dict[str, float]] = {}  # seconds per frame and call, last measured size
     for dname in dtypes:
         for frames, n, c, tokens in sorted(sizes):
             for op in ops:
-                key = (op, dname)
-                est = per_frame.get(key, 0.0) * frames
-                if time.perf_counter() + est > deadline:
-                    skipped = {"op": op, "dtype": dname, "frames": frames, "N": n, "C": c, "tokens": tokens}
-                    print(_skipped_row(skipped, est), file=out, flush=True)
-                    rows.append(skipped)
-                    continue
-                row_start = time.perf_counter()
-                row = _measure(op, dname, (frames, n, c, tokens), dev, gen, cell, compiled, compile_left, use_triton)
-                compile_left -= row.pop("compile seconds")
-                row["copy GB/s"] = bw
-                row["GB/s"] = row.pop("bytes") / (row["triton" if use_triton else "torch"].median * 1e-3) / 1e9
+                row: dict[str, object] = {"op": op, "dtype": dname, "frames": frames, "N": n, "C": c, "tokens": tokens}
                 rows.append(row)
-                _print_row(out, row, "triton" if use_triton else "torch")
-                per_frame[key] = (time.perf_counter() - row_start) / frames
+                est = sum(_cell_cost(spf * frames, cell) for spf in per_frame.get((op, dname), {}).values())
+                if time.perf_counter() + est > deadline:
+                    row["skipped"] = f"skipped (time budget: ~{est:.0f} s)"
+                    continue
+                x, fns = _inputs(op, dname, (frames, n, c, tokens), dev)
+                for path in paths:
+                    row[path] = _time(lambda f=fns[path], t=x: f(t), dev, cell)
+                row.setdefault("triton", "n/a (no GPU)")
+                per_frame[(op, dname)] = {p: row[p].median * 1e-3 / frames for p in paths}
+                row["bytes"] = floor_bytes(op, frames, n, c, tokens, x.element_size())
+    compiled: dict[tuple[str, str], Callable] = {}
+    for row in rows:
+        if "skipped" in row:
+            continue
+        key = (row["op"], row["dtype"])
+        est = 2 * _cell_cost(per_frame[key]["naive"] * row["frames"], cell)
+        if compile_left <= 0 or time.perf_counter() + est > deadline:
+            row["compile"] = "skipped (compile budget)" if compile_left <= 0 else "skipped (time budget)"
+            continue
+        x, fns = _inputs(row["op"], row["dtype"], (row["frames"], row["N"], row["C"], row["tokens"]), dev)
+        fn = compiled.setdefault(key, torch.compile(fns["naive"], dynamic=False))
+        t0 = time.perf_counter()
+        fn(x)  # compile (or recompile for this shape) outside the timing
+        compile_left -= time.perf_counter() - t0
+        row["compile"] = _time(lambda f=fn, t=x: f(t), dev, cell)
+    _header(out, dev, bw)
+    best_name = "triton" if use_triton else "torch"
+    for row in rows:
+        if "skipped" not in row:
+            row["GB/s"] = row.pop("bytes") / (row[best_name].median * 1e-3) / 1e9
+            row["copy GB/s"] = bw
+        _print_row(out, row, best_name)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s", file=out)
     return rows
 
 
-def _measure(
-    op: str,
-    dname: str,
-    size: tuple[int, int, int, int],
-    dev: torch.device,
-    gen: torch.Generator,
-    cell: float,
-    compiled: dict[tuple[str, str], Callable],
-    compile_left: float,
-    use_triton: bool,
-) -> dict[str, object]:
-    """Time one row: every path of ``op`` on one random input of ``size`` and dtype ``dname``."""
+def _cell_cost(call_s: float, cell: float) -> float:
+    # _time_cpu: a warm-up call, then repeats filling the cell budget (at least one; none when slow)
+    return call_s if call_s >= 2.0 else call_s + max(cell, call_s)
+
+
+def _inputs(op: str, dname: str, size: tuple[int, int, int, int], dev: torch.device):
+    """A random ``[F, N, C]`` input of ``size`` and the op's callables on it (fixed seed per row)."""
     frames, n, c, tokens = size
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((op, dname, size)).encode()))
     x = torch.randn(frames, n, c, generator=gen).to(device=dev, dtype=DTYPES[dname])
-    fns = _fns(op, x, tokens, gen)
-    row: dict[str, object] = {"op": op, "dtype": dname, "frames": frames, "N": n, "C": c, "tokens": tokens}
-    row["naive"] = _time(lambda: fns["naive"](x), dev, cell)
-    row["torch"] = _time(lambda: fns["torch"](x), dev, cell)
-    spent = 0.0
-    if compile_left > 0:
-        fn = compiled.setdefault((op, dname), torch.compile(fns["naive"], dynamic=False))
-        t0 = time.perf_counter()
-        fn(x)  # compile (or recompile for this shape) outside the timing
-        spent = time.perf_counter() - t0
-        row["compile"] = _time(lambda: fn(x), dev, cell)
-    else:
-        row["compile"] = "skipped (compile budget)"
-    row["triton"] = _time(lambda: fns["triton"](x), dev, cell) if use_triton else "n/a (no GPU)"
-    row["compile seconds"] = spent
-    row["bytes"] = floor_bytes(op, frames, n, c, tokens, x.element_size())
-    return row
+    return x, _fns(op, x, tokens, gen)
 
 
 def _header(out, dev: torch.device, bw: float) -> None:
@@ -233,12 +235,6 @@ def _header(out, dev: torch.device, bw: float) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|", file=out)
 
 
-def _skipped_row(row: dict, est: float) -> str:
-    shape = f"{row['frames']}×{row['N']}×{row['C']} → {row['tokens']}"
-    note = f"skipped (time budget: ~{est:.0f} s)"
-    return "| " + " | ".join([row["op"], row["dtype"], shape, note] + ["–"] * 7) + " |"
-
-
 def _ratio(num: Timing | str, den: Timing | str) -> str:
     if isinstance(num, Timing) and isinstance(den, Timing):
         return f"{num.median / den.median:.2f}×"
@@ -246,8 +242,11 @@ def _ratio(num: Timing | str, den: Timing | str) -> str:
 
 
 def _print_row(out, row: dict, best_name: str) -> None:
-    best = row[best_name]
     shape = f"{row['frames']}×{row['N']}×{row['C']} → {row['tokens']}"
+    if "skipped" in row:
+        print("| " + " | ".join([row["op"], row["dtype"], shape, row["skipped"]] + ["–"] * 7) + " |", file=out)
+        return
+    best = row[best_name]
     cells = [
         row["op"], row["dtype"], shape, row["naive"], row["torch"], row["compile"], row["triton"],
         _ratio(row["naive"], row["torch"]), f"{_ratio(row['naive'], best)} ({best_name})",
@@ -286,10 +285,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="a size to time (repeatable; default: the three sizes of issue 3)")  # fmt: skip
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--compile-budget", type=float, default=None, metavar="S",
-                   help="seconds for torch.compile compilations (default: unlimited on CUDA, 30 on CPU)")  # fmt: skip
-    p.add_argument("--cell-budget", type=float, default=None, metavar="S", help="CPU seconds per timed cell (1.0)")
+                   help="seconds for torch.compile compilations (default: unlimited on CUDA, 40 on CPU)")  # fmt: skip
+    p.add_argument("--cell-budget", type=float, default=None, metavar="S", help="CPU seconds per timed cell (0.5)")
     p.add_argument("--time-budget", type=float, default=None, metavar="S",
-                   help="total seconds; rows estimated to overrun it are skipped (default: unlimited on CUDA, 90 on CPU)")  # fmt: skip
+                   help="total seconds; rows estimated to overrun it are skipped (default: unlimited on CUDA, 85 on CPU)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="one small size (2,64,96,16), fp32, no compile: a smoke run")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
