@@ -37,6 +37,7 @@ from .schema import EvalConfig, OptimConfig, ProjectorConfig
 from .stages import apply_stage, load_weights, read_weights, stage_config
 
 CKPT_KEY = "dynvlm"  # our entry in a Lightning checkpoint: trainable/carried key lists
+SCORE_SEQUENCES = 16  # (sample, option) sequences per LLM forward in MC scoring: bounds the [B, L, V] logits
 
 
 def _section(cls: type, data: Mapping[str, Any] | None, name: str) -> Any:
@@ -234,7 +235,8 @@ class VideoLLM(pl.LightningModule):
 
         Each sample needs ``meta["options"]``; its final gpt turn is replaced by each letter in
         turn and the summed log-probability of that answer's tokens (incl. end of turn) is scored.
-        The visual tokens are computed once per sample and reused for every option.
+        The visual tokens are computed once per sample and reused for every option; the LLM runs
+        on :data:`SCORE_SEQUENCES` (sample, option) sequences at a time.
         """
         samples = _samples(samples)
         plans = self.plan(samples)
@@ -250,16 +252,18 @@ class VideoLLM(pl.LightningModule):
                 items.extend(self.encode_prompts([s], [p], [conv]))
                 vis.append(visual[i])
                 owner.append(i)
-        prompt = self.prompts.collate(items, "right")
-        embeds = self.splice(prompt, vis)
-        logits = self.llm(embeds, prompt.attention_mask.to(self.device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        targets = prompt.labels[:, 1:].to(self.device)
         scores: list[list[float]] = [[] for _ in samples]
-        for row, i in enumerate(owner):
-            start, end = prompt.answer_spans[row][-1]
-            pos = torch.arange(start - 1, end - 1, device=self.device)
-            scores[i].append(float(logp[row, pos, targets[row, pos]].sum()))
+        chunk = SCORE_SEQUENCES
+        for lo in range(0, len(items), chunk):
+            prompt = self.prompts.collate(items[lo : lo + chunk], "right")
+            embeds = self.splice(prompt, vis[lo : lo + chunk])
+            logits = self.llm(embeds, prompt.attention_mask.to(self.device)).logits
+            targets = prompt.labels.to(self.device)
+            for row, i in enumerate(owner[lo : lo + chunk]):
+                start, end = prompt.answer_spans[row][-1]
+                # logits at t-1 predict token t; only the answer's positions are normalised
+                logp = torch.log_softmax(logits[row, start - 1 : end - 1].float(), dim=-1)
+                scores[i].append(float(logp.gather(1, targets[row, start:end, None]).sum()))
         return scores
 
     def _mc_records(self, samples: Sequence[Sample]) -> list[dict[str, Any]]:

@@ -69,10 +69,14 @@ def test_mismatched_visual_count_is_an_error(path_model, samples):
         m.splice(prompt, [visual[0][:-1]])
 
 
-def test_option_scores_are_answer_log_likelihoods(path_model, samples):
+def test_option_scores_are_answer_log_likelihoods(path_model, samples, monkeypatch):
+    import dynvlm.model
+
     m = path_model.eval()
     scores = m.score_options(samples[:2])
     assert [len(s) for s in scores] == [3, 3]
+    monkeypatch.setattr(dynvlm.model, "SCORE_SEQUENCES", 2)  # 6 sequences in 3 LLM calls: same scores
+    assert m.score_options(samples[:2]) == pytest.approx(scores, rel=1e-5)
     # score of option B of sample 0 == -(summed LM loss of the conversation answered "B")
     s = samples[0]
     conv = [*s.conversation[:-1], Turn("gpt", "B")]
