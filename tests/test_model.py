@@ -76,7 +76,8 @@ def test_option_scores_are_answer_log_likelihoods(path_model, samples, monkeypat
     scores = m.score_options(samples[:2])
     assert [len(s) for s in scores] == [3, 3]
     monkeypatch.setattr(dynvlm.model, "SCORE_SEQUENCES", 2)  # 6 sequences in 3 LLM calls: same scores
-    assert m.score_options(samples[:2]) == pytest.approx(scores, rel=1e-5)
+    chunked = m.score_options(samples[:2])
+    assert [c == pytest.approx(s, rel=1e-5) for c, s in zip(chunked, scores)] == [True, True]
     # score of option B of sample 0 == -(summed LM loss of the conversation answered "B")
     s = samples[0]
     conv = [*s.conversation[:-1], Turn("gpt", "B")]
