@@ -4,12 +4,13 @@
 stage          trainable                                 typical data
 =============  ========================================  =====================================
 ``pretrain``   compressor, projector                     image/video captions (alignment)
-``image_sft``  compressor, projector, llm                image instructions
-``video_sft``  encoder (at ``lr * encoder_lr_ratio``),   video instructions
+``image_sft``  encoder (at ``lr * encoder_lr_ratio``),   image instructions
                compressor, projector, llm
+``video_sft``  as ``image_sft``                          video instructions
 ``custom``     ``stage.trainable`` (required)
 =============  ========================================  =====================================
 
+(DESIGN.md section 4: the SFT stages train everything, the ViT at 1/5 lr.)
 ``stage.trainable`` overrides the default of any stage. ``stage.resume_from`` loads the weights a
 previous stage's checkpoint holds (only its trainable ones plus what it carried over), so a
 chain ``pretrain -> image_sft -> video_sft`` keeps everything any stage trained.
@@ -30,7 +31,7 @@ from .schema import StageConfig
 MODULES = ("encoder", "compressor", "projector", "llm")
 DEFAULT_TRAINABLE: dict[str, tuple[str, ...]] = {
     "pretrain": ("compressor", "projector"),
-    "image_sft": ("compressor", "projector", "llm"),
+    "image_sft": MODULES,  # LLaVA-OneVision-style SFT: the whole model, the ViT at a fraction of lr
     "video_sft": MODULES,
 }
 
