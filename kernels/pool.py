@@ -157,7 +157,8 @@ if triton is not None:
 
 def _block_c(c: int, x: Tensor) -> int:
     # the interpreter pays per program, so it gets one wide block; GPUs get more parallel programs
-    return min(next_pow2(c), 256 if not x.is_cuda else 64)
+    # (>= 16: tl.dot's minimum on GPUs)
+    return max(16, min(next_pow2(c), 256 if not x.is_cuda else 64))
 
 
 def _blocks(w: int, ow: int) -> dict[str, int]:
