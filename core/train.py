@@ -4,7 +4,8 @@ A run lives in ``<output_dir>/<name>/``: ``config.yaml`` (the resolved config), 
 metrics and hparams, including component provenance), ``checkpoints/last.ckpt``. Re-running
 ``fit`` on a run whose ``last.ckpt`` exists resumes from it (an interrupted run goes on where
 it stopped; a finished one returns at once). ``stage.checkpoint_every_n_steps`` sets how often
-``last.ckpt`` is written during training (default: at each epoch end and when training ends).
+``last.ckpt`` is written during training (default: at each epoch end and when training ends);
+Ctrl-C in a single-process run also writes it at the step reached.
 """
 
 from __future__ import annotations
@@ -53,9 +54,25 @@ def make_trainer(cfg: DictConfig | Mapping[str, Any], callbacks: Sequence[pl.Cal
             dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0,
             every_n_train_steps=stage.get("checkpoint_every_n_steps"),
         ))
+        cbs.append(SaveOnInterrupt(out / "checkpoints" / LAST))
     elif not fit:
         kwargs["enable_checkpointing"] = False
     return pl.Trainer(callbacks=cbs, **kwargs)
+
+
+class SaveOnInterrupt(pl.Callback):
+    """On Ctrl-C (``KeyboardInterrupt``), write ``last.ckpt`` at the current step so a re-run resumes there.
+
+    Only in single-process runs: saving is collective under DDP and the other ranks may be gone.
+    Other exceptions (bugs) leave the last periodic checkpoint in place.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt) and trainer.world_size == 1 and trainer.global_step > 0:
+            trainer.save_checkpoint(str(self.path))
 
 
 def _prepare(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:

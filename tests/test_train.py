@@ -114,6 +114,28 @@ def test_an_interrupted_fit_resumes_from_its_last_checkpoint(tmp_path, samples):
     assert torch.load(last, weights_only=False)["global_step"] == 5
 
 
+class CtrlC(pl.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 3:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_saves_the_step_reached(tmp_path, samples):
+    import signal
+
+    trainer = {"accelerator": "cpu", "max_steps": 4, "enable_progress_bar": False, "enable_model_summary": False,
+               "logger": False, "limit_val_batches": 0}
+    cfg = run_config(tmp_path, trainer=trainer)
+    try:
+        with pytest.raises(SystemExit):  # Lightning shuts down gracefully, then exits
+            fit(cfg, ListDataModule(samples, batch_size=2), callbacks=[CtrlC()])
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores SIGINT after a Ctrl-C
+    last = tmp_path / "tiny" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 3
+    assert fit(cfg, ListDataModule(samples, batch_size=2))["global_step"] == 4
+
+
 DDP_SCRIPT = """
 import json, os, sys
 from pathlib import Path
