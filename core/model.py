@@ -83,7 +83,7 @@ class VideoLLM(pl.LightningModule):
         self.llm = build_component("llm", model_cfg["llm"])
         proj = _section(ProjectorConfig, model_cfg.get("projector"), "model.projector")
         self.projector = Projector(self.encoder.width, self.llm.width, depth=proj.depth, hidden=proj.hidden)
-        self.budget = BudgetPolicy(cfg.get("budget"), self.encoder.grid, self.compressor.achievable)
+        self.budget = BudgetPolicy(cfg.get("budget"), self.encoder.grid, self._achievable)
         self.prompts = PromptBuilder(self.llm.tokenizer, getattr(self.llm, "system_prompt", None))
         self.optim_cfg: OptimConfig = _section(OptimConfig, cfg.get("optim"), "optim")
         self.eval_cfg: EvalConfig = _section(EvalConfig, cfg.get("eval"), "eval")
@@ -100,6 +100,10 @@ class VideoLLM(pl.LightningModule):
         self._eval_records: list[dict[str, Any]] = []
 
     # -- visual path ------------------------------------------------------------------------
+    def _achievable(self, tokens: int, grid: tuple[int, int]) -> int:
+        # looked up on each call: a callback may swap self.compressor between batches
+        return self.compressor.achievable(tokens, grid)
+
     def plan(self, samples: Sequence[Sample], training: bool = False) -> list[FramePlan]:
         """Budget plans (kept frame indices, tokens per frame) for ``samples``."""
         for s in samples:

@@ -175,3 +175,12 @@ def test_siglip_video_llm_trains_a_step(samples, tmp_path):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_the_plan_follows_a_swapped_compressor(tmp_path):
+    from dynvlm.config import build_component
+
+    m = VideoLLM(run_config(tmp_path, inline_model("prune"), budget={"max_tokens": 64, "tokens_per_frame": 8}))
+    assert m.budget.plan(4).tokens == 8  # prune serves any count
+    m.compressor = build_component("compressor", {"name": "pool"}, dim=m.encoder.width)
+    assert m.budget.plan(4).tokens == 4  # pool: the largest square <= 8
