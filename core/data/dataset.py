@@ -21,6 +21,19 @@ from .annotations import Item
 
 MAX_SUBSTITUTES = 16  # training: how many following items to try in place of a broken one
 
+#: frames decoded by any dataset with ``cache`` on, keyed by file (path, size, mtime) and decode
+#: settings: the DataModules of a sweep's points (one process) and the several questions of one
+#: clip in a multiple-choice file decode each file once
+_SHARED_FRAMES: dict[tuple, tuple[torch.Tensor, list[float], str, float]] = {}
+
+
+def _shared_key(path: Path, fps: float | None, max_frames: int | None, backend: str) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (str(path), st.st_size, st.st_mtime_ns, fps, max_frames, backend)
+
 
 @dataclass
 class DataBatch(Batch):
@@ -84,11 +97,16 @@ class VideoQADataset(Dataset):
         """
         path = self.path_of(item)
         hit = self._frames.get(index) if index is not None else None
+        key = _shared_key(path, self.fps, self.max_frames, self.backend) if self.cache and hit is None else None
+        if hit is None and key is not None:
+            hit = _SHARED_FRAMES.get(key)
         if hit is None:
             clip = read_video(path, fps=self.fps, max_frames=self.max_frames, backend=self.backend)
             hit = (torch.from_numpy(clip.frames), list(clip.timestamps), clip.backend, clip.duration)
-            if self.cache and index is not None:
-                self._frames[index] = hit
+            if key is not None:
+                _SHARED_FRAMES[key] = hit
+        if self.cache and index is not None:
+            self._frames[index] = hit
         frames, timestamps, backend, duration = hit
         kind = "image" if backend == "image" else item.kind
         meta = {**item.meta, "duration": item.meta.get("duration", duration)}
