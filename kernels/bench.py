@@ -84,8 +84,8 @@ def _time(fn: Callable[[], object], device: torch.device, budget_s: float) -> Ti
 
 
 def copy_bandwidth(device: torch.device) -> float:
-    """Measured device copy bandwidth in GB/s (read + write of a 256 MiB buffer)."""
-    src = torch.empty(64 * 2**20, dtype=torch.float32, device=device).uniform_()
+    """Measured device copy bandwidth in GB/s (read + write of a 64 MiB buffer, beyond any cache)."""
+    src = torch.empty(16 * 2**20, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
     dst.copy_(src)  # first touch of dst's pages is not part of the bandwidth
     t = _time(lambda: dst.copy_(src), device, budget_s=1.0)
@@ -139,7 +139,7 @@ def run(
     compile_budget_s: float | None = None,
     cell_budget_s: float | None = None,
     time_budget_s: float | None = None,
-    out=sys.stdout,
+    out=None,
 ) -> list[dict[str, object]]:
     """Measure, then print the table; return its rows as dicts (:class:`Timing` cells or a reason string).
 
@@ -154,6 +154,7 @@ def run(
             budgets last; a row whose cost, estimated from the same op and dtype at a smaller
             size, would overrun the budget is printed as skipped.
     """
+    out = out if out is not None else sys.stdout  # looked up per call, so redirections apply
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = dev.type == "cuda"
     use_triton = on_gpu and HAS_TRITON
