@@ -123,3 +123,15 @@ def test_bad_frames_are_rejected(folders):
         enc.preprocess(torch.zeros(2, 16, 16, 3))
     with pytest.raises(ValueError, match="call preprocess"):
         enc(torch.zeros(2, 16, 16, 3))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(folders, frames):
+    grads = []
+    for on in (False, True):
+        enc = dynvlm.build_component("encoder", {"name": "clip", "path": folders["clip"], "select_layer": -1,
+                                                 "gradient_checkpointing": on}).train()
+        enc(enc.preprocess(frames)).pow(2).mean().backward()
+        grads.append([p.grad for p in enc.parameters()])
+    assert any(getattr(mod, "gradient_checkpointing", False) for mod in enc.model.modules())
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

@@ -128,3 +128,15 @@ def test_remote_code_is_not_run_unless_allowed(folder, tmp_path):
 def test_bad_llm_specs_say_what_is_wrong(spec, error, message):
     with pytest.raises(error, match=message):
         dynvlm.build_component("llm", {"name": "hf", **spec})
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(folder):
+    grads = []
+    for on in (False, True):
+        llm = dynvlm.build_component("llm", {"name": "hf", "path": folder, "gradient_checkpointing": on}).train()
+        ids = torch.tensor([llm.tokenizer("what colour is the video ? red", add_special_tokens=False)["input_ids"]])
+        llm(llm.embed(ids), torch.ones_like(ids), labels=ids).loss.backward()
+        grads.append([p.grad for p in llm.parameters()])
+    assert any(getattr(mod, "gradient_checkpointing", False) for mod in llm.model.modules())
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

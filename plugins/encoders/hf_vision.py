@@ -39,6 +39,7 @@ class HFVisionEncoder(VisionEncoder):
             ``-2`` (LLaVA's choice) takes the penultimate layer.
         dtype: parameter dtype name (``float32``, ``bfloat16``, ``float16``).
         attn_implementation: passed to ``transformers`` (``eager``, ``sdpa``, ...); ``None`` = its default.
+        gradient_checkpointing: recompute layer activations in backward (memory grows with frames).
     """
 
     model_cls: Any = None
@@ -56,6 +57,7 @@ class HFVisionEncoder(VisionEncoder):
         select_layer: int = -2,
         dtype: str = "float32",
         attn_implementation: str | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if (path is None) == (config is None):
@@ -87,6 +89,8 @@ class HFVisionEncoder(VisionEncoder):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         _strip(model, self.kept_layers)
+        if gradient_checkpointing:
+            enable_checkpointing(model)
         self.model = model
 
     # -- preprocessing ------------------------------------------------------------------
@@ -132,6 +136,14 @@ class HFVisionEncoder(VisionEncoder):
         if self.kept_layers:
             h = vm.encoder(inputs_embeds=h).last_hidden_state
         return h[:, 1:] if self.has_cls else h
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Turn on activation (gradient) checkpointing under either ``transformers`` name (5.x renamed it)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _kept_layers(select_layer: int, num_layers: int, name: str) -> int:

@@ -108,6 +108,7 @@ class HFCausalLM(LanguageModel):
         trust_remote_code: allow code shipped in ``path`` to run (off by default).
         dtype: ``float32``, ``bfloat16`` or ``float16``.
         attn_implementation: passed to ``transformers``; ``None`` = its default.
+        gradient_checkpointing: recompute layer activations in backward (long visual sequences).
     """
 
     def __init__(
@@ -120,6 +121,7 @@ class HFCausalLM(LanguageModel):
         trust_remote_code: bool = False,
         dtype: str = "float32",
         attn_implementation: str | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if (path is None) == (config is None):
@@ -160,6 +162,8 @@ class HFCausalLM(LanguageModel):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token  # e.g. Llama-style tokenizers ship without one
         self.system_prompt = system_prompt or None
+        if gradient_checkpointing:
+            enable_checkpointing(self.model)
         self.width = int(self.model.get_input_embeddings().embedding_dim)
         self.stop_ids = sorted({i for i in (self.tokenizer.convert_tokens_to_ids(IM_END), self.tokenizer.eos_token_id)
                                 if isinstance(i, int) and i != self.tokenizer.unk_token_id})
@@ -185,12 +189,13 @@ class HFCausalLM(LanguageModel):
             **kw,
         )
 
-    def gradient_checkpointing(self, on: bool = True) -> None:
-        """Trade compute for memory on long visual sequences."""
-        if on:
-            self.model.gradient_checkpointing_enable()
-        else:
-            self.model.gradient_checkpointing_disable()
+
+def enable_checkpointing(model: Any) -> None:
+    """Turn on activation (gradient) checkpointing under either ``transformers`` name (5.x renamed it)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _folder(path: str, what: str) -> Path:
