@@ -120,6 +120,7 @@ def test_remote_code_is_not_run_unless_allowed(folder, tmp_path):
     [
         ({}, ValueError, "exactly one of 'path'"),
         ({"path": "/nonexistent/qwen"}, FileNotFoundError, "does not exist"),
+        ({"path": "/"}, FileNotFoundError, "no tokenizer in '/'"),
         ({"config": LLM, "vocabulary": WORDS, "dtype": "int8"}, ValueError, "dtype must be one of"),
         ({"config": dict(LLM, vocab_size=3), "vocabulary": WORDS}, ValueError, "smaller than the tokenizer"),
         ({"config": LLM, "vocabulary": WORDS, "tokenizer": "/x"}, ValueError, "not both"),

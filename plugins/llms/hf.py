@@ -134,15 +134,14 @@ class HFCausalLM(LanguageModel):
                 raise ValueError("llm 'hf': 'tokenizer' and 'vocabulary' apply to inline configs only; "
                                  "a 'path' model uses the tokenizer saved in its folder")
             folder = _folder(path, "model")
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True,
-                                                           trust_remote_code=trust_remote_code)
+            self.tokenizer = _load_tokenizer(folder, trust_remote_code)
             self.model = AutoModelForCausalLM.from_pretrained(
                 str(folder), local_files_only=True, trust_remote_code=trust_remote_code, dtype=torch_dtype, **extra)
         else:
             if tokenizer is not None and vocabulary is not None:
                 raise ValueError("llm 'hf': give 'tokenizer' (a folder) or 'vocabulary' (a word list), not both")
             if tokenizer is not None:
-                self.tokenizer = AutoTokenizer.from_pretrained(str(_folder(tokenizer, "tokenizer")), local_files_only=True)
+                self.tokenizer = _load_tokenizer(_folder(tokenizer, "tokenizer"), False)
             else:
                 words = vocabulary if vocabulary is not None else synthetic_vocabulary()
                 self.tokenizer = build_word_tokenizer(words, system_prompt or DEFAULT_SYSTEM_PROMPT)
@@ -196,6 +195,13 @@ def enable_checkpointing(model: Any) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _load_tokenizer(folder: Path, trust_remote_code: bool) -> Any:
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
+        raise FileNotFoundError(f"llm 'hf': no tokenizer in {str(folder)!r} (expected tokenizer.json or "
+                                "tokenizer_config.json saved with save_pretrained)")
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
 
 
 def _folder(path: str, what: str) -> Path:
