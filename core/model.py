@@ -234,40 +234,74 @@ class VideoLLM(pl.LightningModule):
         return [t.strip() for t in self.llm.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     @torch.no_grad()
-    def score_options(self, samples: Batch | Sequence[Sample]) -> list[list[float]]:
+    def score_options(self, samples: Batch | Sequence[Sample], shared_prompt: bool = True) -> list[list[float]]:
         """Per-option log-likelihood of the answer letter (``A``, ``B``, ...) for multiple-choice samples.
 
         Each sample needs ``meta["options"]``; its final gpt turn is replaced by each letter in
         turn and the summed log-probability of that answer's tokens (incl. end of turn) is scored.
-        The visual tokens are computed once per sample and reused for every option; the LLM runs
-        on :data:`SCORE_SEQUENCES` (sample, option) sequences at a time.
+        The visual tokens are computed once per sample. When the LLM offers
+        ``continuation_logprobs`` (the ``hf`` plugin) and the template renders each answer right
+        after the generation prompt, the prompt runs once per sample and only the answers run
+        per option (``shared_prompt``); otherwise every (sample, option) sequence runs in full.
+        At most :data:`SCORE_SEQUENCES` (sample, option) sequences go through the LLM at a time.
         """
         samples = _samples(samples)
         plans = self.plan(samples)
         visual, _ = self.visual_features(samples, plans)
-        items, vis, owner = [], [], []
-        for i, (s, p) in enumerate(zip(samples, plans)):
+        fulls: list[list[Encoded]] = []
+        for s, p in zip(samples, plans):
             options = s.meta.get("options")
             if not options:
                 raise ValueError(f"sample {s.id!r}: multiple-choice scoring needs meta['options']")
             base = s.conversation[:-1] if s.conversation[-1].role == "gpt" else list(s.conversation)
-            for k in range(len(options)):
-                conv = [*base, Turn("gpt", chr(ord("A") + k))]
-                items.extend(self.encode_prompts([s], [p], [conv]))
-                vis.append(visual[i])
-                owner.append(i)
-        scores: list[list[float]] = [[] for _ in samples]
-        chunk = SCORE_SEQUENCES
-        for lo in range(0, len(items), chunk):
-            prompt = self.prompts.collate(items[lo : lo + chunk], "right")
-            embeds = self.splice(prompt, vis[lo : lo + chunk])
+            convs = [[*base, Turn("gpt", chr(ord("A") + k))] for k in range(len(options))]
+            fulls.append(self.encode_prompts([s] * len(convs), [p] * len(convs), convs))
+        if shared_prompt and hasattr(self.llm, "continuation_logprobs"):
+            scores = self._score_shared(samples, plans, visual, fulls)
+            if scores is not None:
+                return scores
+        return self._score_full(visual, fulls)
+
+    def _score_full(self, visual: list[Tensor], fulls: list[list[Encoded]]) -> list[list[float]]:
+        items = [e for per in fulls for e in per]
+        vis = [visual[i] for i, per in enumerate(fulls) for _ in per]
+        owner = [i for i, per in enumerate(fulls) for _ in per]
+        scores: list[list[float]] = [[] for _ in fulls]
+        for lo in range(0, len(items), SCORE_SEQUENCES):
+            prompt = self.prompts.collate(items[lo : lo + SCORE_SEQUENCES], "right")
+            embeds = self.splice(prompt, vis[lo : lo + SCORE_SEQUENCES])
             logits = self.llm(embeds, prompt.attention_mask.to(self.device)).logits
             targets = prompt.labels.to(self.device)
-            for row, i in enumerate(owner[lo : lo + chunk]):
+            for row, i in enumerate(owner[lo : lo + SCORE_SEQUENCES]):
                 start, end = prompt.answer_spans[row][-1]
                 # logits at t-1 predict token t; only the answer's positions are normalised
                 logp = torch.log_softmax(logits[row, start - 1 : end - 1].float(), dim=-1)
                 scores[i].append(float(logp.gather(1, targets[row, start:end, None]).sum()))
+        return scores
+
+    def _score_shared(self, samples: list[Sample], plans: list[FramePlan], visual: list[Tensor],
+                      fulls: list[list[Encoded]]) -> list[list[float]] | None:
+        """Scores with one prompt pass per sample, or ``None`` when an answer does not directly follow
+        the generation prompt (a template that renders assistant turns differently)."""
+        prompts = [self.prompts.encode(s.conversation[:-1] if s.conversation[-1].role == "gpt" else s.conversation,
+                                       [s.timestamps[i] for i in p.indices], p.tokens, s.kind, True)
+                   for s, p in zip(samples, plans)]
+        continuations = []
+        for prompt, per in zip(prompts, fulls):
+            conts = []
+            for full in per:
+                start, end = full.answer_spans[-1]
+                if start != len(prompt.ids) or full.ids[:start] != prompt.ids:
+                    return None
+                conts.append(full.ids[start:end])
+            continuations.append(conts)
+        per_chunk = max(1, SCORE_SEQUENCES // max(len(c) for c in continuations))
+        scores: list[list[float]] = []
+        for lo in range(0, len(prompts), per_chunk):
+            batch = self.prompts.collate(prompts[lo : lo + per_chunk], "left")
+            embeds = self.splice(batch, visual[lo : lo + per_chunk])
+            scores += self.llm.continuation_logprobs(embeds, batch.attention_mask.to(self.device),
+                                                     continuations[lo : lo + per_chunk])
         return scores
 
     def _mc_records(self, samples: Sequence[Sample]) -> list[dict[str, Any]]:

@@ -46,6 +46,14 @@ def test_word_tokenizer_round_trips_through_save_pretrained(tmp_path):
         "<|im_start|>user\nred<|im_end|>\n<|im_start|>assistant\ntop-left<|im_end|>\n")
 
 
+def test_path_loaded_llm_keeps_its_word_level_tokenizer(llm):
+    # saved beside a Qwen2 model, AutoTokenizer alone would rebuild it as a byte-level BPE Qwen2Tokenizer
+    tok = llm.tokenizer
+    ids = tok(" ".join(WORDS), add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids) == WORDS
+    assert tok.unk_token_id not in ids
+
+
 def test_path_loaded_llm_matches_the_hf_model(llm, folder):
     assert llm.width == LLM["hidden_size"]
     assert llm.system_prompt == DEFAULT_SYSTEM_PROMPT
@@ -141,3 +149,21 @@ def test_gradient_checkpointing_gives_the_same_gradients(folder):
     assert any(getattr(mod, "gradient_checkpointing", False) for mod in llm.model.modules())
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+def test_continuation_logprobs_match_full_sequences(llm):
+    tok = llm.tokenizer
+    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompts = [enc("what colour is the video ?"), enc("what colour")]
+    conts = [[enc("red"), enc("the video is red"), enc("blue blue")], [enc("green")]]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    got = llm.continuation_logprobs(llm.embed(ids), mask, conts)
+    for prompt, per, scores in zip(prompts, conts, got):
+        assert len(scores) == len(per)
+        for c, score in zip(per, scores):
+            full = torch.tensor([prompt + c])
+            logp = torch.log_softmax(llm(llm.embed(full), torch.ones_like(full)).logits[0].float(), -1)
+            expected = sum(logp[len(prompt) + j - 1, t].item() for j, t in enumerate(c))
+            assert score == pytest.approx(expected, rel=1e-4, abs=1e-4)

@@ -75,9 +75,22 @@ def test_option_scores_are_answer_log_likelihoods(path_model, samples, monkeypat
     m = path_model.eval()
     scores = m.score_options(samples[:2])
     assert [len(s) for s in scores] == [3, 3]
-    monkeypatch.setattr(dynvlm.model, "SCORE_SEQUENCES", 2)  # 6 sequences in 3 LLM calls: same scores
-    chunked = m.score_options(samples[:2])
-    assert [c == pytest.approx(s, rel=1e-5) for c, s in zip(chunked, scores)] == [True, True]
+    full = m.score_options(samples[:2], shared_prompt=False)  # every (sample, option) sequence in full
+    monkeypatch.setattr(dynvlm.model, "SCORE_SEQUENCES", 2)  # 6 sequences in 3 LLM calls
+    chunked = m.score_options(samples[:2], shared_prompt=False)
+    shared_chunked = m.score_options(samples[:2])
+    for other in (full, chunked, shared_chunked):
+        assert [o == pytest.approx(s, rel=1e-4) for o, s in zip(other, scores)] == [True, True]
+    # the shared prompt really runs once per sample: count the positions the LLM processes
+    seen = []
+    hook = m.llm.model.register_forward_pre_hook(
+        lambda mod, args, kw: seen.append(kw["inputs_embeds"].shape[0] * kw["inputs_embeds"].shape[1]), with_kwargs=True)
+    m.score_options(samples[:2])
+    shared_positions = sum(seen)
+    seen.clear()
+    m.score_options(samples[:2], shared_prompt=False)
+    hook.remove()
+    assert shared_positions < sum(seen) / 2
     # score of option B of sample 0 == -(summed LM loss of the conversation answered "B")
     s = samples[0]
     conv = [*s.conversation[:-1], Turn("gpt", "B")]

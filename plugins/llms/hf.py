@@ -14,6 +14,8 @@ id and the model splices projected visual embeddings there, so real tokenizers n
 
 from __future__ import annotations
 
+import inspect
+import json
 import math
 import re
 from collections.abc import Iterable
@@ -30,6 +32,7 @@ from dynvlm.interfaces import LanguageModel
 DEFAULT_SYSTEM_PROMPT = "You are a helpful visual assistant."
 IM_START, IM_END, END_OF_TEXT, IMAGE, UNK = "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<image>", "<unk>"
 SPECIAL_TOKENS = (END_OF_TEXT, IM_START, IM_END, IMAGE, UNK)
+GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")  # tokenizer.json used as it is
 
 #: Qwen-style ChatML template: an optional system turn, then ``<|im_start|>role\ncontent<|im_end|>\n`` per turn.
 CHATML_TEMPLATE = (
@@ -189,6 +192,51 @@ class HFCausalLM(LanguageModel):
         )
 
 
+    @torch.no_grad()
+    def continuation_logprobs(self, embeds: Tensor, attention_mask: Tensor,
+                              continuations: list[list[list[int]]]) -> list[list[float]]:
+        """Summed log-probability of each candidate continuation of each prompt, sharing the prompt's KV cache.
+
+        The prompt runs once; its cache is repeated per candidate and only the candidates' tokens
+        run again, with the positions they would have in the full sequence.
+
+        Args:
+            embeds: ``[B, L, D]`` left-padded prompt embeddings.
+            attention_mask: ``[B, L]`` (1 = real token).
+            continuations: per prompt, a list of non-empty token-id lists.
+
+        Returns:
+            per prompt, per continuation, ``sum_j log p(c_j | prompt, c_<j)``.
+        """
+        mask = attention_mask.long()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, V]: the first continuation token
+        rows = [(i, c) for i, conts in enumerate(continuations) for c in conts]
+        if any(not c for _, c in rows):
+            raise ValueError("llm 'hf': empty continuation")
+        scores = [float(first[i, c[0]]) for i, c in rows]
+        longest = max(len(c) for _, c in rows)
+        if longest > 1:
+            device = embeds.device
+            idx = torch.tensor([i for i, _ in rows], device=device)
+            cache = out.cache if hasattr(out, "cache") else out.past_key_values  # renamed in transformers 5.x
+            cache.reorder_cache(idx)  # repeats each prompt's cache once per candidate
+            pad = self.tokenizer.pad_token_id
+            feed = torch.tensor([c[:-1] + [pad] * (longest - len(c)) for _, c in rows], device=device)
+            feed_mask = torch.tensor([[1] * (len(c) - 1) + [0] * (longest - len(c)) for _, c in rows], device=device)
+            feed_pos = mask.sum(-1)[idx, None] + torch.arange(longest - 1, device=device)
+            key = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+            out2 = self.model(inputs_embeds=self.embed(feed), attention_mask=torch.cat([mask[idx], feed_mask], 1),
+                              position_ids=feed_pos, use_cache=True, **{key: cache})
+            logp = torch.log_softmax(out2.logits.float(), dim=-1)  # [R, longest - 1, V]
+            for r, (_, c) in enumerate(rows):
+                scores[r] += float(sum(logp[r, j - 1, c[j]] for j in range(1, len(c))))
+        per_prompt: list[list[float]] = [[] for _ in continuations]
+        for (i, _), score in zip(rows, scores):
+            per_prompt[i].append(score)
+        return per_prompt
+
 def enable_checkpointing(model: Any) -> None:
     """Turn on activation (gradient) checkpointing under either ``transformers`` name (5.x renamed it)."""
     if hasattr(model, "activation_checkpointing_enable"):
@@ -198,9 +246,24 @@ def enable_checkpointing(model: Any) -> None:
 
 
 def _load_tokenizer(folder: Path, trust_remote_code: bool) -> Any:
+    """The tokenizer saved in ``folder``, as the class its ``tokenizer_config.json`` names.
+
+    A generic fast tokenizer (``TokenizersBackend`` / ``PreTrainedTokenizerFast``, e.g. the word-level
+    one of :func:`build_word_tokenizer`) saved beside a Qwen2 model would otherwise be loaded by
+    ``AutoTokenizer`` as ``Qwen2Tokenizer``, which rebuilds a byte-level BPE pipeline and maps
+    every word to nothing.
+    """
     if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
         raise FileNotFoundError(f"llm 'hf': no tokenizer in {str(folder)!r} (expected tokenizer.json or "
                                 "tokenizer_config.json saved with save_pretrained)")
+    config_file = folder / "tokenizer_config.json"
+    if config_file.is_file() and (folder / "tokenizer.json").is_file():
+        try:
+            cls = json.loads(config_file.read_text()).get("tokenizer_class")
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"llm 'hf': cannot parse {config_file}: {exc}") from None
+        if cls in GENERIC_TOKENIZERS:
+            return PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
     return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
 
 
