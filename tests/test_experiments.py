@@ -1,0 +1,151 @@
+"""experiments/: every YAML loads and validates, the tiny base's recipe runs, the shipped base loads by
+``path:`` and answers, and the base never trained on a test clip."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from tiny_vlm import save_clip, save_qwen
+
+from dynvlm import load_config
+from dynvlm.data.scenes import draw_scene
+from dynvlm.data.synth import SPLITS, make_config
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS = ROOT / "experiments"
+WEIGHTS = EXPERIMENTS / "tiny_base" / "weights"
+REAL = sorted((EXPERIMENTS / "dynamic_vlm_7b").glob("*.yaml"))
+sys.path.insert(0, str(EXPERIMENTS / "tiny_base"))
+
+
+def yaml_files() -> list[Path]:
+    return sorted(EXPERIMENTS.rglob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory) -> tuple[str, str]:
+    folder = tmp_path_factory.mktemp("ckpt")
+    return save_clip(folder / "clip"), save_qwen(folder / "qwen")
+
+
+@pytest.mark.parametrize("path", [p for p in yaml_files() if p not in REAL], ids=lambda p: str(p.relative_to(EXPERIMENTS)))
+def test_experiment_yaml_loads_and_validates(path):
+    cfg = load_config(path)
+    assert cfg.model.encoder.name and cfg.model.llm.name
+    if "sweep" in cfg:
+        from dynvlm.config import sweep_points
+
+        assert len(sweep_points(cfg.sweep)) >= 2
+    for key in ("encoder", "llm"):  # paths name files beside the recipe, whatever the working directory
+        if cfg.model[key].get("path"):
+            assert Path(cfg.model[key].path).is_absolute()
+
+
+@pytest.mark.parametrize("path", REAL, ids=lambda p: p.name)
+def test_real_checkpoint_recipes_need_only_their_paths(path, tiny_checkpoints):
+    clip, qwen = tiny_checkpoints
+    raw = path.read_text() + (path.parent / "common.yaml").read_text()
+    assert "/path/to/clip-vit-large-patch14-336" in raw and "/path/to/Qwen2.5-7B-Instruct" in raw
+    cfg = load_config(path, [f"model.encoder.path={clip}", f"model.llm.path={qwen}"])
+    assert cfg.budget.max_tokens == 12000 and cfg.optim.encoder_lr_ratio == 0.2
+    assert cfg.model.encoder.name == "clip" and cfg.model.llm.name == "hf"
+    if path.stem != "pretrain":
+        assert cfg.stage.resume_from.endswith("checkpoints/last.ckpt")
+    from dynvlm.model import VideoLLM
+
+    cfg.stage.resume_from = None
+    cfg.model.encoder.dtype = cfg.model.llm.dtype = "float32"
+    model = VideoLLM(cfg)  # the recipe builds with real (tiny) checkpoints in place of the 7B ones
+    assert model.stage.name == path.stem
+
+
+def test_base_recipe_runs_a_few_steps(tmp_path):
+    import make_base
+
+    tiny = ["data.synth.train=6", "data.synth.val=2", "data.synth.test=0", "data.batch_size=3",
+            "data.eval_batch_size=8", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
+    weights = tmp_path / "weights"
+    rc = make_base.main(["--stages", "a,b,c,export", "--steps", "2", "--runs", str(tmp_path / "runs"),
+                         "--data", str(tmp_path / "data"), "--weights", str(weights), *tiny])
+    assert rc == 0
+    manifest = json.loads((weights / "manifest.json").read_text())
+    assert [manifest["stages"][s]["steps"] for s in "abc"] == [2, 2, 2]
+    assert set(manifest["files"]) >= {"encoder/model.safetensors", "llm/model.safetensors", "projector.safetensors"}
+    assert manifest["trained_on"]["synth"]["train"] == 6
+    acc = make_base.evaluate(weights, tmp_path / "runs", compressors=["pool"], tokens=[4], overrides=tiny,
+                             data=tmp_path / "data")
+    assert 0.0 <= acc["pool@M=4"]["acc"] <= 1.0 and acc["pool@M=4"]["ceiling/overall"] == 1.0
+
+
+@pytest.mark.skipif(not (WEIGHTS / "manifest.json").is_file(), reason="the shipped base is not made yet")
+def test_shipped_base_matches_its_manifest():
+    import make_base
+
+    manifest = json.loads((WEIGHTS / "manifest.json").read_text())
+    for name, digest in manifest["files"].items():
+        assert make_base.sha256(WEIGHTS / name) == digest, name
+    assert sum((WEIGHTS / n).stat().st_size for n in manifest["files"]) < 8 * 2**20  # a few MB
+    for key in ("command", "recipe", "machine", "stages", "wall_s", "accuracy_val", "trained_on"):
+        assert key in manifest
+
+
+@pytest.mark.skipif(not (WEIGHTS / "manifest.json").is_file(), reason="the shipped base is not made yet")
+def test_shipped_base_loads_by_path_and_answers(tmp_path):
+    from dynvlm import train
+
+    small = dict(train=0, val=0, test=2)
+    cfg = load_config(EXPERIMENTS / "synthetic.yaml",
+                      [f"output_dir={tmp_path / 'runs'}", f"data.synth.out={tmp_path / 'synth'}",
+                       *(f"data.synth.{k}={v}" for k, v in small.items()), "trainer.enable_progress_bar=false"])
+    assert cfg.model.encoder.path == str(WEIGHTS / "encoder") and cfg.model.llm.path == str(WEIGHTS / "llm")
+    res = train.test(cfg)
+    assert res["test/n"] == 12  # 2 clips x 6 questions
+    assert 0.0 <= res["test/acc"] <= 1.0
+    preds = [json.loads(line) for line in open(Path(res["run_dir"]) / "predictions.jsonl")]
+    assert len(preds) == 12 and all(p["pred"] in range(4) for p in preds)
+
+
+def _scenes(settings: dict, split: str) -> list:
+    """The scenes of ``split`` that :func:`dynvlm.data.synth.generate` draws for ``settings``
+    (the same draws and clash redraws, without encoding any video)."""
+    from dynvlm.data.synth import _rng
+
+    cfg = make_config({**settings, "out": "unused"})
+    seen: set = set()
+    out = {}
+    for sp in SPLITS:
+        out[sp] = []
+        for i in range(getattr(cfg, sp)):
+            for attempt in range(100):
+                sc = draw_scene(_rng(cfg.seed, sp, i, attempt), cfg, sp, f"{sp}_{i:06d}")
+                if sc.signature() not in seen:
+                    break
+            seen.add(sc.signature())
+            out[sp].append(sc)
+        if sp == split:
+            return out[sp]
+    raise AssertionError(split)
+
+
+@pytest.mark.skipif(not (WEIGHTS / "manifest.json").is_file(), reason="the shipped base is not made yet")
+def test_no_test_clip_or_question_in_the_base_training_data():
+    manifest = json.loads((WEIGHTS / "manifest.json").read_text())
+    trained = dict(manifest["trained_on"]["synth"])
+    trained.pop("version", None)
+    train_scenes = _scenes({**trained, "val": 0, "test": 0}, "train")
+    assert len(train_scenes) == trained["train"]
+    train_sigs = {sc.signature() for sc in train_scenes}
+    for path in (EXPERIMENTS / "synthetic.yaml", EXPERIMENTS / "ablate.yaml"):
+        synth = dict(load_config(path).data.synth)
+        synth.pop("out")
+        test_scenes = _scenes(synth, "test")
+        assert test_scenes and not train_sigs & {sc.signature() for sc in test_scenes}
+        # a question is about one clip: with the clips disjoint, no (clip, question) pair repeats;
+        # the ids of generated records ("test_000123_q4") never name a training clip either
+        assert not {sc.id for sc in train_scenes} & {sc.id for sc in test_scenes}
+    # the scene settings (everything but the split sizes) are the base's, so the test clips are its held-out ones
+    for key in ("seed", "size", "min_duration", "max_duration", "max_visits", "min_visit_seconds", "max_visit_seconds"):
+        assert synth[key] == trained[key], key
