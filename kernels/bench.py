@@ -291,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cell-budget", type=float, default=None, metavar="S", help="CPU seconds per timed cell (0.5)")
     p.add_argument("--time-budget", type=float, default=None, metavar="S",
                    help="total seconds; rows estimated to overrun it are skipped (default: unlimited on CUDA, 85 on CPU)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="torch CPU threads (default: torch's); 1 is steadier on a loaded machine")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="one small size (2,64,96,16), fp32, no compile: a smoke run")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -299,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes = tuple(args.sizes) if args.sizes else SIZES
     dtypes = tuple(args.dtypes)
     compile_budget = args.compile_budget
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if args.quick:
         sizes, dtypes = ((2, 64, 96, 16),), ("fp32",)
         compile_budget = 0.0 if compile_budget is None else compile_budget  # inductor's cold start is ~40 s on CPU
