@@ -54,9 +54,13 @@ def _window_centres(h: int, w: int, s: int, device: torch.device) -> Tensor:
     increase along row-major order; row ``i`` then sits at fractional source row ``i*h/s``.
     """
     i = torch.arange(s, device=device)
-    cols = (torch.div(i * w, s, rounding_mode="floor") + torch.div((i + 1) * w + s - 1, s, rounding_mode="floor") - 1) // 2
+    cols = (
+        torch.div(i * w, s, rounding_mode="floor") + torch.div((i + 1) * w + s - 1, s, rounding_mode="floor") - 1
+    ) // 2
     if s <= h:
-        rows = (torch.div(i * h, s, rounding_mode="floor") + torch.div((i + 1) * h + s - 1, s, rounding_mode="floor") - 1) // 2
+        rows = (
+            torch.div(i * h, s, rounding_mode="floor") + torch.div((i + 1) * h + s - 1, s, rounding_mode="floor") - 1
+        ) // 2
         return (rows[:, None] * w + cols[None, :]).reshape(-1).float()
     return ((i[:, None] * w + cols[None, :]).float() * (h / s)).reshape(-1)
 

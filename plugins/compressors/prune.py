@@ -90,7 +90,8 @@ class GumbelPrune(Compressor):
             noise = self.noise * gumbel_noise(tuple(scores.shape), x.device, self.generator(x.device))
         out, kept = gumbel_topk(x, scores, tokens, noise, backend=self.backend)
         if self.training and torch.is_grad_enabled():
-            out = out * self._straight_through(scores if noise is None else scores + noise, kept)[..., None].to(out.dtype)
+            factor = self._straight_through(scores if noise is None else scores + noise, kept)
+            out = out * factor[..., None].to(out.dtype)
         return Compressed(out, positions=kept, aux_loss=self._aux(scores, tokens) if self.training else None)
 
     def _straight_through(self, z: Tensor, kept: Tensor) -> Tensor:
