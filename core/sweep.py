@@ -109,6 +109,8 @@ def result_row(slug: str, point: Mapping[str, Any], data: Mapping[str, Any], res
             row[f"acc/{key.removeprefix('test/acc/')}"] = value
         elif key.startswith("test/ceiling"):
             row[key.removeprefix("test/")] = value
+    if not any(k.startswith("ceiling") for k in row):
+        row.update({k: round(v, 4) for k, v in test_ceilings(data).items()})
     for key in ("visual_tokens", "frames", "tokens_per_frame"):
         for source in (f"test/{key}", f"train/{key}"):
             if source in result:
@@ -118,6 +120,29 @@ def result_row(slug: str, point: Mapping[str, Any], data: Mapping[str, Any], res
         row[key] = result.get(key, "")
     row["plugins"] = json.dumps(_provenance(result.get("run_dir")), sort_keys=True)
     return row
+
+
+def test_ceilings(data: Mapping[str, Any]) -> dict[str, float]:
+    """Mean accuracy ceiling of the point's test multiple-choice file at its fixed budget:
+    ``{"ceiling": overall, "ceiling/<family>": ...}`` (:func:`dynvlm.data.synth.ceiling`: 1 when the
+    frames the budget keeps, ``N_max // M``, see every piece of a question's evidence, else chance).
+
+    Empty when the file has no ``evidence_groups`` (real benchmarks) or ``tokens_per_frame`` is unset.
+    """
+    from .data.synth import ceilings
+
+    budget, d = data.get("budget") or {}, data.get("data") or {}
+    m = budget.get("tokens_per_frame")
+    path = d.get("test") or (Path(str(d["synth"]["out"])) / "test_mc.jsonl" if d.get("synth") else None)
+    if not m or path is None or not Path(str(path)).is_file():
+        return {}
+    records = [json.loads(line) for line in open(str(path)) if line.strip()]
+    if not records or any("evidence_groups" not in r for r in records):
+        return {}
+    max_tokens = int(budget.get("max_tokens", 12000))
+    keep = max(1, max_tokens // int(m))
+    out = ceilings(records, budget.get("fps", 1.0), budget.get("max_frames", 128), keep)
+    return {("ceiling" if k == "overall" else f"ceiling/{k}"): v for k, v in out.items()}
 
 
 def _provenance(run_dir: str | None) -> dict[str, str]:
@@ -204,12 +229,44 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], cells: Mapping[tuple[str
                 vals.append(_fmt_cell(accs) if accs else "—")
             lines.append(f"| {comp} | " + " | ".join(vals) + " |")
         lines += ["", *findings(cells), ""]
-    columns = [c for c in ("point", "seed", "accuracy", "visual_tokens_per_sample", "frames_per_sample", "step_time_s", "peak_memory_mb") if any(c in r for r in rows)]
+        lines += ceiling_table(rows)
+    columns = [c for c in ("point", "seed", "accuracy", "ceiling", "visual_tokens_per_sample", "frames_per_sample", "step_time_s", "peak_memory_mb") if any(c in r for r in rows)]
     if rows:
         lines += ["## All points", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for row in rows:
             lines.append("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+def ceiling_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: per tokens per frame, the coverage ceiling beside mean accuracy, per family
+    (empty when no row carries a ``ceiling``)."""
+    by_m: dict[int, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if _float(row.get("ceiling")) is not None and _float(row.get("tokens_per_frame")) is not None:
+            by_m.setdefault(int(float(row["tokens_per_frame"])), []).append(row)
+    if not by_m:
+        return []
+    families = sorted({k.removeprefix("ceiling/") for r in rows for k in r if k.startswith("ceiling/")})
+    head = ["M", "frames kept", "overall", *families]
+    lines = ["## Accuracy vs ceiling", "",
+             "Mean accuracy over compressors and seeds / the best accuracy the kept frames allow (coverage "
+             "ceiling: a question whose evidence no kept frame shows is at chance), in %.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in sorted(by_m):
+        rs = by_m[m]
+
+        def pair(acc_key: str, ceil_key: str, rs: Sequence[Mapping[str, Any]] = rs) -> str:
+            accs = [a for a in (_float(r.get(acc_key)) for r in rs) if a is not None]
+            ceils = [c for c in (_float(r.get(ceil_key)) for r in rs) if c is not None]
+            if not accs or not ceils:
+                return "—"
+            return f"{100 * statistics.fmean(accs):.1f} / {100 * statistics.fmean(ceils):.1f}"
+
+        frames = rs[0].get("frames_per_sample", "")
+        cells = [pair("accuracy", "ceiling"), *(pair(f"acc/{f}", f"ceiling/{f}") for f in families)]
+        lines.append(f"| {m} | {frames} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _fmt_cell(accs: Sequence[float]) -> str:
