@@ -4,6 +4,8 @@ At a fixed ``N_max`` the LLM sees about the same number of positions whatever ``
 videos get many tokens per frame, long videos few), so its memory should stay flat while the
 encoder's grows with ``T``. Each ``T`` runs in a fresh process so peak memory is its own:
 
+- ``step_s`` / ``cpu_s``: median wall time and process CPU time (all threads) of a training step;
+  CPU time is the steadier number on a shared machine;
 - ``peak_mib``: peak resident memory of the process (CPU) or peak allocated memory (CUDA);
 - per-component activation memory: bytes of tensors autograd saves for backward inside the
   encoder, compressor + projector, and LLM (parameters excluded), and the LLM's share.
@@ -113,10 +115,10 @@ def measure(frames: int, args: argparse.Namespace) -> dict[str, Any]:
     positions = len(model.encode_prompts([sample], [plan])[0].ids)
     saved = _SavedBytes(model)
 
-    def step(record: bool) -> float:
+    def step(record: bool) -> tuple[float, float]:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if record:
             with saved.hooks:
                 loss = model([sample])["loss"]
@@ -127,13 +129,13 @@ def measure(frames: int, args: argparse.Namespace) -> dict[str, Any]:
         opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     step(record=True)  # warm-up (first steps at a new shape are slower) + activation accounting
     step(record=False)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = [step(record=False) for _ in range(args.steps)]
+    times, cpu = zip(*(step(record=False) for _ in range(args.steps)))
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -143,7 +145,7 @@ def measure(frames: int, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "frames": frames, "tokens_per_frame": plan.tokens, "visual_tokens": plan.visual_tokens,
         "llm_positions": positions,
-        "step_s": statistics.median(times), "peak_mib": peak,
+        "step_s": statistics.median(times), "cpu_s": statistics.median(cpu), "peak_mib": peak,
         "act_encoder_mib": act["encoder"], "act_compressor_projector_mib": act["compressor"] + act["projector"],
         "act_llm_mib": act["llm"], "llm_share": act["llm"] / total if total else 0.0,
     }
@@ -162,10 +164,10 @@ def _child(frames: int, argv: list[str]) -> dict[str, Any]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of measured rows."""
-    head = ("| T | M | visual tokens | LLM positions | step (s) | peak (MiB) | act. encoder (MiB) | act. compr.+proj. (MiB) "
-            "| act. LLM (MiB) | LLM share |\n|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| T | M | visual tokens | LLM positions | step (s) | CPU (s) | peak (MiB) | act. encoder (MiB) | act. compr.+proj. (MiB) "
+            "| act. LLM (MiB) | LLM share |\n|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [
-        f"| {r['frames']} | {r['tokens_per_frame']} | {r['visual_tokens']} | {r['llm_positions']} | {r['step_s']:.3f} | {r['peak_mib']:.0f} "
+        f"| {r['frames']} | {r['tokens_per_frame']} | {r['visual_tokens']} | {r['llm_positions']} | {r['step_s']:.3f} | {r['cpu_s']:.2f} | {r['peak_mib']:.0f} "
         f"| {r['act_encoder_mib']:.1f} | {r['act_compressor_projector_mib']:.2f} | {r['act_llm_mib']:.1f} "
         f"| {100 * r['llm_share']:.0f}% |"
         for r in rows
