@@ -148,11 +148,15 @@ class BudgetPolicy:
     def plan_batch(self, frame_counts: Sequence[int], training: bool = False,
                    rng: random.Random | None = None) -> list[FramePlan]:
         """Plans for a batch. In training (with ``random_in_training`` and no override) one ``M`` is
-        drawn uniformly in ``[m_min, min budget value of the batch]`` and shared by every sample."""
+        drawn uniformly among the exact counts in ``[m_min, min budget value of the batch]`` and
+        shared by every sample."""
         plans = [self.plan(t) for t in frame_counts]
         if not (training and self.cfg.random_in_training and self.fixed_tokens is None and plans):
             return plans
         hi = min(p.tokens for p in plans)
         lo = min(self.cfg.min_tokens_per_frame, hi)
-        m = self.achievable((rng or random).randint(lo, hi))
+        # uniform over the counts the compressor produces exactly: drawing an integer and rounding
+        # it down would make the largest count (a square, for pooling) the rarest
+        choices = sorted({self.achievable(m) for m in range(lo, hi + 1)})
+        m = (rng or random).choice(choices)
         return [FramePlan(p.indices, m) for p in plans]
