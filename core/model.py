@@ -37,6 +37,7 @@ from .schema import EvalConfig, OptimConfig, ProjectorConfig
 from .stages import apply_stage, load_weights, read_weights, stage_config
 
 CKPT_KEY = "dynvlm"  # our entry in a Lightning checkpoint: trainable/carried key lists
+ENCODER_CHUNK = 256  # frames per encoder call when no gradient is needed
 SCORE_SEQUENCES = 16  # (sample, option) sequences per LLM forward in MC scoring: bounds the [B, L, V] logits
 
 
@@ -122,8 +123,12 @@ class VideoLLM(pl.LightningModule):
         counts = [len(p.indices) for p in plans]
         per_frame_m = torch.tensor([p.tokens for p, c in zip(plans, counts) for _ in range(c)])
         pixels = self.encoder.preprocess(frames)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())):
-            feats = self.encoder(pixels)  # [F, N, C]
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())
+        with torch.set_grad_enabled(grad):
+            if grad or len(pixels) <= ENCODER_CHUNK:
+                feats = self.encoder(pixels)  # [F, N, C]
+            else:  # evaluation of long videos: bound the encoder's working memory
+                feats = torch.cat([self.encoder(c) for c in pixels.split(ENCODER_CHUNK)])
         outputs: dict[int, Tensor] = {}
         aux: Tensor | None = None
         groups = sorted(set(per_frame_m.tolist()))

@@ -60,6 +60,18 @@ def test_visual_tokens_land_in_the_visual_positions(path_model, samples):
         torch.testing.assert_close(embeds[b][~prompt.visual_mask[b]], text[b][~prompt.visual_mask[b]])
 
 
+def test_evaluation_encodes_long_inputs_in_chunks(path_model, samples, monkeypatch):
+    import dynvlm.model
+
+    plans = path_model.plan(samples)
+    with torch.no_grad():
+        whole, _ = path_model.visual_features(samples, plans)
+        monkeypatch.setattr(dynvlm.model, "ENCODER_CHUNK", 3)
+        chunked, _ = path_model.visual_features(samples, plans)
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_mismatched_visual_count_is_an_error(path_model, samples):
     m = path_model
     plans = m.plan(samples[:1])
