@@ -148,6 +148,12 @@ from dynvlm.train import fit
 class Losses(pl.Callback):
     def __init__(self):
         self.values = []
+        self.backend = None
+
+    def on_train_start(self, trainer, module):
+        import torch.distributed as dist
+
+        self.backend = dist.get_backend()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.values.append(float(outputs["loss"]))
@@ -160,7 +166,7 @@ trainer = {{"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_steps": 
            "enable_model_summary": False, "logger": False, "limit_val_batches": 1, "num_sanity_val_steps": 0}}
 losses = Losses()
 result = fit(run_config(root / "runs", trainer=trainer), ListDataModule(samples, batch_size=2), callbacks=[losses])
-(root / f"result{{rank}}.json").write_text(json.dumps({{**result, "losses": losses.values}}))
+(root / f"result{{rank}}.json").write_text(json.dumps({{**result, "losses": losses.values, "backend": losses.backend}}))
 """
 
 
@@ -171,6 +177,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in results] == [2, 2]
+    assert [r["backend"] for r in results] == ["gloo", "gloo"]
     assert [r["global_step"] for r in results] == [4, 4]
     assert all(r["losses"][-1] < r["losses"][0] for r in results)  # each rank's loss falls
     assert all(r["val/loss"] == pytest.approx(results[0]["val/loss"]) for r in results)  # synced across ranks
