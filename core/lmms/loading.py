@@ -1,0 +1,95 @@
+"""Rebuilding a dynvlm checkpoint for evaluation outside Lightning, with budget/compressor overrides.
+
+Kept free of lmms-eval imports so it is usable (and tested) in the main environment;
+:mod:`dynvlm.lmms.model` serves the loaded model to lmms-eval.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from ..model import VideoLLM, config_dict
+
+log = logging.getLogger("dynvlm.lmms")
+
+BUDGET_KEYS = ("tokens_per_frame", "max_tokens", "min_tokens_per_frame", "max_frames", "fps")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names its path."""
+
+
+def _none(value: Any) -> Any:
+    return None if isinstance(value, str) and value.lower() in ("none", "null", "dynamic", "") else value
+
+
+def resolve_config(config: dict[str, Any], compressor: str | None = None, backend: str | None = None,
+                   overrides: dict[str, Any] | None = None, **budget: Any) -> dict[str, Any]:
+    """A checkpoint's run config with the bridge's ``model_args`` applied (a new dict).
+
+    Args:
+        config: the resolved run config saved in the checkpoint.
+        compressor: a compressor name replacing ``model.compressor`` (its kwargs kept only when the
+            name is unchanged).
+        backend: ``data.backend`` for the video reader.
+        overrides: dotted run-config keys -> values.
+        budget: any of :data:`BUDGET_KEYS` (``None`` leaves the saved value).
+    """
+    cfg = OmegaConf.create(config)
+    if compressor is not None and compressor != cfg.model.compressor.get("name"):
+        cfg.model.compressor = {"name": compressor}
+    for key, value in budget.items():
+        if key not in BUDGET_KEYS:
+            raise ValueError(f"unknown budget key {key!r}; valid: {', '.join(BUDGET_KEYS)}")
+        if value is not None:
+            OmegaConf.update(cfg, f"budget.{key}", _none(value), force_add=True)
+    if backend is not None:
+        OmegaConf.update(cfg, "data.backend", backend, force_add=True)
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(cfg, key, _none(value), force_add=True)
+    return config_dict(cfg)
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu", **settings: Any) -> VideoLLM:
+    """A :class:`VideoLLM` rebuilt from a dynvlm checkpoint's config (with ``settings`` applied, see
+    :func:`resolve_config`) and loaded with its weights, in eval mode.
+
+    Raises:
+        CheckpointError: naming ``path`` when it is missing or not a dynvlm checkpoint.
+    """
+    import pytorch_lightning as pl
+
+    p = Path(str(path)).expanduser()
+    if not p.is_file():
+        raise CheckpointError(f"dynvlm checkpoint {str(path)!r}: no such file")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for a corrupt file
+        raise CheckpointError(f"dynvlm checkpoint {str(p)!r}: not a readable checkpoint ({exc})") from exc
+    saved = (ckpt.get("hyper_parameters") or {}).get("config") if isinstance(ckpt, dict) else None
+    if not saved or not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"dynvlm checkpoint {str(p)!r}: no state_dict and hyper_parameters['config'] "
+                              "(not a checkpoint written by dynvlm fit)")
+    cfg = resolve_config(dict(saved), **settings)
+    resume = (cfg.get("stage") or {}).get("resume_from")
+    if resume and not Path(resume).is_file():
+        # the checkpoint carries every weight it loaded from the previous stage
+        log.info("stage.resume_from %s is not here; its weights come from the checkpoint", resume)
+        cfg["stage"]["resume_from"] = None
+    state = dict(ckpt["state_dict"])
+    if cfg["model"]["compressor"] != saved["model"]["compressor"]:
+        state = {k: v for k, v in state.items() if not k.startswith("compressor.")}
+        ckpt = {**ckpt, "state_dict": state}
+    pl.seed_everything(int(cfg.get("seed") or 0), verbose=False)  # the same frozen random weights as dynvlm eval
+    try:
+        model = VideoLLM(cfg)
+        model.on_load_checkpoint(ckpt)
+        model.load_state_dict(state, strict=False)
+    except Exception as exc:
+        raise CheckpointError(f"dynvlm checkpoint {str(p)!r}: cannot rebuild its model ({exc})") from exc
+    return model.eval()

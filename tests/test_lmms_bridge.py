@@ -1,0 +1,237 @@
+"""lmms-eval bridge: ``lmms-eval --model dynvlm`` on a tiny trained checkpoint equals ``dynvlm eval``.
+
+lmms-eval lives in its own environment (``.venv-lmms``, made by scripts/setup_lmms.sh on first
+use: about 2-8 minutes once, then a no-op); everything that imports it runs there as a
+subprocess, offline, with ``HF_HOME`` in a temp dir. lmms-eval exits 0 when evaluation raises,
+so the tests read its results files and never trust the exit code.
+
+Set ``DYNVLM_SKIP_LMMS=1`` to skip the tests that need that environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from tiny_vlm import COLOURS, QUESTION, ListDataModule, colour_samples, run_config, write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+LMMS_ENV = ROOT / ".venv-lmms"
+TASKS = ROOT / "experiments" / "lmms_tasks"
+NAMES = list(COLOURS)
+
+
+# ---------------------------------------------------------------------------------------------
+# main environment: entry point, loading, overrides
+
+
+def test_entry_point_is_declared_and_light():
+    """The ``lmms_eval.models`` entry point names a module that imports neither torch nor lmms-eval."""
+    from importlib.metadata import entry_points
+
+    eps = {e.name: e.value for e in entry_points(group="lmms_eval.models")}
+    assert eps.get("dynvlm") == "dynvlm.lmms:MANIFEST"
+    code = "import sys, dynvlm.lmms as m; assert callable(m.MANIFEST); print(sorted(k for k in ('torch', 'lmms_eval') if k in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny dynvlm run trained for a few steps on the colour task: ``(config dict, checkpoint path)``."""
+    from dynvlm.train import fit
+
+    root = tmp_path_factory.mktemp("lmms_run")
+    trainer = {"accelerator": "cpu", "devices": 1, "max_steps": 12, "enable_progress_bar": False,
+               "enable_model_summary": False, "log_every_n_steps": 1, "num_sanity_val_steps": 0, "limit_val_batches": 0}
+    cfg = run_config(root / "runs", trainer=trainer, data={"eval_batch_size": 1})
+    result = fit(cfg, ListDataModule(colour_samples(root / "train", 6), batch_size=6))
+    return cfg, result["checkpoint"]
+
+
+def test_broken_checkpoint_path_fails_at_load_naming_it(tmp_path):
+    from dynvlm.lmms.loading import CheckpointError, load_checkpoint
+
+    missing = tmp_path / "nope" / "last.ckpt"
+    with pytest.raises(CheckpointError, match=str(missing)):
+        load_checkpoint(missing)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=str(garbage)):
+        load_checkpoint(garbage)
+
+
+def test_overrides_change_budget_and_compressor_not_weights(trained):
+    import torch
+
+    from dynvlm.lmms.loading import load_checkpoint
+
+    cfg, ckpt = trained
+    base = load_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=False)["state_dict"]
+    torch.testing.assert_close(base.state_dict()["projector.net.0.weight"], saved["projector.net.0.weight"])
+    small = load_checkpoint(ckpt, compressor="tome", tokens_per_frame=9, max_frames=3, fps=2.0)
+    assert type(small.compressor).__name__ != type(base.compressor).__name__
+    assert small.hparams["config"]["model"]["compressor"] == {"name": "tome"}
+    assert small.hparams["config"]["budget"]["fps"] == 2.0
+    plan = small.budget.plan_batch([8])[0]
+    assert plan.tokens == 9 and len(plan.indices) == 3
+    assert base.budget.plan_batch([8])[0].tokens == 4  # max_tokens 64 over 8 frames, a pooled 2x2 grid
+    torch.testing.assert_close(small.state_dict()["llm.model.lm_head.weight"], saved["llm.model.lm_head.weight"])
+    dotted = load_checkpoint(ckpt, overrides={"budget.max_tokens": 32})
+    assert dotted.hparams["config"]["budget"]["max_tokens"] == 32
+
+
+# ---------------------------------------------------------------------------------------------
+# lmms-eval environment
+
+
+@pytest.fixture(scope="session")
+def lmms_python():
+    """``.venv-lmms/bin/python`` with lmms-eval 0.7.3 and dynvlm (created by scripts/setup_lmms.sh if absent)."""
+    if os.environ.get("DYNVLM_SKIP_LMMS"):
+        pytest.skip("DYNVLM_SKIP_LMMS is set")
+    run = subprocess.run(["bash", str(ROOT / "scripts" / "setup_lmms.sh")], capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, f"scripts/setup_lmms.sh failed:\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}"
+    return str(LMMS_ENV / "bin" / "python")
+
+
+def _mc_file(folder: Path, n: int = 6) -> Path:
+    """``n`` colour clips and a generic dynvlm multiple-choice JSONL over them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        colour = NAMES[(i + 1) % 3]
+        write_video(folder / f"c{i}.mp4", COLOURS[colour], 3 + i % 3)
+        key = NAMES.index(colour) + (i % 3 == 2)  # every third key is off by one: accuracy below 1
+        rows.append({"question_id": f"q{i}", "video": f"c{i}.mp4", "question": QUESTION, "options": NAMES,
+                     "answer": "ABC"[key % 3], "category": "colour"})
+    path = folder / "test_mc.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _dynvlm_eval(cfg: dict, ckpt: str, data: Path, out: Path, **sections) -> tuple[float, dict[str, int]]:
+    """``dynvlm eval`` (in process): accuracy and per-question predictions."""
+    from omegaconf import OmegaConf
+
+    from dynvlm.evaluate import evaluate_cli
+
+    conf = OmegaConf.create({**cfg, **sections})
+    report = evaluate_cli(conf, checkpoint=ckpt, data=str(data), out=str(out))
+    preds = Path(conf.output_dir) / conf.name / "predictions.jsonl"
+    rows = [json.loads(x) for x in preds.read_text().splitlines()]
+    return report["accuracy"], {r["question_id"]: r["pred"] for r in rows}
+
+
+def _lmms_eval(python: str, out: Path, tasks: str, model_args: str, env: dict[str, str], *extra: str) -> tuple[dict, dict, str]:
+    """Run ``lmms-eval --model dynvlm`` offline; (results["results"], {task: logged samples}, its output)."""
+    hf_home = out / "hf_home"
+    hf_home.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, **env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(hf_home),
+                "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    lmms_eval = str(Path(python).parent / "lmms-eval")
+    cmd = [lmms_eval, "--model", "dynvlm", "--model_args", model_args, "--tasks", tasks, "--include_path", str(TASKS),
+           "--batch_size", "1", "--output_path", str(out / "results"), "--log_samples", *extra]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=900, cwd=out)
+    log = run.stdout + run.stderr
+    found = sorted((out / "results").rglob("*_results.json"))
+    assert found, f"lmms-eval wrote no results file (exit code {run.returncode}):\n{log[-6000:]}"
+    results = json.loads(found[-1].read_text())["results"]
+    samples = {}
+    for f in (out / "results").rglob("*_samples_*.jsonl"):
+        task = f.name.split("_samples_")[1].removesuffix(".jsonl")
+        samples[task] = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+    return results, samples, log
+
+
+def _benchmark_files(folder: Path, present: str) -> dict[str, str]:
+    """Tiny annotation files in each benchmark's published shape; one video present, one missing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    opts = ["red", "green", "blue", "black"]
+    videomme = [{"videoID": v, "question_id": f"vm{i}", "question": QUESTION, "options": [f"{k}. {o}" for k, o in zip("ABCD", opts)],
+                 "answer": "A", "duration": "short", "domain": "Knowledge", "sub_category": "Humanity & History",
+                 "task_type": "Counting Problem"} for i, v in enumerate([present, "ghost_vm"])]
+    mlvu = [{"video_name": f"{v}.mp4", "question": f"{QUESTION}\n(A) red\n(B) green\n(C) blue\n(D) black",
+             "answer": "A", "task_type": "count"} for v in [present, "ghost_mlvu"]]
+    ego = [{"video_idx": v, "question_idx": f"eg{i}", "question": QUESTION,
+            "option": [f"{k}. {o}" for k, o in zip("ABCDE", [*opts, "white"])], "answer": "0"} for i, v in enumerate([present, "ghost_ego"])]
+    pt = [{"video_name": v, "question_id": i, "question": QUESTION, "options": opts[:3], "answer_id": 0, "area": "physics",
+           "reasoning": "descriptive", "tag": ["colour"]} for i, v in enumerate([present, "ghost_pt"])]
+    env = {}
+    for name, rows in (("VIDEOMME", videomme), ("MLVU", mlvu), ("EGOSCHEMA", ego), ("PERCEPTIONTEST", pt)):
+        path = folder / f"{name.lower()}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        env[f"DYNVLM_{name}_ANNOTATIONS"] = str(path)
+        env[f"DYNVLM_{name}_VIDEOS"] = str(folder)
+    return env
+
+
+def test_lmms_eval_accuracy_equals_dynvlm_eval(lmms_python, trained, tmp_path):
+    """Same checkpoint, same questions: lmms-eval's accuracy equals ``dynvlm eval``'s, question by question,
+    by generation (chat model, with budget and compressor overrides) and by log-likelihood (--force_simple).
+    The shipped benchmark tasks run offline and count a missing video as unanswered, naming it."""
+    cfg, ckpt = trained
+    data = _mc_file(tmp_path / "mc")
+    bench = _benchmark_files(tmp_path / "bench", present="c0")
+    write_video(tmp_path / "bench" / "c0.mp4", COLOURS["red"], 3)
+    env = {"DYNVLM_MC_ANNOTATIONS": str(data), **bench}
+
+    # generation, at a budget and compressor the checkpoint was not trained with
+    budget = {**cfg["budget"], "tokens_per_frame": 4, "max_frames": 3}
+    model = {**cfg["model"], "compressor": {"name": "tome"}}
+    gen_acc, gen_preds = _dynvlm_eval(cfg, ckpt, data, tmp_path / "eval_gen", eval={"mode": "generate", "max_new_tokens": 8},
+                                      budget=budget, model=model)
+    tasks = "dynvlm_mc,videomme_local,mlvu_dev_local,egoschema_subset_local,perceptiontest_val_mc_local"
+    results, samples, log = _lmms_eval(lmms_python, tmp_path / "lmms_gen", tasks,
+                                       f"checkpoint={ckpt},device=cpu,compressor=tome,tokens_per_frame=4,max_frames=3,max_new_tokens=8",
+                                       env)
+    assert "dynvlm_mc" in results, log[-6000:]
+    assert 0 < gen_acc < 1 and len(gen_preds) == 6
+    assert results["dynvlm_mc"]["accuracy,none"] == pytest.approx(gen_acc)
+    lmms_preds = {s["accuracy"]["question_id"]: s["accuracy"]["pred"] for s in samples["dynvlm_mc"]}
+    assert lmms_preds == gen_preds
+
+    # every shipped benchmark task ran offline; the missing video is named and its question unanswered
+    for task, metric in (("videomme_local", "videomme_perception_score,none"), ("mlvu_dev_local", "mlvu_percetion_score,none"),
+                         ("egoschema_subset_local", "score,none"), ("perceptiontest_val_mc_local", "accuracy,none")):
+        assert metric in results.get(task, {}), (task, log[-6000:])
+        assert len(samples[task]) == 2
+    for ghost in ("ghost_vm.mp4", "ghost_mlvu.mp4", "ghost_ego.mp4", "ghost_pt.mp4"):
+        assert f"cannot read video {tmp_path / 'bench' / ghost}" in log
+    ghost = next(s for s in samples["egoschema_subset_local"] if "ghost_ego" in s["submission"])
+    assert ghost["score"]["pred"] == -1 and ghost["filtered_resps"] == ""  # never upstream's random pick
+    pt = {s["accuracy"]["video_name"]: s["accuracy"] for s in samples["perceptiontest_val_mc_local"]}
+    assert pt["ghost_pt"]["correct"] == 0 and pt["ghost_pt"]["pred_id"] == -1
+
+    # log-likelihood of the option letters, the checkpoint's own budget
+    ll_acc, ll_preds = _dynvlm_eval(cfg, ckpt, data, tmp_path / "eval_ll", eval={"mode": "loglik"})
+    results, samples, log = _lmms_eval(lmms_python, tmp_path / "lmms_ll", "dynvlm_mc_ppl", f"checkpoint={ckpt},device=cpu",
+                                       env, "--force_simple")
+    assert "dynvlm_mc_ppl" in results, log[-6000:]
+    assert 0 < ll_acc < 1 and len(ll_preds) == 6
+    assert results["dynvlm_mc_ppl"]["accuracy,none"] == pytest.approx(ll_acc)
+    assert {s["accuracy"]["question_id"]: s["accuracy"]["pred"] for s in samples["dynvlm_mc_ppl"]} == ll_preds
+
+
+def test_lmms_eval_broken_checkpoint_names_the_path(lmms_python, tmp_path):
+    """lmms-eval stops at model load with an error naming the checkpoint (exit code not trusted)."""
+    missing = tmp_path / "gone" / "model.ckpt"
+    code = textwrap.dedent(f"""
+        from lmms_eval.models import get_model
+        cls = get_model("dynvlm")
+        try:
+            cls.create_from_arg_string("checkpoint={missing},device=cpu")
+        except Exception as exc:
+            print("ERROR", type(exc).__name__, exc)
+        else:
+            print("LOADED")
+    """)
+    run = subprocess.run([lmms_python, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert f"ERROR CheckpointError dynvlm checkpoint '{missing}': no such file" in run.stdout, run.stdout + run.stderr[-3000:]
