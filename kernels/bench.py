@@ -181,7 +181,6 @@ def run(
                 row.setdefault("triton", "n/a (no GPU)")
                 per_frame[(op, dname)] = {p: row[p].median * 1e-3 / frames for p in paths}
                 row["bytes"] = floor_bytes(op, frames, n, c, tokens, x.element_size())
-    compiled: dict[tuple[str, str], Callable] = {}
     for row in rows:
         if "skipped" in row:
             continue
@@ -191,10 +190,15 @@ def run(
             row["compile"] = "skipped (compile budget)" if compile_left <= 0 else "skipped (time budget)"
             continue
         x, fns = _inputs(row["op"], row["dtype"], (row["frames"], row["N"], row["C"], row["tokens"]), dev)
-        fn = compiled.setdefault(key, torch.compile(fns["naive"], dynamic=False))
+        # a fresh compile per row: the naive callable closes over this row's tokens and scores
+        fn = torch.compile(fns["naive"], dynamic=False)
         t0 = time.perf_counter()
-        fn(x)  # compile (or recompile for this shape) outside the timing
+        y = fn(x)  # compilation, outside the timing
         compile_left -= time.perf_counter() - t0
+        frames, tokens = row["frames"], row["tokens"]
+        want = (frames, math.isqrt(tokens) ** 2 if row["op"] == "pool" else tokens, row["C"])
+        if tuple(y.shape) != want:
+            raise RuntimeError(f"bench: compiled {row['op']} returned shape {tuple(y.shape)}, expected {want}")
         row["compile"] = _time(lambda f=fn, t=x: f(t), dev, cell)
     _header(out, dev, bw)
     best_name = "triton" if use_triton else "torch"
