@@ -39,11 +39,24 @@ TOKENS_KEY = "budget.tokens_per_frame"
 
 
 def run(cfg: DictConfig | Mapping[str, Any], config_path: str | None = None, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """Fit then test ``cfg``; or, when it has ``sweep:``, every point of its grid (see module doc)."""
+    """Fit then test ``cfg``; or, when it has ``sweep:``, every point of its grid (see module doc).
+
+    On CPU, oneDNN is turned off while it runs: for the small models a CPU sweep trains it is
+    slower than torch's own kernels (measured: 0.37 -> 0.22 s per step of the tiny base,
+    docs/benchmarks.md, Experiments).
+    """
+    import torch
+
     data = _plain(cfg)
-    if data.get("sweep"):
-        return run_sweep(data, callbacks=callbacks)
-    return run_point(data, callbacks=callbacks)
+    mkldnn = torch.backends.mkldnn.enabled
+    if not torch.cuda.is_available():
+        torch.backends.mkldnn.enabled = False
+    try:
+        if data.get("sweep"):
+            return run_sweep(data, callbacks=callbacks)
+        return run_point(data, callbacks=callbacks)
+    finally:
+        torch.backends.mkldnn.enabled = mkldnn
 
 
 def run_point(data: Mapping[str, Any], callbacks: Sequence[Any] = ()) -> dict[str, Any]:

@@ -17,12 +17,13 @@ from dynvlm.data.synth import SPLITS, make_config
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"
 WEIGHTS = EXPERIMENTS / "tiny_base" / "weights"
-REAL = sorted((EXPERIMENTS / "dynamic_vlm_7b").glob("*.yaml"))
+REAL = sorted(p for p in (EXPERIMENTS / "dynamic_vlm_7b").glob("*.yaml") if p.stem != "common")
 sys.path.insert(0, str(EXPERIMENTS / "tiny_base"))
 
 
 def yaml_files() -> list[Path]:
-    return sorted(EXPERIMENTS.rglob("*.yaml"))
+    """Every run config in experiments/ (lmms_tasks/ holds lmms-eval task files, not run configs)."""
+    return sorted(p for p in EXPERIMENTS.rglob("*.yaml") if "lmms_tasks" not in p.relative_to(EXPERIMENTS).parts)
 
 
 @pytest.fixture(scope="module")

@@ -218,9 +218,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad:
         p.error(f"unknown stage {bad[0]!r}; choose from a, b, c, export, eval")
     # measured: oneDNN off cuts a tiny model's CPU step from 0.37 to 0.22 s (docs/benchmarks.md)
+    mkldnn, threads = torch.backends.mkldnn.enabled, torch.get_num_threads()
     torch.backends.mkldnn.enabled = False
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        return _make(args, todo, argv)
+    finally:
+        torch.backends.mkldnn.enabled = mkldnn
+        torch.set_num_threads(threads)
+
+
+def _make(args: argparse.Namespace, todo: list[str], argv: Sequence[str] | None) -> int:
     t0 = time.perf_counter()
     manifest_path = args.weights / "manifest.json"
     manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
