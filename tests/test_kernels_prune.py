@@ -96,6 +96,8 @@ def test_seeded_compressor_noise_is_reproducible_and_trains_the_scorer():
     assert torch.equal(a(x, (4, 5), 6).positions, select_reference(a.scores(x), 6))
     a.train()
     res = a(x.requires_grad_(), (4, 5), 6)
+    # the straight-through factor is exactly 1 in the forward pass: the rows are plain copies
+    assert torch.equal(res.x, x.detach().gather(1, res.positions[..., None].expand(-1, -1, 16)))
     res.x.square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in a.scorer.parameters())
 
