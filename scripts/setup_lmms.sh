@@ -9,7 +9,8 @@
 # constraints file pinning that torch and the matching torchvision. A torchvision that cannot
 # load its operators on this torch (PyPI's torchvision on a CPU torch: "operator
 # torchvision::nms does not exist") is removed again: transformers only uses it when it loads.
-# lmms-eval 0.7.3 imports filelock._api, which filelock 4 dropped: filelock<4.
+# lmms-eval 0.7.3 imports filelock._api, which filelock 4 dropped: filelock<4. On a CPU torch
+# Triton (1 GB, GPU-only kernels) is left out. Wheels are not byte-compiled (--no-compile): faster.
 # On a GPU machine, put your CUDA torch into .venv-lmms first (or into .venv before running
 # this): an importable torch is kept. The env lives apart from .venv so that stays small.
 set -euo pipefail
@@ -30,7 +31,7 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
     if [ -z "$version" ] && [ -x .venv/bin/python ]; then
         version=$(.venv/bin/python -c "import torch; print(torch.__version__)" 2>/dev/null || true)
     fi
-    "$VPY" -m pip install -q "torch==${version:-2.13.0}"
+    "$VPY" -m pip install -q --no-compile "torch==${version:-2.13.0}"
 fi
 torch_version=$("$VPY" -c "import torch; print(torch.__version__.split('+')[0])")
 # torchvision pairs with torch: 2.X.Y -> 0.(X+15).Y
@@ -38,7 +39,19 @@ vision_version=$("$VPY" -c "v = '$torch_version'.split('.'); print(f'0.{int(v[1]
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
 printf 'torch==%s\ntorchvision==%s\nfilelock<4\n' "$torch_version" "$vision_version" > "$constraints"
-"$VPY" -m pip install -q -c "$constraints" -e ".[lmms]" pytest
+# dynvlm's dependencies, less Triton on a CPU torch (its kernels are optional: the torch path runs
+# without them), then dynvlm itself (editable, no dependencies) in a second step.
+deps=$("$VPY" - <<'PY'
+import tomllib, torch
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+deps = project["dependencies"] + project["optional-dependencies"]["lmms"]
+cpu = torch.version.cuda is None and not torch.version.hip
+print("\n".join(d for d in deps if not (cpu and d.startswith("triton"))))
+PY
+)
+mapfile -t deps <<< "$deps"
+"$VPY" -m pip install -q --no-compile -c "$constraints" "${deps[@]}" pytest
+"$VPY" -m pip install -q --no-compile --no-deps -e .
 if "$VPY" -m pip show -q torchvision 2>/dev/null && ! "$VPY" -c "import torchvision" 2>/dev/null; then
     "$VPY" -m pip uninstall -y -q torchvision
 fi

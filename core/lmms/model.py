@@ -93,7 +93,7 @@ class DynVLM(lmms):
         self.budget_cfg = dict(cfg.get("budget") or {})
         self.backend = (cfg.get("data") or {}).get("backend", "auto")
         self.dtype = DTYPES[dtype]
-        self.batch_size = max(1, int(batch_size))
+        self.batch_size = max(1, int(batch_size)) if str(batch_size).isdigit() else 1  # lmms-eval may pass 'auto'
         self.max_new_tokens = int(max_new_tokens) if max_new_tokens else self.model.eval_cfg.max_new_tokens
         self.missing: list[str] = []  # videos that could not be read, in request order
         log.info("dynvlm: %s, compressor %s, budget %s", checkpoint, cfg["model"]["compressor"], self.budget_cfg)
