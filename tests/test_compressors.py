@@ -110,3 +110,33 @@ def test_bad_calls_raise_clear_errors(name):
 def test_unknown_backend_is_rejected(name):
     with pytest.raises(ValueError, match="backend must be one of auto, triton, torch"):
         _build(name, backend="cuda")
+
+
+@pytest.mark.parametrize(
+    "name,kw",
+    [("tome", {"key": "proj"}), ("tome", {"key": "proj", "key_dim": 5}), ("prune", {"aux_loss": "keep_ratio"}),
+     ("prune", {"aux_loss": "entropy", "hidden": 3, "seed": 4})],
+)  # fmt: skip
+def test_configured_variants_train_every_parameter(name, kw):
+    comp = _build(name, **kw).train()
+    x = _x().requires_grad_()
+    out = comp(x, GRID, 5)
+    loss = out.x.square().sum()
+    if kw.get("aux_loss"):
+        assert out.aux_loss is not None and out.aux_loss.dim() == 0 and out.aux_loss > 0
+        loss = loss + out.aux_loss
+    loss.backward()
+    for pname, p in comp.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname} got no gradient"
+    comp.eval()
+    assert comp(x, GRID, 5).aux_loss is None
+
+
+@pytest.mark.parametrize(
+    "name,kw,match",
+    [("tome", {"key": "hash"}, "key must be one of"), ("tome", {"key_dim": 4}, "needs key='proj'"),
+     ("prune", {"aux_loss": "l1"}, "aux_loss must be one of"), ("prune", {"tau": 0.0}, "tau must be positive")],
+)  # fmt: skip
+def test_bad_options_raise(name, kw, match):
+    with pytest.raises(ValueError, match=match):
+        _build(name, **kw)
