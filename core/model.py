@@ -236,7 +236,11 @@ class VideoLLM(pl.LightningModule):
         embeds = self.splice(prompt, visual)
         new = self.llm.generate(embeds, prompt.attention_mask.to(self.device),
                                 max_new_tokens=max_new_tokens or self.eval_cfg.max_new_tokens)
-        return [t.strip() for t in self.llm.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        if hasattr(self.llm, "decode"):
+            texts = self.llm.decode(new)
+        else:
+            texts = self.llm.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [t.strip() for t in texts]
 
     @torch.no_grad()
     def score_options(self, samples: Batch | Sequence[Sample], shared_prompt: bool = True) -> list[list[float]]:

@@ -169,3 +169,14 @@ def test_continuation_logprobs_match_full_sequences(llm):
             logp = torch.log_softmax(llm(llm.embed(full), torch.ones_like(full)).logits[0].float(), -1)
             expected = sum(logp[len(prompt) + j - 1, t].item() for j, t in enumerate(c))
             assert score == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
+def test_word_level_decoding_writes_numbers_and_punctuation_back(llm):
+    from dynvlm.plugins.llms.hf import join_words, word_split
+
+    for text in ["12", "top-left", "option's", "the video is red.", "what colour? 305", "(red) blue/green"]:
+        assert join_words(word_split(text)) == text
+    tok = llm.tokenizer
+    rows = [tok("1 2", add_special_tokens=False)["input_ids"] + [tok.eos_token_id, tok.pad_token_id],
+            tok("the video is red .", add_special_tokens=False)["input_ids"]]
+    assert llm.decode(rows) == ["12", "the video is red."]

@@ -52,6 +52,24 @@ def word_split(text: str) -> list[str]:
     return re.findall(r"[^\W\d_]+|\d|[^\w\s]|_", text)
 
 
+_JOIN_LEFT = set(".,:;?!)%")  # attach to the previous token
+_JOIN_BOTH = set("-'/")  # attach to both neighbours (top-left, option's)
+
+
+def join_words(tokens: list[str]) -> str:
+    """Text from word-level tokens: spaces between words, none inside numbers (``1 2`` -> ``12``),
+    before closing punctuation or around ``-``, ``'`` and ``/`` -- the inverse of :func:`word_split`
+    for text written that way."""
+    out = ""
+    prev = ""
+    for tok in tokens:
+        glue = (not out or (tok.isdigit() and prev.isdigit()) or tok in _JOIN_LEFT or tok in _JOIN_BOTH
+                or prev in _JOIN_BOTH or prev == "(")
+        out += tok if glue else " " + tok
+        prev = tok
+    return out
+
+
 def build_word_tokenizer(words: Iterable[str], system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> PreTrainedTokenizerFast:
     """A ``save_pretrained``-able word-level tokenizer over a closed word list, with a ChatML chat template.
 
@@ -164,6 +182,8 @@ class HFCausalLM(LanguageModel):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token  # e.g. Llama-style tokenizers ship without one
         self.system_prompt = system_prompt or None
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        self.word_level = backend is not None and type(backend.model).__name__ == "WordLevel"
         if gradient_checkpointing:
             enable_checkpointing(self.model)
         self.width = int(self.model.get_input_embeddings().embedding_dim)
@@ -191,6 +211,15 @@ class HFCausalLM(LanguageModel):
             **kw,
         )
 
+
+    def decode(self, ids: Tensor | list[list[int]]) -> list[str]:
+        """Token ids ``[B, L]`` -> texts without special tokens. Word-level tokenizers are joined with
+        :func:`join_words` (their own decoder would write ``12`` as ``1 2``)."""
+        rows = ids.tolist() if isinstance(ids, Tensor) else [list(r) for r in ids]
+        if not self.word_level:
+            return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        special = set(self.tokenizer.all_special_ids)
+        return [join_words(self.tokenizer.convert_ids_to_tokens([i for i in r if i not in special])) for r in rows]
 
     @torch.no_grad()
     def continuation_logprobs(self, embeds: Tensor, attention_mask: Tensor,
