@@ -56,7 +56,7 @@ class Timing:
     def __str__(self) -> str:
         if self.n == 1:
             return f"{self.median:.2f} (1 run)"
-        return f"{self.median:.2f} [{self.p20:.2f}–{self.p80:.2f}]"
+        return f"{self.median:.2f} [{self.p20:.2f}–{self.p80:.2f}]"  # n == 0: do_bench's own repeats
 
 
 def _time_cpu(fn: Callable[[], object], budget_s: float) -> Timing:
@@ -77,9 +77,22 @@ def _time_cpu(fn: Callable[[], object], budget_s: float) -> Timing:
 
 
 def _time(fn: Callable[[], object], device: torch.device, budget_s: float) -> Timing:
-    if device.type == "cuda":
+    if device.type == "cuda" and HAS_TRITON:  # do_bench flushes L2 between runs
         med, p20, p80 = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
         return Timing(med, p20, p80, 0)
+    if device.type == "cuda":  # no Triton: CUDA events around each call
+        torch.cuda.synchronize()
+        fn()  # warm-up
+        times = []
+        for _ in range(20):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        q = statistics.quantiles(sorted(times), n=5, method="inclusive")
+        return Timing(statistics.median(times), q[0], q[3], len(times))
     return _time_cpu(fn, budget_s)
 
 
