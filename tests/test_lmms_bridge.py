@@ -338,3 +338,53 @@ def test_answer_extraction_agrees_with_lmms_eval(lmms_readings, task):
     assert compared >= 40
     if task != "egoschema":  # dynvlm eval reads option texts on top; nothing else differs
         assert "blue square" in text_only
+
+
+# runs in .venv-lmms: the chat model's multi-round and missing-video paths on real requests
+MULTI_ROUND = r'''
+import json, sys
+from lmms_eval.api.instance import Instance
+from dynvlm.lmms.model import DynVLM
+from dynvlm.records import Sample, Turn
+
+ckpt, video, ghost = sys.argv[1:4]
+model = DynVLM(checkpoint=ckpt, device="cpu", max_new_tokens=4)
+docs = {"t": {"test": {0: {"v": video}, 1: {"v": ghost}}}}
+model.task_dict = docs
+seen = []
+META = [{"task": "t", "doc_id": i, "repeats": 1} for i in (0, 1)]
+
+def doc_to_messages(doc, round_idx=None, previous_output=None, previous_round_info=None):
+    turn = [{"role": "user", "content": [{"type": "video", "url": doc["v"]}, {"type": "text", "text": "what colour is the video ?"}]}]
+    if round_idx is None:
+        return turn
+    seen.append((round_idx, list(previous_output), previous_round_info))
+    if round_idx >= 2:
+        return (None, True, previous_output, previous_round_info)
+    return ([{"role": "user", "content": [{"type": "text", "text": "answer with the letter ."}]}], False, previous_output, {"round": round_idx})
+
+reqs = [Instance("generate_until_multi_round", (None, doc_to_messages, {}, i, "t", "test"), idx=0, metadata=META[i]) for i in (0, 1)]
+rounds = model.generate_until_multi_round(reqs)
+single = model.generate_until([Instance("generate_until", (None, doc_to_messages, {}, i, "t", "test"), idx=0, metadata=META[i]) for i in (0, 1)])
+# the second round answers the whole conversation, first answer included
+frames, stamps, kind = model._read(video)
+conv = [Turn("human", "<video>\nwhat colour is the video ?"), Turn("gpt", rounds[0][0]), Turn("human", "answer with the letter .")]
+expected = model.model.generate([Sample(frames, stamps, conv, kind)], max_new_tokens=4)[0]
+print(json.dumps({"rounds": rounds, "single": single, "seen": seen, "expected": expected, "missing": model.missing}))
+'''
+
+
+def test_chat_model_multi_round_and_missing_video(lmms_python, trained, tmp_path):
+    _, ckpt = trained
+    video = write_video(tmp_path / "v.mp4", COLOURS["blue"], 3)
+    ghost = tmp_path / "ghost.mp4"
+    run = subprocess.run([lmms_python, "-c", MULTI_ROUND, ckpt, str(video), str(ghost)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert run.returncode == 0, run.stderr[-4000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(out["rounds"][0]) == 2 and out["rounds"][1] == [""]
+    assert out["rounds"][0][1] == out["expected"]
+    assert out["seen"][:2] == [[1, out["rounds"][0][:1], None], [2, out["rounds"][0], {"round": 1}]]
+    assert out["single"][0] == out["rounds"][0][0] and out["single"][1] == ""
+    assert out["missing"] == [str(ghost), str(ghost)]
+    assert f"cannot read video {ghost} (no such file)" in run.stderr
