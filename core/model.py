@@ -210,7 +210,8 @@ class VideoLLM(pl.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         if not _has_samples(batch):
             return
-        self._eval_records.extend(self._mc_records(_samples(batch)))
+        samples = _samples(batch)
+        self._eval_records.extend(self._mc_records(samples) + self._open_records(samples))
 
     def on_validation_epoch_start(self) -> None:
         self._eval_records = []
@@ -328,9 +329,23 @@ class VideoLLM(pl.LightningModule):
             texts = [None] * len(mc)
             preds = [max(range(len(sc)), key=sc.__getitem__) for sc in scores]
         return [
-            {"question_id": s.meta.get("question_id", s.id), "category": s.meta.get("category", ""),
+            {"kind": "mc", "question_id": s.meta.get("question_id", s.id), "category": s.meta.get("category", ""),
              "pred": pred, "answer": s.meta.get("answer"), "text": text}
             for s, pred, text in zip(mc, preds, texts)
+        ]
+
+    def _open_records(self, samples: Sequence[Sample]) -> list[dict[str, Any]]:
+        """Open-ended samples (no options, ending with a gpt answer): generate and exact-match the last answer."""
+        from .answers import exact_match
+
+        todo = [s for s in samples if not s.meta.get("options") and s.conversation[-1].role == "gpt"]
+        if not todo:
+            return []
+        texts = self.generate(todo)
+        return [
+            {"kind": "open", "question_id": s.meta.get("question_id", s.id), "category": s.meta.get("category", ""),
+             "text": text, "answer_text": s.conversation[-1].value, "correct": exact_match(text, s.conversation[-1].value)}
+            for s, text in zip(todo, texts)
         ]
 
     def _log_accuracy(self, split: str, write: bool) -> None:
@@ -343,15 +358,22 @@ class VideoLLM(pl.LightningModule):
             seen.add(qid)
             records.append(r)
         self._eval_records = []
-        scored = [r for r in records if r["answer"] is not None]
-        if not scored:
-            return
-        self.log(f"{split}/acc", sum(r["pred"] == r["answer"] for r in scored) / len(scored), sync_dist=False)
-        self.log(f"{split}/n", float(len(scored)), sync_dist=False)
-        for cat in sorted({r["category"] for r in scored if r["category"]}):
-            rows = [r for r in scored if r["category"] == cat]
-            self.log(f"{split}/acc/{cat}", sum(r["pred"] == r["answer"] for r in rows) / len(rows), sync_dist=False)
-        if write and self.predictions_path is not None and self.global_rank == 0:
+        # values are the same on every rank (gathered above), so no further sync
+        scored = [r for r in records if r["kind"] == "mc" and r["answer"] is not None]
+        if scored:
+            self.log(f"{split}/acc", sum(r["pred"] == r["answer"] for r in scored) / len(scored), sync_dist=False)
+            self.log(f"{split}/n", float(len(scored)), sync_dist=False)
+            for cat in sorted({r["category"] for r in scored if r["category"]}):
+                rows = [r for r in scored if r["category"] == cat]
+                self.log(f"{split}/acc/{cat}", sum(r["pred"] == r["answer"] for r in rows) / len(rows), sync_dist=False)
+        opened = [r for r in records if r["kind"] == "open"]
+        if opened:
+            self.log(f"{split}/exact_match", sum(r["correct"] for r in opened) / len(opened), sync_dist=False)
+            self.log(f"{split}/n_open", float(len(opened)), sync_dist=False)
+            for cat in sorted({r["category"] for r in opened if r["category"]}):
+                rows = [r for r in opened if r["category"] == cat]
+                self.log(f"{split}/exact_match/{cat}", sum(r["correct"] for r in rows) / len(rows), sync_dist=False)
+        if records and write and self.predictions_path is not None and self.global_rank == 0:
             self.predictions_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.predictions_path, "w") as f:
                 for r in records:

@@ -148,7 +148,8 @@ def validate(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None = None,
 
 def test(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None = None,
          datamodule: pl.LightningDataModule | None = None) -> dict[str, Any]:
-    """Multiple-choice accuracy (overall and per category, ``test/acc/<category>``) of ``checkpoint``;
+    """Multiple-choice accuracy (overall and per category, ``test/acc/<category>``) of ``checkpoint``, and
+    for open-ended samples the exact-match rate of generated answers (``test/exact_match[/<category>]``);
     per-question predictions go to ``<run>/predictions.jsonl``."""
     return _evaluate("test", cfg, checkpoint, datamodule)
 

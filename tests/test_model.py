@@ -209,3 +209,15 @@ def test_the_plan_follows_a_swapped_compressor(tmp_path):
     assert m.budget.plan(4).tokens == 8  # prune serves any count
     m.compressor = build_component("compressor", {"name": "pool"}, dim=m.encoder.width)
     assert m.budget.plan(4).tokens == 4  # pool: the largest square <= 8
+
+
+def test_open_ended_answers_are_generated_and_exact_matched(samples, tmp_path):
+    m = VideoLLM(run_config(tmp_path, eval={"max_new_tokens": 2})).eval()
+    open_ended = [type(s)(s.frames, s.timestamps, [Turn("human", "<video> what colour is the video ?"),
+                                                   Turn("gpt", "red")], id=f"o{i}", meta={"category": "colour"})
+                  for i, s in enumerate(samples[:2])]
+    records = m._open_records(open_ended + samples[:1])  # the MC sample is left to _mc_records
+    assert [r["question_id"] for r in records] == ["o0", "o1"]
+    generated = m.generate(open_ended, max_new_tokens=2)
+    assert [r["text"] for r in records] == generated
+    assert [r["correct"] for r in records] == [g == "red" for g in generated]

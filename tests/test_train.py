@@ -93,6 +93,26 @@ def test_fit_and_test_on_the_synthetic_data_module(tmp_path):
     assert any(k.startswith("test/acc/") for k in scores)  # per-category accuracy
 
 
+def test_a_trained_model_generates_open_ended_answers(tmp_path, samples):
+    from dynvlm.records import Sample, Turn
+
+    names = ["red", "green", "blue"]  # colour_samples cycles through them
+    open_ended = [Sample(s.frames, s.timestamps, [Turn("human", "<video>\nwhat colour is the video ?"),
+                                                  Turn("gpt", names[i % 3])],
+                         id=f"o{i}", meta={"category": "colour", "question_id": f"o{i}"})
+                  for i, s in enumerate(samples)]
+    trainer = {"accelerator": "cpu", "max_steps": 40, "enable_progress_bar": False, "enable_model_summary": False,
+               "logger": False, "limit_val_batches": 0}
+    cfg = run_config(tmp_path, trainer=trainer, eval={"max_new_tokens": 3})
+    dm = ListDataModule(open_ended, batch_size=6)
+    fit(cfg, dm)
+    scores = test(cfg, datamodule=dm)
+    assert scores["test/n_open"] == 6
+    assert scores["test/exact_match"] >= 0.8  # chance is 1/3; 30 steps already reach 6/6 on this machine
+    texts = [json.loads(x)["text"] for x in (tmp_path / "tiny" / "predictions.jsonl").read_text().splitlines()]
+    assert sum(t == names[i % 3] for i, t in enumerate(texts)) >= 5
+
+
 class Crash(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == 3:
