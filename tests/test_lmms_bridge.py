@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -219,24 +218,6 @@ def test_lmms_eval_accuracy_equals_dynvlm_eval(lmms_python, trained, tmp_path):
     assert {s["accuracy"]["question_id"]: s["accuracy"]["pred"] for s in samples["dynvlm_mc_ppl"]} == ll_preds
 
 
-def test_lmms_eval_broken_checkpoint_names_the_path(lmms_python, tmp_path):
-    """lmms-eval stops at model load with an error naming the checkpoint (exit code not trusted)."""
-    missing = tmp_path / "gone" / "model.ckpt"
-    code = textwrap.dedent(f"""
-        from lmms_eval.models import get_model
-        cls = get_model("dynvlm")
-        try:
-            cls.create_from_arg_string("checkpoint={missing},device=cpu")
-        except Exception as exc:
-            print("ERROR", type(exc).__name__, exc)
-        else:
-            print("LOADED")
-    """)
-    run = subprocess.run([lmms_python, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
-    assert f"ERROR CheckpointError dynvlm checkpoint '{missing}': no such file" in run.stdout, run.stdout + run.stderr[-3000:]
-
-
 # ---------------------------------------------------------------------------------------------
 # answer extraction parity: dynvlm.answers.extract_choice vs each benchmark's lmms-eval scoring
 
@@ -258,7 +239,7 @@ OUTPUTS = [
 ]
 
 # runs in .venv-lmms: each benchmark's own reading of every output, as an option index (None: no letter read)
-PROBE = r'''
+READINGS = r'''
 import json, random, sys
 from lmms_eval.tasks.egoschema import utils as egoschema
 from lmms_eval.tasks.mlvu import utils as mlvu
@@ -279,7 +260,6 @@ for text in outputs:
     doc = {"video_name": "v", "question": "q", "answer_id": 0}
     pred = perceptiontest.perceptiontest_val_process_results_mc(doc, [text])["accuracy"]["pred_id"]
     rows["perceptiontest"].append({"index": None if pred < 0 else pred, "letter": letters[pred] if pred >= 0 else ""})
-print(json.dumps(rows))
 '''
 
 N_OPTIONS = {"videomme": 4, "mlvu": 4, "egoschema": 5, "perceptiontest": 3}
@@ -296,16 +276,8 @@ def _guessed(task: str, text: str, row: dict) -> bool:
     return bool(letter) and re.search(rf"(?<![A-Za-z]){letter}(?![A-Za-z])", text) is None
 
 
-@pytest.fixture(scope="module")
-def lmms_readings(lmms_python):
-    run = subprocess.run([lmms_python, "-c", PROBE], input=json.dumps([OUTPUTS, OPTIONS]), capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.parametrize("task", list(N_OPTIONS))
-def test_answer_extraction_agrees_with_lmms_eval(lmms_readings, task):
+def test_answer_extraction_agrees_with_lmms_eval(lmms_probe, task):
     """Wherever lmms-eval does not guess, dynvlm reads the same option (or none) from the same output.
 
     VideoMME, MLVU and PerceptionTest read letters only: dynvlm's letter rules (``extract_choice``
@@ -317,7 +289,7 @@ def test_answer_extraction_agrees_with_lmms_eval(lmms_readings, task):
     from dynvlm.answers import extract_choice
 
     n = N_OPTIONS[task]
-    rows = lmms_readings[task]
+    rows = lmms_probe["readings"][task]
     assert len(rows) == len(OUTPUTS) >= 40
     compared = disagree = 0
     text_only = []
@@ -340,14 +312,20 @@ def test_answer_extraction_agrees_with_lmms_eval(lmms_readings, task):
         assert "blue square" in text_only
 
 
-# runs in .venv-lmms: the chat model's multi-round and missing-video paths on real requests
-MULTI_ROUND = r'''
-import json, sys
+# runs in .venv-lmms after READINGS: a broken checkpoint through lmms-eval's model registry, then the
+# chat model's multi-round and missing-video paths on real requests
+CHAT = r'''
 from lmms_eval.api.instance import Instance
+from lmms_eval.models import get_model
 from dynvlm.lmms.model import DynVLM
 from dynvlm.records import Sample, Turn
 
-ckpt, video, ghost = sys.argv[1:4]
+ckpt, video, ghost, broken = sys.argv[1:5]
+try:
+    get_model("dynvlm").create_from_arg_string(f"checkpoint={broken},device=cpu")
+    load_error = None
+except Exception as exc:
+    load_error = f"{type(exc).__name__}: {exc}"
 model = DynVLM(checkpoint=ckpt, device="cpu", max_new_tokens=4)
 docs = {"t": {"test": {0: {"v": video}, 1: {"v": ghost}}}}
 model.task_dict = docs
@@ -370,21 +348,35 @@ single = model.generate_until([Instance("generate_until", (None, doc_to_messages
 frames, stamps, kind = model._read(video)
 conv = [Turn("human", "<video>\nwhat colour is the video ?"), Turn("gpt", rounds[0][0]), Turn("human", "answer with the letter .")]
 expected = model.model.generate([Sample(frames, stamps, conv, kind)], max_new_tokens=4)[0]
-print(json.dumps({"rounds": rounds, "single": single, "seen": seen, "expected": expected, "missing": model.missing}))
+print(json.dumps({"rounds": rounds, "single": single, "seen": seen, "expected": expected, "missing": model.missing,
+                  "load_error": load_error, "readings": rows}))
 '''
 
 
-def test_chat_model_multi_round_and_missing_video(lmms_python, trained, tmp_path):
+@pytest.fixture(scope="module")
+def lmms_probe(lmms_python, trained, tmp_path_factory):
+    """One run of READINGS + CHAT in .venv-lmms (one lmms-eval import): its JSON and its stderr."""
     _, ckpt = trained
-    video = write_video(tmp_path / "v.mp4", COLOURS["blue"], 3)
-    ghost = tmp_path / "ghost.mp4"
-    run = subprocess.run([lmms_python, "-c", MULTI_ROUND, ckpt, str(video), str(ghost)], capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    folder = tmp_path_factory.mktemp("lmms_probe")
+    video = write_video(folder / "v.mp4", COLOURS["blue"], 3)
+    paths = {"video": str(video), "ghost": str(folder / "ghost.mp4"), "broken": str(folder / "gone" / "model.ckpt")}
+    run = subprocess.run([lmms_python, "-c", READINGS + CHAT, ckpt, paths["video"], paths["ghost"], paths["broken"]],
+                         input=json.dumps([OUTPUTS, OPTIONS]), capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(folder / "hf")})
     assert run.returncode == 0, run.stderr[-4000:]
-    out = json.loads(run.stdout.strip().splitlines()[-1])
+    return {**json.loads(run.stdout.strip().splitlines()[-1]), **paths, "stderr": run.stderr}
+
+
+def test_lmms_eval_broken_checkpoint_names_the_path(lmms_probe):
+    """Loading ``dynvlm`` through lmms-eval's registry stops at model load with an error naming the checkpoint."""
+    assert lmms_probe["load_error"] == f"CheckpointError: dynvlm checkpoint '{lmms_probe['broken']}': no such file"
+
+
+def test_chat_model_multi_round_and_missing_video(lmms_probe):
+    out, ghost = lmms_probe, lmms_probe["ghost"]
     assert len(out["rounds"][0]) == 2 and out["rounds"][1] == [""]
     assert out["rounds"][0][1] == out["expected"]
     assert out["seen"][:2] == [[1, out["rounds"][0][:1], None], [2, out["rounds"][0], {"round": 1}]]
     assert out["single"][0] == out["rounds"][0][0] and out["single"][1] == ""
-    assert out["missing"] == [str(ghost), str(ghost)]
-    assert f"cannot read video {ghost} (no such file)" in run.stderr
+    assert out["missing"] == [ghost, ghost]
+    assert f"cannot read video {ghost} (no such file)" in out["stderr"]
