@@ -17,6 +17,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 ENV=${DYNVLM_LMMS_ENV:-.venv-lmms}
+# one installer at a time per checkout (test runs may start this concurrently)
+if command -v flock >/dev/null; then
+    exec 9>"${TMPDIR:-/tmp}/dynvlm-setup-lmms-$(pwd | sha256sum | cut -c1-12).lock"
+    flock 9
+fi
 if [ ! -x "$ENV/bin/python" ]; then
     "$PY" -m venv "$ENV"
 fi

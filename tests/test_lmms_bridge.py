@@ -171,6 +171,7 @@ def _benchmark_files(folder: Path, present: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_lmms_eval_accuracy_equals_dynvlm_eval(lmms_python, trained, tmp_path):
     """Same checkpoint, same questions: lmms-eval's accuracy equals ``dynvlm eval``'s, question by question,
     by generation (chat model, with budget and compressor overrides) and by log-likelihood (--force_simple).
