@@ -80,7 +80,7 @@ class DynVLM(lmms):
         overrides = {k: v for k, v in kwargs.items() if "." in k}
         ignored = sorted(k for k in kwargs if "." not in k)
         if ignored:
-            log.info("dynvlm: ignoring model_args %s", ignored)
+            log.warning("dynvlm: ignoring model_args %s", ignored)
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r}; valid: {', '.join(DTYPES)}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
