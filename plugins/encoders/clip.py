@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from transformers import CLIPVisionConfig, CLIPVisionModel
-
 from dynvlm import hookimpl
 from dynvlm.plugins.encoders.hf_vision import CLIP_MEAN, CLIP_STD, HFVisionEncoder
 
@@ -15,8 +13,8 @@ class CLIPEncoder(HFVisionEncoder):
     ``preprocessor_config.json``). See :class:`HFVisionEncoder` for the arguments.
     """
 
-    model_cls = CLIPVisionModel
-    config_cls = CLIPVisionConfig
+    model_class = "CLIPVisionModel"
+    config_class = "CLIPVisionConfig"
     has_cls = True
     default_mean = CLIP_MEAN
     default_std = CLIP_STD

@@ -28,7 +28,7 @@ SIGLIP_STD = (0.5, 0.5, 0.5)
 class HFVisionEncoder(VisionEncoder):
     """A ``transformers`` vision tower: uint8 frames -> ``[F, N, C]`` patch tokens of one hidden layer.
 
-    Subclasses set ``model_cls``/``config_cls`` (e.g. ``CLIPVisionModel``/``CLIPVisionConfig``),
+    Subclasses set ``model_class``/``config_class`` (e.g. ``"CLIPVisionModel"``/``"CLIPVisionConfig"``),
     ``has_cls`` (whether token 0 is a class token to drop) and the preprocessing defaults.
 
     Args:
@@ -42,8 +42,8 @@ class HFVisionEncoder(VisionEncoder):
         gradient_checkpointing: recompute layer activations in backward (memory grows with frames).
     """
 
-    model_cls: Any = None
-    config_cls: Any = None
+    model_class: str = ""  # names in `transformers`, imported on construction so that listing
+    config_class: str = ""  # plugins (`dynvlm plugins`, config validation) does not import transformers
     has_cls: bool = False
     default_mean: tuple[float, float, float] = CLIP_MEAN
     default_std: tuple[float, float, float] = CLIP_STD
@@ -70,11 +70,11 @@ class HFVisionEncoder(VisionEncoder):
             folder = Path(path).expanduser()
             if not folder.is_dir():
                 raise FileNotFoundError(f"{self.kind_name}: checkpoint folder {str(folder)!r} does not exist")
-            model = self.model_cls.from_pretrained(str(folder), local_files_only=True, dtype=torch_dtype, **extra)
+            model = _transformers(self.model_class).from_pretrained(str(folder), local_files_only=True, dtype=torch_dtype, **extra)
             mean, std, crop = _read_preprocessor(folder, mean, std, crop)
         else:
-            cfg = self.config_cls(**dict(config), **extra)
-            model = self.model_cls(cfg).to(torch_dtype)
+            cfg = _transformers(self.config_class)(**dict(config), **extra)
+            model = _transformers(self.model_class)(cfg).to(torch_dtype)
         vcfg = model.config
         self.image_size = int(vcfg.image_size)
         patch = int(vcfg.patch_size)
@@ -186,3 +186,10 @@ def _dtype(name: str, who: str) -> torch.dtype:
     if name not in table:
         raise ValueError(f"{who}: dtype must be one of {', '.join(table)}, got {name!r}")
     return table[name]
+
+
+def _transformers(name: str) -> Any:
+    """``transformers.<name>``, imported on first use (the import costs seconds)."""
+    import transformers
+
+    return getattr(transformers, name)

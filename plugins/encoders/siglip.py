@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from transformers import SiglipVisionConfig, SiglipVisionModel
-
 from dynvlm import hookimpl
 from dynvlm.plugins.encoders.hf_vision import SIGLIP_MEAN, SIGLIP_STD, HFVisionEncoder
 
@@ -15,8 +13,8 @@ class SiglipEncoder(HFVisionEncoder):
     0.5 (or the folder's ``preprocessor_config.json``). See :class:`HFVisionEncoder` for the arguments.
     """
 
-    model_cls = SiglipVisionModel
-    config_cls = SiglipVisionConfig
+    model_class = "SiglipVisionModel"
+    config_class = "SiglipVisionConfig"
     has_cls = False
     default_mean = SIGLIP_MEAN
     default_std = SIGLIP_STD

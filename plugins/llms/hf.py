@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from dynvlm import hookimpl
 from dynvlm.interfaces import LanguageModel
@@ -70,7 +69,7 @@ def join_words(tokens: list[str]) -> str:
     return out
 
 
-def build_word_tokenizer(words: Iterable[str], system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> PreTrainedTokenizerFast:
+def build_word_tokenizer(words: Iterable[str], system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> Any:
     """A ``save_pretrained``-able word-level tokenizer over a closed word list, with a ChatML chat template.
 
     Args:
@@ -92,6 +91,8 @@ def build_word_tokenizer(words: Iterable[str], system_prompt: str = DEFAULT_SYST
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation("isolated"), pre_tokenizers.Digits(individual_digits=True)]
     )
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, tidies punctuation
+    from transformers import PreTrainedTokenizerFast
+
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token=UNK,
@@ -156,6 +157,8 @@ class HFCausalLM(LanguageModel):
                                  "a 'path' model uses the tokenizer saved in its folder")
             folder = _folder(path, "model")
             self.tokenizer = _load_tokenizer(folder, trust_remote_code)
+            from transformers import AutoModelForCausalLM
+
             self.model = AutoModelForCausalLM.from_pretrained(
                 str(folder), local_files_only=True, trust_remote_code=trust_remote_code, dtype=torch_dtype, **extra)
         else:
@@ -175,6 +178,8 @@ class HFCausalLM(LanguageModel):
                 kwargs.setdefault("initializer_range", 1.0 / math.sqrt(kwargs["hidden_size"]))
             kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
             kwargs.setdefault("eos_token_id", self.tokenizer.eos_token_id)
+            from transformers import Qwen2Config, Qwen2ForCausalLM
+
             self.model = Qwen2ForCausalLM(Qwen2Config(**kwargs, **extra)).to(torch_dtype)
         if self.tokenizer.chat_template is None:
             raise ValueError("llm 'hf': the tokenizer has no chat template; save one with the tokenizer "
@@ -285,6 +290,8 @@ def _load_tokenizer(folder: Path, trust_remote_code: bool) -> Any:
     if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
         raise FileNotFoundError(f"llm 'hf': no tokenizer in {str(folder)!r} (expected tokenizer.json or "
                                 "tokenizer_config.json saved with save_pretrained)")
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
     config_file = folder / "tokenizer_config.json"
     if config_file.is_file() and (folder / "tokenizer.json").is_file():
         try:
