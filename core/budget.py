@@ -21,13 +21,12 @@ every budget; ``tokens_per_frame`` fixes ``M`` for ablations (frames then drop t
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .schema import BudgetConfig
+from .schema import BudgetConfig, section
 
 __all__ = [
     "BudgetPolicy",
@@ -76,16 +75,7 @@ class FramePlan:
 
 def budget_config(budget: BudgetConfig | Mapping[str, Any] | None) -> BudgetConfig:
     """A :class:`BudgetConfig` from a dataclass, a mapping (e.g. a ``DictConfig`` section) or ``None``."""
-    if budget is None:
-        return BudgetConfig()
-    if isinstance(budget, BudgetConfig):
-        return budget
-    names = {f.name for f in dataclasses.fields(BudgetConfig)}
-    data = dict(budget)
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"budget: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(names))}")
-    return BudgetConfig(**data)
+    return section(BudgetConfig, budget, "budget")
 
 
 class BudgetPolicy:

@@ -16,7 +16,6 @@ checkpoint) and the resolved config (``hyper_parameters["config"]``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -33,21 +32,12 @@ from .config import build_component, provenance_record
 from .projector import Projector
 from .prompt import Encoded, PromptBatch, PromptBuilder
 from .records import Batch, Sample, Turn
-from .schema import EvalConfig, OptimConfig, ProjectorConfig
+from .schema import EvalConfig, OptimConfig, ProjectorConfig, section
 from .stages import apply_stage, load_weights, read_weights, stage_config
 
 CKPT_KEY = "dynvlm"  # our entry in a Lightning checkpoint: trainable/carried key lists
 ENCODER_CHUNK = 256  # frames per encoder call when no gradient is needed
 SCORE_SEQUENCES = 16  # (sample, option) sequences per LLM forward in MC scoring: bounds the [B, L, V] logits
-
-
-def _section(cls: type, data: Mapping[str, Any] | None, name: str) -> Any:
-    data = dict(data or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{name}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(names))}")
-    return cls(**data)
 
 
 def config_dict(config: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -82,12 +72,12 @@ class VideoLLM(pl.LightningModule):
         self.encoder = build_component("encoder", model_cfg["encoder"])
         self.compressor = build_component("compressor", model_cfg["compressor"], dim=self.encoder.width)
         self.llm = build_component("llm", model_cfg["llm"])
-        proj = _section(ProjectorConfig, model_cfg.get("projector"), "model.projector")
+        proj = section(ProjectorConfig, model_cfg.get("projector"), "model.projector")
         self.projector = Projector(self.encoder.width, self.llm.width, depth=proj.depth, hidden=proj.hidden)
         self.budget = BudgetPolicy(cfg.get("budget"), self.encoder.grid, self._achievable)
         self.prompts = PromptBuilder(self.llm.tokenizer, getattr(self.llm, "system_prompt", None))
-        self.optim_cfg: OptimConfig = _section(OptimConfig, cfg.get("optim"), "optim")
-        self.eval_cfg: EvalConfig = _section(EvalConfig, cfg.get("eval"), "eval")
+        self.optim_cfg: OptimConfig = section(OptimConfig, cfg.get("optim"), "optim")
+        self.eval_cfg: EvalConfig = section(EvalConfig, cfg.get("eval"), "eval")
         self.stage = stage_config(cfg.get("stage"))
         self.trainable = apply_stage(self, self.stage)
         self.carried: set[str] = set()

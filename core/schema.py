@@ -12,8 +12,10 @@ against the registered class's ``__init__`` signature instead.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 #: component kind of each ``model.*`` key that holds a plugin spec
 COMPONENT_KEYS: dict[str, str] = {"encoder": "encoder", "compressor": "compressor", "llm": "llm"}
@@ -116,3 +118,30 @@ TOP_LEVEL: dict[str, Any] = {
 }
 
 MODEL_KEYS = (*COMPONENT_KEYS, "projector")
+
+T = TypeVar("T")
+
+
+def section(cls: type[T], data: T | Mapping[str, Any] | None, name: str) -> T:
+    """A ``cls`` dataclass from an instance, a mapping (plain or omegaconf) or ``None`` (defaults).
+
+    Unknown keys raise ``ValueError`` naming the key and the valid ones: code that builds
+    sections without :func:`dynvlm.load_config` gets the same guard as YAML does.
+    """
+    if data is None:
+        return cls()
+    if isinstance(data, cls):
+        return data
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(data, DictConfig):
+            data = OmegaConf.to_container(data, resolve=True)  # lists come back as plain lists
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = dict(data)
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{name}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(names))}")
+    return cls(**values)

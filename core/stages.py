@@ -18,7 +18,6 @@ chain ``pretrain -> image_sft -> video_sft`` keeps everything any stage trained.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .schema import StageConfig
+from .schema import StageConfig, section
 
 MODULES = ("encoder", "compressor", "projector", "llm")
 DEFAULT_TRAINABLE: dict[str, tuple[str, ...]] = {
@@ -38,18 +37,10 @@ DEFAULT_TRAINABLE: dict[str, tuple[str, ...]] = {
 
 def stage_config(stage: StageConfig | Mapping[str, Any] | None) -> StageConfig:
     """A :class:`StageConfig` from a dataclass, a mapping or ``None`` (the default ``video_sft``)."""
-    if stage is None:
-        return StageConfig()
-    if isinstance(stage, StageConfig):
-        return stage
-    names = {f.name for f in dataclasses.fields(StageConfig)}
-    data = dict(stage)
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"stage: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(names))}")
-    if data.get("trainable") is not None:
-        data["trainable"] = list(data["trainable"])
-    return StageConfig(**data)
+    cfg = section(StageConfig, stage, "stage")
+    if cfg.trainable is not None:
+        cfg.trainable = list(cfg.trainable)
+    return cfg
 
 
 def trainable_modules(stage: StageConfig) -> tuple[str, ...]:
