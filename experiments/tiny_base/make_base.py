@@ -7,6 +7,7 @@ Three stages (YAML beside this file), then an export::
     B  stage_b.yaml  curriculum: projector + LLM (+ the pruner's scorer) on the detail questions with a
                      random compressor and a random M per batch
     C  stage_c.yaml  projector + LLM (+ scorer) on every question family, random compressor and M
+    D  stage_d.yaml  the same with every question multiple choice (the evaluation's answer format)
     export           weights/encoder (CLIPVisionModel), weights/llm (Qwen2ForCausalLM + tokenizer),
                      weights/projector.safetensors, weights/projector_prune.safetensors (+ the scorer),
                      weights/manifest.json (sha256, recipe, command, steps, machine, wall time,
@@ -41,7 +42,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-STAGES = ("a", "b", "c")
+STAGES = ("a", "b", "c", "d")
 COMPRESSORS = ("pool", "tome", "prune")
 TOKENS = (1, 4, 16, 64)
 WEIGHTS = HERE / "weights"
@@ -96,8 +97,8 @@ def stage_config(stage: str, runs: Path | None, steps: int | None, overrides: Se
         extra.append(f"data.synth.out={data / out.name}")
     if runs is not None:
         extra.append(f"output_dir={runs}")
-        if stage in ("b", "c"):
-            prev = {"b": "a", "c": "b"}[stage]
+        if stage in ("b", "c", "d"):
+            prev = {"b": "a", "c": "b", "d": "c"}[stage]
             extra.append(f"stage.resume_from={runs}/tiny_base/stage_{prev}/checkpoints/last.ckpt")
     if steps is not None:
         extra.append(f"trainer.max_steps={steps}")
@@ -122,13 +123,13 @@ def run_stage(stage: str, runs: Path | None, steps: int | None, overrides: Seque
 
 
 def export(runs: Path | None, weights: Path, overrides: Sequence[str], data: Path | None = None) -> list[Path]:
-    """Write the HF folders and safetensors of stage C's final weights into ``weights``; return the files."""
+    """Write the HF folders and safetensors of the last stage's final weights into ``weights``; return the files."""
     from safetensors.torch import save_file
 
     from dynvlm.model import VideoLLM
 
-    cfg = stage_config("c", runs, None, overrides, data)
-    last = Path(str(cfg.output_dir)) / "tiny_base" / "stage_c" / "checkpoints" / "last.ckpt"
+    cfg = stage_config(STAGES[-1], runs, None, overrides, data)
+    last = Path(str(cfg.output_dir)) / "tiny_base" / f"stage_{STAGES[-1]}" / "checkpoints" / "last.ckpt"
     cfg.stage.resume_from = str(last)
     model = VideoLLM(cfg)
     weights.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,7 @@ def export(runs: Path | None, weights: Path, overrides: Sequence[str], data: Pat
     return sorted(p for p in weights.rglob("*") if p.is_file() and p.name != "manifest.json")
 
 
-def evaluate(weights: Path, runs: Path | None, split: str = "val", compressors: Sequence[str] = COMPRESSORS,
+def evaluate(weights: Path, runs: Path | None, split: str = "val", compressors: Sequence[str] = ("pool",),
              tokens: Sequence[int] = TOKENS, overrides: Sequence[str] = (), data: Path | None = None
              ) -> dict[str, dict[str, float]]:
     """Accuracy per family of the exported base on the synthetic ``split`` at each compressor and M."""
@@ -205,7 +206,7 @@ def machine() -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stages", default="a,b,c,export,eval", help="comma-separated subset of a,b,c,export,eval")
+    p.add_argument("--stages", default="a,b,c,d,export,eval", help="comma-separated subset of a,b,c,d,export,eval")
     p.add_argument("--steps", type=int, default=None, help="cap every stage at this many steps (tests)")
     p.add_argument("--runs", type=Path, default=None, help="run folder (default: the YAML's output_dir, runs/)")
     p.add_argument("--data", type=Path, default=None, help="folder for the synthetic datasets (default: data/)")
@@ -216,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     todo = [s.strip() for s in args.stages.split(",") if s.strip()]
     bad = [s for s in todo if s not in (*STAGES, "export", "eval")]
     if bad:
-        p.error(f"unknown stage {bad[0]!r}; choose from a, b, c, export, eval")
+        p.error(f"unknown stage {bad[0]!r}; choose from a, b, c, d, export, eval")
     # measured: oneDNN off cuts a tiny model's CPU step from 0.37 to 0.22 s (docs/benchmarks.md)
     mkldnn, threads = torch.backends.mkldnn.enabled, torch.get_num_threads()
     torch.backends.mkldnn.enabled = False
