@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--config", help="a run config whose model section to measure (default: a small CLIP + Qwen2)")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of a markdown table")
+    p.add_argument("--stage", default="video_sft", choices=["pretrain", "image_sft", "video_sft"],
+                   help="which modules train (pretrain: the encoder and LLM are frozen, as in the paper's first stage)")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: measure one T
     return p
 
@@ -65,7 +67,7 @@ def _model_config(args: argparse.Namespace) -> dict[str, Any]:
         cfg = {"model": DEFAULT_MODEL}
     cfg["budget"] = {**(cfg.get("budget") or {}), "max_tokens": args.max_tokens, "max_frames": max(args.frames),
                      "tokens_per_frame": None}
-    cfg["stage"] = {"name": "video_sft"}
+    cfg["stage"] = {"name": args.stage}
     return cfg
 
 
