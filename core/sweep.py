@@ -309,7 +309,13 @@ def findings(cells: Mapping[tuple[str, int], list[float]]) -> list[str]:
         if len(series) >= 3:
             peak = max(range(len(series)), key=lambda i: series[i][1])
             where = "at a middle" if 0 < peak < len(series) - 1 else "at an end"
-            out.append(f"- {comp}: accuracy peaks {where} tokens per frame (M={series[peak][0]}).")
+            # a peak counts only when it stands above both ends by more than twice the seed noise
+            margin = series[peak][1] - max(series[0][1], series[-1][1])
+            if where == "at a middle" and (noise is None or margin <= 2 * noise):
+                why = "seed noise is not measured" if noise is None else f"{100 * margin:.1f} points above the ends, within twice the seed spread"
+                out.append(f"- {comp}: highest at M={series[peak][0]}, but no peak can be claimed ({why}).")
+            else:
+                out.append(f"- {comp}: accuracy peaks {where} tokens per frame (M={series[peak][0]}).")
     tokens = sorted({t for _, t in cells})
     for t in tokens:
         at_t = {c: means[(c, t)] for c, tt in means if tt == t}

@@ -109,3 +109,5 @@ def test_findings_compare_gap_to_seed_noise():
     assert "M=4: compressors differ by 20.5 points, beyond seed noise" in text
     single = "\n".join(findings({("pool", 1): [0.4], ("pool", 4): [0.5]}))
     assert "seed noise is not measured" in single
+    noisy = "\n".join(findings({("pool", 1): [0.40, 0.46], ("pool", 4): [0.47, 0.49], ("pool", 16): [0.44, 0.45]}))
+    assert "pool: highest at M=4, but no peak can be claimed (3.5 points above the ends, within twice the seed spread)" in noisy
