@@ -11,8 +11,7 @@ import pytest
 from tiny_vlm import save_clip, save_qwen
 
 from dynvlm import load_config
-from dynvlm.data.scenes import draw_scene
-from dynvlm.data.synth import SPLITS, make_config
+from dynvlm.data.synth import draw_scenes, make_config
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"
@@ -81,7 +80,6 @@ def test_base_recipe_runs_a_few_steps(tmp_path):
     assert 0.0 <= acc["pool@M=4"]["acc"] <= 1.0 and acc["pool@M=4"]["ceiling/overall"] == 1.0
 
 
-@pytest.mark.skipif(not (WEIGHTS / "manifest.json").is_file(), reason="the shipped base is not made yet")
 def test_shipped_base_matches_its_manifest():
     import make_base
 
@@ -93,7 +91,6 @@ def test_shipped_base_matches_its_manifest():
         assert key in manifest
 
 
-@pytest.mark.skipif(not (WEIGHTS / "manifest.json").is_file(), reason="the shipped base is not made yet")
 def test_shipped_base_loads_by_path_and_answers(tmp_path):
     from dynvlm import train
 
@@ -110,28 +107,10 @@ def test_shipped_base_loads_by_path_and_answers(tmp_path):
 
 
 def _scenes(settings: dict, split: str) -> list:
-    """The scenes of ``split`` that :func:`dynvlm.data.synth.generate` draws for ``settings``
-    (the same draws and clash redraws, without encoding any video)."""
-    from dynvlm.data.synth import _rng
-
-    cfg = make_config({**settings, "out": "unused"})
-    seen: set = set()
-    out = {}
-    for sp in SPLITS:
-        out[sp] = []
-        for i in range(getattr(cfg, sp)):
-            for attempt in range(100):
-                sc = draw_scene(_rng(cfg.seed, sp, i, attempt), cfg, sp, f"{sp}_{i:06d}")
-                if sc.signature() not in seen:
-                    break
-            seen.add(sc.signature())
-            out[sp].append(sc)
-        if sp == split:
-            return out[sp]
-    raise AssertionError(split)
+    """The scenes of ``split`` that :func:`dynvlm.data.synth.generate` draws for ``settings``."""
+    return draw_scenes(make_config({**settings, "out": "unused"}))[split]
 
 
-@pytest.mark.skipif(not (WEIGHTS / "manifest.json").is_file(), reason="the shipped base is not made yet")
 def test_no_test_clip_or_question_in_the_base_training_data():
     manifest = json.loads((WEIGHTS / "manifest.json").read_text())
     trained = dict(manifest["trained_on"]["synth"])

@@ -240,6 +240,25 @@ def _mc_record(scene: Scene, q: Question, j: int, opts: list[str], slot: int, vi
     }
 
 
+def draw_scenes(cfg: SynthConfig) -> dict[str, list[Scene]]:
+    """The scenes of every split for ``cfg``, without encoding any video: ``split -> [Scene]``.
+
+    A scene that clashes with one already drawn in any split is redrawn, so no clip leaks
+    between splits; the draws depend only on the seed, the split and the index.
+    """
+    scenes: dict[str, list[Scene]] = {s: [] for s in SPLITS}
+    seen: set[tuple] = set()
+    for split in SPLITS:
+        for i in range(getattr(cfg, split)):
+            for attempt in range(100):
+                sc = draw_scene(_rng(cfg.seed, split, i, attempt), cfg, split, f"{split}_{i:06d}")
+                if sc.signature() not in seen:
+                    break
+            seen.add(sc.signature())
+            scenes[split].append(sc)
+    return scenes
+
+
 def generate(cfg: SynthConfig | dict[str, Any], force: bool = False, progress: bool = True) -> Path:
     """Write the dataset to ``cfg.out`` unless a complete one with the same settings is there.
 
@@ -289,17 +308,8 @@ def generate(cfg: SynthConfig | dict[str, Any], force: bool = False, progress: b
     for split in SPLITS:  # stale clips of a previous, different dataset
         shutil.rmtree(out / "videos" / split, ignore_errors=True)
 
-    # 1. scenes (cheap), redrawn on the rare clash with a clip already in any split
-    scenes: dict[str, list[Scene]] = {s: [] for s in SPLITS}
-    seen: set[tuple] = set()
-    for split in SPLITS:
-        for i in range(getattr(cfg, split)):
-            for attempt in range(100):
-                sc = draw_scene(_rng(cfg.seed, split, i, attempt), cfg, split, f"{split}_{i:06d}")
-                if sc.signature() not in seen:
-                    break
-            seen.add(sc.signature())
-            scenes[split].append(sc)
+    # 1. scenes (cheap)
+    scenes = draw_scenes(cfg)
 
     # 2. videos
     jobs = [
