@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .schema import BudgetConfig, section
 
 __all__ = [
@@ -53,12 +55,15 @@ def tokens_per_frame(frames: int, max_tokens: int, min_tokens: int, tokens: int)
 
 def uniform_indices(total: int, keep: int) -> list[int]:
     """``keep`` indices spread over ``range(total)`` by truncated ``linspace`` (first and last kept),
-    the rule :func:`dynvlm.video.sample_indices` uses for ``max_frames``; all of them if ``keep >= total``."""
+    the rule the common evaluation harnesses use; all of them if ``keep >= total``.
+
+    The one implementation of frame thinning: the video reader's ``max_frames`` cap, the budget's
+    ``N_max // M`` cap and the synthetic accuracy ceilings all call it, so they agree frame for frame.
+    """
     if keep >= total:
         return list(range(total))
-    if keep == 1:
-        return [0]
-    return [int(i * (total - 1) / (keep - 1)) for i in range(keep)]
+    # np.linspace's float steps, not exact division: the harnesses' indices differ in places
+    return [int(i) for i in np.linspace(0, total - 1, keep).astype(int)]
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from typing import Protocol
 
 import numpy as np
 
+from .budget import uniform_indices
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -103,8 +105,7 @@ def sample_indices(frame_times: np.ndarray | list[float], fps: float | None = 1.
         picked = sorted(set(int(i) for i in np.clip(idx, 0, n - 1)))
     if max_frames is not None and max_frames > 0 and len(picked) > max_frames:
         # truncating linspace, as lmms-eval / LLaVA-NeXT do: first and last are always kept
-        sel = np.linspace(0, len(picked) - 1, max_frames).astype(int)
-        picked = [picked[i] for i in sel]
+        picked = [picked[i] for i in uniform_indices(len(picked), max_frames)]
     return picked
 
 

@@ -94,3 +94,20 @@ def test_bad_budget_is_rejected_with_its_key(budget, message):
 def test_zero_frames_is_an_error():
     with pytest.raises(ValueError, match="at least one frame"):
         tokens_per_frame(0, 100, 1, 64)
+
+
+def test_one_frame_thinning_rule_everywhere():
+    """Reader cap, budget cap and synthetic ceilings pick the same frames (np.linspace's float steps)."""
+    import numpy as np
+
+    from dynvlm.data.questions import frame_times
+    from dynvlm.video import sample_indices
+
+    for total in range(1, 80):
+        for keep in range(1, total):
+            assert uniform_indices(total, keep) == list(np.linspace(0, total - 1, keep).astype(int))
+    assert uniform_indices(31, 23)[11] == 14  # exact division would give 15
+    times = [float(t) for t in range(31)]
+    assert sample_indices(times, fps=1.0, max_frames=23) == uniform_indices(31, 23)
+    record = {"duration": 31.0, "native_fps": 1}
+    assert frame_times(record, fps=1.0, keep=23) == [float(i) for i in uniform_indices(31, 23)]

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..budget import uniform_indices
 from ..video import sample_times
 from .annotations import MC_INSTRUCTION
 from .scenes import COLOURS, POSITIONS, SHAPES, Scene
@@ -146,7 +147,7 @@ def frame_times(record: dict[str, Any], fps: float | None = 1.0, max_frames: int
     policy's second cap, ``N_max // M``)."""
     times = sample_times(record["duration"], record["native_fps"], fps, max_frames)
     if keep is not None and 0 < keep < len(times):
-        times = [times[i] for i in np.linspace(0, len(times) - 1, keep).astype(int)]
+        times = [times[i] for i in uniform_indices(len(times), keep)]
     return times
 
 
