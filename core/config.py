@@ -21,6 +21,7 @@ import inspect
 import itertools
 import types
 import typing
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,6 @@ from .registry import PluginError, Registry, get_registry
 
 CLI = "the command line"
 HERE = "${here}"
-ORIGINS_KEY = "_origins"  # not stored in the tree: kept on the DictConfig object's side
 
 
 class ConfigError(ValueError):
@@ -80,6 +80,7 @@ def load_config(
     except OmegaConfBaseException as exc:
         raise ConfigError(f"cannot resolve interpolation in {_source_list(layers)}: {exc}") from None
     _ORIGINS[id(resolved)] = origins
+    weakref.finalize(resolved, _ORIGINS.pop, id(resolved), None)  # an id can be reused after collection
     if validate:
         validate_config(resolved, registry=registry)
     return resolved

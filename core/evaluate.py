@@ -5,7 +5,7 @@ EgoSchema, PerceptionTest, or the synthetic generator's ``*_mc.jsonl``). Scoring
 ``eval.mode``: ``loglik`` picks the option letter with the highest log-likelihood,
 ``generate`` generates an answer and reads the letter with :func:`dynvlm.answers.extract_choice`
 (unparseable answers count as wrong). Results — overall and per category — are written as
-``eval.json`` and ``eval.md`` to ``--out`` (default: ``<run>/eval/<file stem>``).
+``eval.json``, ``eval.md`` and ``predictions.jsonl`` to ``--out`` (default: ``<run>/eval/<file stem>``).
 """
 
 from __future__ import annotations
@@ -28,15 +28,16 @@ def evaluate_cli(cfg: DictConfig, checkpoint: str | None = None, data: str | Non
     if data is not None:
         if not Path(data).is_file():
             raise ConfigError(f"--data {data!r}: no such file")
-        cfg.data.test = str(Path(data).resolve())
-    if not cfg.get("data", {}).get("test"):
+        OmegaConf.update(cfg, "data.test", str(Path(data).resolve()), force_add=True)
+    if not (cfg.get("data") or {}).get("test"):
         raise ConfigError("nothing to evaluate: pass --data FILE or set data.test in the config")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ConfigError(f"--checkpoint {checkpoint!r}: no such file")
-    result = train.test(cfg, checkpoint=checkpoint)
-    report = summarise(result, cfg, checkpoint)
-    folder = Path(out) if out else Path(result["run_dir"]) / "eval" / Path(str(cfg.data.test)).stem
+    # each evaluated file gets its own folder: the run's own predictions.jsonl is left alone
+    folder = Path(out) if out else train.run_dir(cfg) / "eval" / Path(str(cfg.data.test)).stem
     folder.mkdir(parents=True, exist_ok=True)
+    result = train.test(cfg, checkpoint=checkpoint, predictions=folder / "predictions.jsonl")
+    report = summarise(result, cfg, checkpoint)
     (folder / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     (folder / "eval.md").write_text(markdown(report))
     return {**report, "written": str(folder)}

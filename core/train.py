@@ -122,7 +122,7 @@ def fit(cfg: DictConfig | Mapping[str, Any], datamodule: pl.LightningDataModule 
 
 
 def _evaluate(kind: str, cfg: DictConfig | Mapping[str, Any], checkpoint: str | None,
-              datamodule: pl.LightningDataModule | None) -> dict[str, Any]:
+              datamodule: pl.LightningDataModule | None, predictions: str | Path | None = None) -> dict[str, Any]:
     cfg = _prepare(cfg)
     model = VideoLLM(cfg)
     ckpt = checkpoint
@@ -130,7 +130,7 @@ def _evaluate(kind: str, cfg: DictConfig | Mapping[str, Any], checkpoint: str | 
         last = run_dir(cfg) / "checkpoints" / LAST
         ckpt = str(last) if last.is_file() else None
     if kind == "test":
-        model.predictions_path = run_dir(cfg) / "predictions.jsonl"
+        model.predictions_path = Path(predictions) if predictions else run_dir(cfg) / "predictions.jsonl"
     trainer = make_trainer(cfg, fit=False)
     dm = datamodule or make_datamodule(cfg)
     run = trainer.test if kind == "test" else trainer.validate
@@ -147,11 +147,11 @@ def validate(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None = None,
 
 
 def test(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None = None,
-         datamodule: pl.LightningDataModule | None = None) -> dict[str, Any]:
+         datamodule: pl.LightningDataModule | None = None, predictions: str | Path | None = None) -> dict[str, Any]:
     """Multiple-choice accuracy (overall and per category, ``test/acc/<category>``) of ``checkpoint``, and
     for open-ended samples the exact-match rate of generated answers (``test/exact_match[/<category>]``);
-    per-question predictions go to ``<run>/predictions.jsonl``."""
-    return _evaluate("test", cfg, checkpoint, datamodule)
+    per-question predictions go to ``predictions`` (default ``<run>/predictions.jsonl``)."""
+    return _evaluate("test", cfg, checkpoint, datamodule, predictions)
 
 
 test.__test__ = False  # not a pytest test when imported into a test module
