@@ -3,11 +3,12 @@
 The rules follow what the common video-QA harnesses do, in this order:
 
 1. drop a lead-in such as "The best answer is", "Answer:", "Best option:" and markdown;
+   then, when the option texts are given, an answer that is exactly one option's text
+   (case and punctuation ignored) is that option;
 2. a leading letter: ``"B"``, ``"B."``, ``"(B)"``, ``"B) ..."``, ``"B: ..."``;
 3. ``"answer is X"`` / ``"answer: X"`` anywhere;
 4. ``"(X)"`` anywhere;
-5. ``"X."`` starting a word anywhere;
-6. the text is exactly one option's text (case and punctuation ignored).
+5. ``"X."`` starting a word anywhere.
 
 Anything else is unparseable and returns ``None``: it is scored wrong, never guessed.
 """
@@ -57,6 +58,13 @@ def extract_choice(text: str, n_options: int, options: Sequence[str] | None = No
             s = s[len(lead) :].strip(" \t\n:")
             lowered = s.lower()
             break
+    if options:
+        # an answer that repeats one option's text is that option, even when the text begins
+        # with a word that looks like a letter ("A blue square" is not option A)
+        key = _normalise(s)
+        matches = [i for i, opt in enumerate(options[:n_options]) if _normalise(opt) == key]
+        if len(matches) == 1:
+            return matches[0]
     cls = f"[{valid}]"
     patterns = (
         rf"^\(?({cls})\)?(?=$|[\s.,:;)\]])",
@@ -68,11 +76,6 @@ def extract_choice(text: str, n_options: int, options: Sequence[str] | None = No
         found = re.search(pattern, s)
         if found:
             return valid.index(found.group(1))
-    if options:
-        key = _normalise(s)
-        matches = [i for i, opt in enumerate(options[:n_options]) if _normalise(opt) == key]
-        if len(matches) == 1:
-            return matches[0]
     return None
 
 

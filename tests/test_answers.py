@@ -39,6 +39,14 @@ def test_extract_choice_table(text, expected):
     assert extract_choice(text, 4, OPTIONS) == expected
 
 
+def test_option_text_wins_over_a_leading_article():
+    options = ["a red circle", "a blue square", "the green one", "a dog"]
+    assert extract_choice("A blue square", 4, options) == 1
+    assert extract_choice("A dog.", 4, options) == 3
+    assert extract_choice("A. a red circle", 4, options) == 0
+    assert extract_choice("A blue square", 4) == 0  # without option texts the leading letter rule applies
+
+
 def test_option_text_must_be_unique_to_count():
     assert extract_choice("same", 2, ["same", "same"]) is None
 

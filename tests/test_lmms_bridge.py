@@ -123,7 +123,7 @@ def _dynvlm_eval(cfg: dict, ckpt: str, data: Path, out: Path, **sections) -> tup
 
     conf = OmegaConf.create({**cfg, **sections})
     report = evaluate_cli(conf, checkpoint=ckpt, data=str(data), out=str(out))
-    preds = Path(conf.output_dir) / conf.name / "predictions.jsonl"
+    preds = Path(report["written"]) / "predictions.jsonl"  # beside eval.json, not the run's own file
     rows = [json.loads(x) for x in preds.read_text().splitlines()]
     return report["accuracy"], {r["question_id"]: r["pred"] for r in rows}
 
