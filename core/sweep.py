@@ -32,6 +32,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from .config import apply_point, sweep_points
+from .schema import BudgetConfig
 
 RESULTS = "results.csv"
 COMPRESSOR_KEY = "model.compressor.name"
@@ -149,10 +150,10 @@ def test_ceilings(data: Mapping[str, Any]) -> dict[str, float]:
     path = d.get("test") or (Path(str(d["synth"]["out"])) / "test_mc.jsonl" if d.get("synth") else None)
     if not m or path is None or not Path(str(path)).is_file():
         return {}
-    records = [json.loads(line) for line in open(str(path)) if line.strip()]
+    records = [json.loads(line) for line in Path(str(path)).read_text().splitlines() if line.strip()]
     if not records or any("evidence_groups" not in r for r in records):
         return {}
-    max_tokens = int(budget.get("max_tokens", 12000))
+    max_tokens = int(budget.get("max_tokens", BudgetConfig().max_tokens))
     keep = max(1, max_tokens // int(m))
     out = ceilings(records, budget.get("fps", 1.0), budget.get("max_frames", 128), keep)
     return {("ceiling" if k == "overall" else f"ceiling/{k}"): v for k, v in out.items()}
