@@ -139,6 +139,8 @@ def section(cls: type[T], data: T | Mapping[str, Any] | None, name: str) -> T:
             data = OmegaConf.to_container(data, resolve=True)  # lists come back as plain lists
     except ImportError:  # pragma: no cover - omegaconf is a dependency
         pass
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{name}: expected {cls.__name__}, a mapping or a DictConfig, got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     values = dict(data)
     unknown = sorted(set(values) - names)

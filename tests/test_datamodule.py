@@ -179,7 +179,7 @@ def test_images_root_and_max_samples(tmp_path, synth_dir):
 
 
 def test_bad_sections_are_named():
-    with pytest.raises(ValueError, match="unknown DataConfig key 'trian'; valid: train, val, test"):
+    with pytest.raises(ValueError, match="data: unknown key 'trian'; valid keys: backend, batch_size, cache, .*test, train, val$"):
         VideoDataModule({"trian": "x.jsonl"}, BUDGET)
     with pytest.raises(ValueError, match="no train data: set data.train"):
         VideoDataModule({}, BUDGET).train_dataloader()

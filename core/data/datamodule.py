@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from ..schema import BudgetConfig, DataConfig
+from ..schema import BudgetConfig, DataConfig, section
 from ..video import VideoReadError
 from .annotations import MC_INSTRUCTION, Item, read_items
 from .dataset import DataBatch, VideoQADataset, collate
@@ -30,28 +29,6 @@ class Skipped:
     file: str
     reason: str
     split: str
-
-
-def as_section(value: Any, cls: type) -> Any:
-    """A ``cls`` dataclass from an instance, a dict or an omegaconf DictConfig; unknown keys name the valid ones."""
-    if isinstance(value, cls):
-        return value
-    if value is None:
-        return cls()
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(value, DictConfig):
-            value = OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    if not isinstance(value, dict):
-        raise TypeError(f"expected {cls.__name__}, a dict or a DictConfig, got {type(value).__name__}")
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in value if k not in names]
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} key {unknown[0]!r}; valid: {', '.join(names)}")
-    return cls(**value)
 
 
 class _TrackingLoader(DataLoader):
@@ -89,8 +66,8 @@ class VideoDataModule(pl.LightningDataModule):
 
     def __init__(self, data: DataConfig | dict | Any = None, budget: BudgetConfig | dict | Any = None) -> None:
         super().__init__()
-        self.data: DataConfig = as_section(data, DataConfig)
-        self.budget: BudgetConfig = as_section(budget, BudgetConfig)
+        self.data: DataConfig = section(DataConfig, data, "data")
+        self.budget: BudgetConfig = section(BudgetConfig, budget, "budget")
         if self.data.on_error not in ("skip", "raise"):
             raise ValueError(f"data.on_error must be 'skip' or 'raise', got {self.data.on_error!r}")
         self.skipped: list[Skipped] = []
@@ -234,4 +211,4 @@ class VideoDataModule(pl.LightningDataModule):
             log.warning(self.skip_summary())
 
 
-__all__ = ["DataBatch", "Skipped", "VideoDataModule", "as_section"]
+__all__ = ["DataBatch", "Skipped", "VideoDataModule"]
