@@ -48,7 +48,9 @@ def run(cfg: DictConfig | Mapping[str, Any], config_path: str | None = None, cal
     """
     import torch
 
-    data = _plain(cfg)
+    from .model import config_dict
+
+    data = config_dict(cfg)
     mkldnn = torch.backends.mkldnn.enabled
     if not torch.cuda.is_available():
         torch.backends.mkldnn.enabled = False
@@ -410,11 +412,3 @@ def _vm_hwm_mb() -> float | None:
     except OSError:
         pass
     return None
-
-
-def _plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(cfg, DictConfig):
-        out = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(out, dict)
-        return out
-    return dict(cfg)
