@@ -234,11 +234,16 @@ class VideoLLM(pl.LightningModule):
         return [t.strip() for t in texts]
 
     @torch.no_grad()
-    def score_options(self, samples: Batch | Sequence[Sample], shared_prompt: bool = True) -> list[list[float]]:
-        """Per-option log-likelihood of the answer letter (``A``, ``B``, ...) for multiple-choice samples.
+    def score_options(self, samples: Batch | Sequence[Sample], shared_prompt: bool = True,
+                      cloze: bool = False) -> list[list[float]]:
+        """Per-option log-likelihood for multiple-choice samples: ``[B][options]`` floats.
 
-        Each sample needs ``meta["options"]``; its final gpt turn is replaced by each letter in
+        Each sample needs ``meta["options"]``; its final gpt turn is replaced by each answer in
         turn and the summed log-probability of that answer's tokens (incl. end of turn) is scored.
+        The answers are the letters (``A``, ``B``, ...) after the question as asked, or with
+        ``cloze`` the options' own texts after the bare question (``meta["question"]``, no option
+        list): the cloze form of multiple choice that small language models are scored with,
+        since it does not need the model to map letters to options.
         The visual tokens are computed once per sample. When the LLM offers
         ``continuation_logprobs`` (the ``hf`` plugin) and the template renders each answer right
         after the generation prompt, the prompt runs once per sample and only the answers run
@@ -249,15 +254,18 @@ class VideoLLM(pl.LightningModule):
         plans = self.plan(samples)
         visual, _ = self.visual_features(samples, plans)
         fulls: list[list[Encoded]] = []
+        bases: list[list[Turn]] = []
         for s, p in zip(samples, plans):
             options = s.meta.get("options")
             if not options:
                 raise ValueError(f"sample {s.id!r}: multiple-choice scoring needs meta['options']")
-            base = s.conversation[:-1] if s.conversation[-1].role == "gpt" else list(s.conversation)
-            convs = [[*base, Turn("gpt", chr(ord("A") + k))] for k in range(len(options))]
+            base = _scoring_prompt(s, cloze)
+            answers = [str(o) for o in options] if cloze else [chr(ord("A") + k) for k in range(len(options))]
+            convs = [[*base, Turn("gpt", a)] for a in answers]
+            bases.append(base)
             fulls.append(self.encode_prompts([s] * len(convs), [p] * len(convs), convs))
         if shared_prompt and hasattr(self.llm, "continuation_logprobs"):
-            scores = self._score_shared(samples, plans, visual, fulls)
+            scores = self._score_shared(samples, plans, visual, fulls, bases)
             if scores is not None:
                 return scores
         return self._score_full(visual, fulls)
@@ -280,12 +288,11 @@ class VideoLLM(pl.LightningModule):
         return scores
 
     def _score_shared(self, samples: list[Sample], plans: list[FramePlan], visual: list[Tensor],
-                      fulls: list[list[Encoded]]) -> list[list[float]] | None:
+                      fulls: list[list[Encoded]], bases: list[list[Turn]]) -> list[list[float]] | None:
         """Scores with one prompt pass per sample, or ``None`` when an answer does not directly follow
         the generation prompt (a template that renders assistant turns differently)."""
-        prompts = [self.prompts.encode(s.conversation[:-1] if s.conversation[-1].role == "gpt" else s.conversation,
-                                       [s.timestamps[i] for i in p.indices], p.tokens, s.kind, True)
-                   for s, p in zip(samples, plans)]
+        prompts = [self.prompts.encode(base, [s.timestamps[i] for i in p.indices], p.tokens, s.kind, True)
+                   for s, p, base in zip(samples, plans, bases)]
         continuations = []
         for prompt, per in zip(prompts, fulls):
             conts = []
@@ -315,7 +322,7 @@ class VideoLLM(pl.LightningModule):
             preds = [extract_choice(t, len(s.meta["options"]), s.meta["options"]) for t, s in zip(texts, mc)]
             preds = [-1 if p is None else p for p in preds]  # unparseable answers count as wrong
         else:
-            scores = self.score_options(mc)
+            scores = self.score_options(mc, cloze=self.eval_cfg.mode == "cloze")
             texts = [None] * len(mc)
             preds = [max(range(len(sc)), key=sc.__getitem__) for sc in scores]
         return [
@@ -436,6 +443,20 @@ class VideoLLM(pl.LightningModule):
         if isinstance(batch, Batch) or (isinstance(batch, list) and batch and isinstance(batch[0], Sample)):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+
+def _scoring_prompt(sample: Sample, cloze: bool) -> list[Turn]:
+    """The turns an MC sample's answers are scored after: the conversation without its final
+    answer, or for ``cloze`` the bare question (``meta["question"]``) after the visual marker."""
+    base = sample.conversation[:-1] if sample.conversation[-1].role == "gpt" else list(sample.conversation)
+    if not cloze:
+        return base
+    question = sample.meta.get("question")
+    if not question:
+        raise ValueError(f"sample {sample.id!r}: cloze scoring needs meta['question'] (the question without options)")
+    marker = "<image>" if sample.kind == "image" else "<video>"
+    head = f"{marker}\n" if marker in base[-1].value else ""  # the visual stays where the question had it
+    return [*base[:-1], Turn("human", head + question)]
 
 
 def _samples(batch: Batch | Sequence[Sample]) -> list[Sample]:

@@ -92,7 +92,9 @@ class StageConfig:
 class EvalConfig:
     """How evaluation scores multiple-choice questions."""
 
-    mode: Literal["loglik", "generate"] = "loglik"
+    # loglik: likelihood of each option's letter; cloze: of each option's text after the bare
+    # question (no option list); generate: free generation + answer-letter extraction
+    mode: Literal["loglik", "cloze", "generate"] = "loglik"
     max_new_tokens: int = 16
 
 

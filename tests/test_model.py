@@ -1,5 +1,7 @@
 """VideoLLM without a Trainer: the splice, losses, multiple-choice scoring, generation, optimizer groups."""
 
+import dataclasses
+
 import pytest
 import torch
 from tiny_vlm import colour_samples, inline_model, run_config, save_clip, save_qwen
@@ -112,6 +114,26 @@ def test_option_scores_are_answer_log_likelihoods(path_model, samples, monkeypat
     out = m.llm(m.splice(prompt, visual), prompt.attention_mask, prompt.labels)
     n = (prompt.labels != IGNORE_INDEX).sum()
     assert scores[0][1] == pytest.approx(-(out.loss * n).item(), rel=1e-4)
+    m.train()
+
+
+def test_cloze_scores_option_texts_after_the_bare_question(path_model, samples):
+    m = path_model.eval()
+    s = samples[1]
+    scores = m.score_options([s], cloze=True)[0]
+    assert scores == pytest.approx(m.score_options([s], cloze=True, shared_prompt=False)[0], rel=1e-4)
+    # option k's score == -(summed LM loss of "<video>\n{question}" answered with option k's text)
+    plans = m.plan([s])
+    visual, _ = m.visual_features([s], plans)
+    for k, option in enumerate(s.meta["options"]):
+        conv = [Turn("human", f"<video>\n{s.meta['question']}"), Turn("gpt", option)]
+        prompt = m.prompts.collate(m.encode_prompts([s], plans, [conv]))
+        out = m.llm(m.splice(prompt, visual), prompt.attention_mask, prompt.labels)
+        n = (prompt.labels != IGNORE_INDEX).sum()
+        assert scores[k] == pytest.approx(-(out.loss * n).item(), rel=1e-4)
+    bare = dataclasses.replace(s, meta={k: v for k, v in s.meta.items() if k != "question"})
+    with pytest.raises(ValueError, match="meta\\['question'\\]"):
+        m.score_options([bare], cloze=True)
     m.train()
 
 

@@ -100,7 +100,8 @@ def colour_samples(folder: Path, n: int, seconds: int = 4, max_frames: int = 16)
             conversation=[Turn("human", f"<video>\n{QUESTION}\n{options}\nanswer with the letter ."),
                           Turn("gpt", chr(65 + i % len(names)))],
             kind="video", id=f"v{i}", source=str(path),
-            meta={"options": names, "answer": i % len(names), "category": "colour", "question_id": f"q{i}"},
+            meta={"options": names, "answer": i % len(names), "category": "colour", "question_id": f"q{i}",
+                  "question": QUESTION},
         ))
     return out
 
