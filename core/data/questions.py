@@ -2,7 +2,8 @@
 
 Question types (``qtype`` -> family): ``shape`` (perception, needs detail), ``where`` (spatial,
 needs detail), ``colour_at`` (perception), ``when`` (temporal, "at what second"), ``order``
-(temporal: first/last ball), ``count`` (counting). Each records ``evidence_groups``: the seconds
+(temporal: first/last ball), ``count`` (counting), ``seen`` (presence: which colour of ball
+appears; the wrong options never appear, so one kept frame of the ball's visit answers it). Each records ``evidence_groups``: the seconds
 at which its evidence is on screen; a set of frames can answer it when every group holds one of
 their timestamps (:func:`answerable`), which gives accuracy ceilings per budget (:func:`ceiling`).
 """
@@ -28,6 +29,7 @@ QTYPES: dict[str, str] = {
     "when": "temporal",
     "order": "temporal",
     "count": "counting",
+    "seen": "presence",
 }
 TEMPLATES = {
     "shape": "What shape is the {colour} symbol?",
@@ -37,6 +39,7 @@ TEMPLATES = {
     "first": "What colour is the first ball?",
     "last": "What colour is the last ball?",
     "count": "How many balls appear?",
+    "seen": "Which colour of ball appears?",
 }
 LETTERS = "ABCDEFGH"
 WORD_RE = re.compile(r"<video>|<image>|[A-Za-z]+|\d+|[^\sA-Za-z\d]")
@@ -105,6 +108,11 @@ def ask(rng: np.random.Generator, scene: Scene, qtypes: Sequence[str], options: 
             v = scene.visits[0] if which == "first" else scene.visits[-1]
             dis = _distractors(rng, v.colour, ball_colours, colours, k)
             qs.append(Question(qtype, family, TEMPLATES[which], v.colour, dis, False, [v.seconds_visible()]))
+        elif qtype == "seen":
+            v = scene.visits[int(rng.integers(len(scene.visits)))]
+            absent = [c for c in colours if c not in ball_colours]
+            dis = _distractors(rng, v.colour, (), absent, k)
+            qs.append(Question(qtype, family, TEMPLATES[qtype], v.colour, dis, False, [v.seconds_visible()]))
         elif qtype == "count":
             ans = str(len(scene.visits))
             pool = [str(i) for i in range(1, max(options, len(COLOURS)) + 1)]

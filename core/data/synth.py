@@ -97,7 +97,7 @@ from .scenes import (  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-VERSION = 2  # bump when the drawing or the questions change: old folders then regenerate
+VERSION = 3  # bump when the drawing or the questions change: old folders then regenerate
 
 SPLITS = ("train", "val", "test")
 INCOMPLETE = ".synth-incomplete"  # present while a generation runs (or after it crashed)
@@ -169,6 +169,9 @@ class SynthConfig:
             bad("mc_fraction", "must be in [0, 1]")
         if not 2 <= self.options <= min(len(SHAPES), len(POSITIONS)):
             bad("options", f"must be in 2..{min(len(SHAPES), len(POSITIONS))}")
+        if "seen" in self.qtypes and self.max_visits > len(COLOURS) - (self.options - 1):
+            # `seen`'s wrong options are colours no ball has
+            bad("max_visits", f"at most {len(COLOURS) - (self.options - 1)} with qtype 'seen' and {self.options} options")
 
     def content_key(self) -> dict[str, Any]:
         """The settings that decide the files (``out`` and ``workers`` do not)."""
