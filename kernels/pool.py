@@ -10,11 +10,17 @@ not divide ``H`` and ``OH > H`` works. Everything accumulates in fp32.
   kept as the "straightforward reference" the benchmarks compare against.
 - Triton forward and backward kernels reading ``[F, N, C]`` in place (any strides).
 - :func:`adaptive_pool`: the dispatcher (``backend: auto|triton|torch``).
+- :func:`pool_shape`: the ``oh x ow`` output grid for a token count (what the ``pool``
+  compressor produces), closest in aspect to the source grid.
+
+Every path takes any ``(oh, ow)``: non-square outputs let a pooled frame hold exactly the
+planned tokens (120 on a 24x24 grid as 10x12) instead of the largest square below them.
 """
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +28,63 @@ from torch import Tensor
 
 from ._backend import next_pow2, out_dtype_for_kernel, resolve_backend, tl, triton
 
-__all__ = ["adaptive_pool", "check_pool_args", "pool_naive", "pool_reference", "pool_triton"]
+__all__ = ["adaptive_pool", "check_pool_args", "pool_naive", "pool_reference", "pool_shape", "pool_triton"]
+
+
+@lru_cache(maxsize=65536)
+def pool_shape(tokens: int, grid: tuple[int, int], tolerance: float = 2.0) -> tuple[int, int]:
+    """The ``(oh, ow)`` output grid pooling uses for at most ``tokens`` tokens on an ``h x w`` grid.
+
+    Args:
+        tokens: requested tokens per frame (clipped to ``[1, h*w]``).
+        grid: ``(h, w)`` source grid.
+        tolerance: how far (as a factor, ``>= 1``) the cells' aspect ``oh/ow`` may stray from
+            the grid's ``h/w``; ``1.0`` on a square grid gives squares only.
+
+    Returns:
+        ``(oh, ow)`` with ``oh <= h``, ``ow <= w``, ``oh*ow <= tokens``: among the shapes whose
+        aspect is within ``tolerance`` of the grid's, the one with most cells, then the aspect
+        closest to the grid's, then fewer rows (10x12 before 12x10 on a square grid). When no
+        shape that small is within tolerance (a very elongated grid and a tiny count), the
+        closest aspect wins, then the most cells.
+
+    Why these rules: output sides never exceed the source's, so no cell repeats a source row
+    or column (no duplicated tokens); the aspect bound keeps cells roughly the source's
+    shape (a 1x23 strip would average whole columns); within it the count is as close to
+    ``tokens`` as possible, so the budget is spent exactly.
+    """
+    h, w = int(grid[0]), int(grid[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"pool: grid must be (h, w) with positive sides, got {grid!r}")
+    if not tolerance >= 1.0:
+        raise ValueError(f"pool: aspect tolerance must be >= 1, got {tolerance!r}")
+    t = max(1, min(int(tokens), h * w))
+    best: tuple[int, float, int] | None = None  # (cells, -distance, -rows): larger is better
+    closest: tuple[float, int, int] | None = None  # (-distance, cells, -rows): the fallback
+    for a in range(1, min(h, t) + 1):
+        b_cap = min(w, t // a)
+        # cells a x b are within tolerance iff a*w <= tol * b*h and b*h <= tol * a*w
+        b_lo = max(1, math.ceil(a * w / (h * tolerance) - 1e-9))
+        b_hi = min(b_cap, math.floor(a * w * tolerance / h + 1e-9))
+        if b_lo <= b_hi:
+            key = (a * b_hi, -_aspect_distance(a, b_hi, h, w), -a)
+            best = key if best is None or key > best else best
+        if best is None:  # only needed while nothing is within tolerance
+            # the b nearest the grid's aspect for this a: a*w/h rounded, within [1, b_cap]
+            for b in {max(1, min(b_cap, math.floor(a * w / h))), max(1, min(b_cap, math.ceil(a * w / h)))}:
+                key2 = (-_aspect_distance(a, b, h, w), a * b, -a)
+                closest = key2 if closest is None or key2 > closest else closest
+    if best is not None:
+        cells, _, neg_a = best
+        return -neg_a, cells // -neg_a
+    assert closest is not None  # a = 1 always yields a candidate
+    _, cells, neg_a = closest
+    return -neg_a, cells // -neg_a
+
+
+def _aspect_distance(a: int, b: int, h: int, w: int) -> float:
+    """``|log(a/b) - log(h/w)|``: how far an ``a x b`` output is from the source grid's aspect."""
+    return abs(math.log(a * w) - math.log(b * h))
 
 
 def check_pool_args(x: Tensor, grid: tuple[int, int] | None, out_hw: tuple[int, int]) -> tuple[int, int]:

@@ -80,7 +80,7 @@ def test_overrides_change_budget_and_compressor_not_weights(trained):
     assert small.hparams["config"]["budget"]["fps"] == 2.0
     plan = small.budget.plan_batch([8])[0]
     assert plan.tokens == 9 and len(plan.indices) == 3
-    assert base.budget.plan_batch([8])[0].tokens == 4  # max_tokens 64 over 8 frames, a pooled 2x2 grid
+    assert base.budget.plan_batch([8])[0].tokens == 8  # max_tokens 64 over 8 frames, a pooled 2x4 grid
     torch.testing.assert_close(small.state_dict()["llm.model.lm_head.weight"], saved["llm.model.lm_head.weight"])
     dotted = load_checkpoint(ckpt, overrides={"budget.max_tokens": 32})
     assert dotted.hparams["config"]["budget"]["max_tokens"] == 32

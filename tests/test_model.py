@@ -45,7 +45,7 @@ def test_forward_and_training_step_on_decoded_frames(path_model, samples):
 def test_visual_tokens_land_in_the_visual_positions(path_model, samples):
     m = path_model
     plans = m.plan(samples)
-    assert [p.tokens for p in plans] == [16, 9, 16, 9]  # 64 // 4 = 16; 64 // 5 = 12 -> 9 (a square for pool)
+    assert [p.tokens for p in plans] == [16, 12, 16, 12]  # 64 // 4 = 16; 64 // 5 = 12, pooled to 3x4 exactly
     visual, aux = m.visual_features(samples, plans)
     assert aux is None
     assert [v.shape for v in visual] == [(len(p.indices) * p.tokens, 32) for p in plans]
@@ -229,8 +229,8 @@ def test_the_plan_follows_a_swapped_compressor(tmp_path):
 
     m = VideoLLM(run_config(tmp_path, inline_model("prune"), budget={"max_tokens": 64, "tokens_per_frame": 8}))
     assert m.budget.plan(4).tokens == 8  # prune serves any count
-    m.compressor = build_component("compressor", {"name": "pool"}, dim=m.encoder.width)
-    assert m.budget.plan(4).tokens == 4  # pool: the largest square <= 8
+    m.compressor = build_component("compressor", {"name": "pool", "aspect_tolerance": 1.0}, dim=m.encoder.width)
+    assert m.budget.plan(4).tokens == 4  # pool restricted to squares: the largest square <= 8
 
 
 def test_open_ended_answers_are_generated_and_exact_matched(samples, tmp_path):
