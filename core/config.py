@@ -317,15 +317,32 @@ def _type_name(expected: Any) -> str:
 # sweeps and components
 
 
-def sweep_points(sweep: Mapping[str, Sequence[Any]], origins: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """The grid of a ``sweep:`` mapping (``dotted.key -> list of values``), in file order."""
-    keys = list(sweep)
-    for key in keys:
-        values = sweep[key]
-        if not isinstance(values, list | tuple | ListConfig) or len(values) == 0:
-            where = (origins or {}).get(f"sweep.{key}", "the config")
-            raise ConfigError(f"sweep.{key}: expected a non-empty list of values (set in {where})")
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(sweep[k] for k in keys))]
+def sweep_points(sweep: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]],
+                 origins: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The points of a ``sweep:``: one grid (``dotted.key -> list of values``, the product in file
+    order), or a list of grids whose points are joined in order, a point listed twice kept once
+    (e.g. every compressor at every M, plus a baseline at one M)."""
+    grids = [sweep] if isinstance(sweep, Mapping) else list(sweep)
+    points: list[dict[str, Any]] = []
+    for g, grid in enumerate(grids):
+        label = "sweep" if isinstance(sweep, Mapping) else f"sweep[{g}]"
+        if not isinstance(grid, Mapping) or not grid:
+            raise ConfigError(f"{label}: expected a mapping of dotted keys to lists of values, got {grid!r}")
+        for key, values in grid.items():
+            if not isinstance(values, list | tuple | ListConfig) or len(values) == 0:
+                where = (origins or {}).get(f"{label}.{key}", (origins or {}).get("sweep", "the config"))
+                raise ConfigError(f"{label}.{key}: expected a non-empty list of values (set in {where})")
+        for combo in itertools.product(*grid.values()):
+            point = dict(zip(grid, combo))
+            if point not in points:
+                points.append(point)
+    return points
+
+
+def sweep_keys(sweep: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[str]:
+    """The dotted keys a ``sweep:`` varies (the union over its grids, in first-seen order)."""
+    grids = [sweep] if isinstance(sweep, Mapping) else list(sweep)
+    return list(dict.fromkeys(k for grid in grids for k in grid))
 
 
 def apply_point(data: dict, point: Mapping[str, Any]) -> dict:

@@ -34,11 +34,14 @@ class ProjectorConfig:
 
 @dataclass
 class BudgetConfig:
-    """Visual-token budget: ``M = clamp(max_tokens // T, min_tokens_per_frame, N)``."""
+    """Visual-token budget: a registered policy (default ``dynamic``: ``M = clamp(max_tokens // T,
+    min_tokens_per_frame, N)``) plans each sample's frames and tokens per frame within ``max_tokens``."""
 
+    # a registered budget policy: its name, or {name: <policy>, **its own keys} (see dynvlm.budget)
+    policy: str | dict[str, Any] = "dynamic"
     max_tokens: int = 12000  # N_max, total visual tokens per sample
     min_tokens_per_frame: int = 1  # m_min
-    tokens_per_frame: int | None = None  # fixed M for ablations (overrides the dynamic rule)
+    tokens_per_frame: int | None = None  # fixed M for ablations (the dynamic policy then keeps N_max // M frames)
     fps: float = 1.0  # frame sampling rate before the max_frames cap
     max_frames: int = 128  # T cap; uniform sampling beyond it
     random_in_training: bool = True  # draw M in [m_min, budget value] per training batch
@@ -113,7 +116,7 @@ TOP_LEVEL: dict[str, Any] = {
     "seed": int,
     "output_dir": str,
     "base": str,
-    "sweep": dict,
+    "sweep": dict | list[dict],  # one grid, or a list of grids whose points are joined
     "model": dict,
     "trainer": dict,
     **{k: dict for k in SECTIONS},

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 import dynvlm
-from dynvlm.config import ConfigError, apply_point, load_config, origins_of, sweep_points, to_yaml
+from dynvlm.config import ConfigError, apply_point, load_config, origins_of, sweep_keys, sweep_points, to_yaml
 
 
 def write(path, text):
@@ -169,6 +169,31 @@ def test_sweep_points_are_validated(tmp_path):
         load_config(bad)
     empty = write(tmp_path / "empty.yaml", "sweep:\n  budget.fps: []\n")
     with pytest.raises(ConfigError, match="sweep.budget.fps: expected a non-empty list"):
+        load_config(empty)
+
+
+def test_a_sweep_can_join_several_grids(tmp_path):
+    f = write(
+        tmp_path / "s.yaml",
+        """
+        model: {compressor: {name: pool}}
+        sweep:
+          - {model.compressor.name: [pool, tome], budget.tokens_per_frame: [4, 16]}
+          - {model.compressor.name: [identity, pool], budget.tokens_per_frame: [16], seed: [1]}
+          - {model.compressor.name: [pool], budget.tokens_per_frame: [4]}
+        """,
+    )
+    cfg = load_config(f)
+    points = sweep_points(cfg.sweep)
+    assert [tuple(p.values()) for p in points] == [
+        ("pool", 4), ("pool", 16), ("tome", 4), ("tome", 16), ("identity", 16, 1), ("pool", 16, 1),
+    ]  # the third grid's only point is the first grid's first: kept once
+    assert sweep_keys(cfg.sweep) == ["model.compressor.name", "budget.tokens_per_frame", "seed"]
+    bad = write(tmp_path / "bad.yaml", "sweep:\n  - {model.compressor.name: [pool]}\n  - {budget.fps: [1.0, nosuch]}\n")
+    with pytest.raises(ConfigError, match="budget.fps"):
+        load_config(bad)
+    empty = write(tmp_path / "empty.yaml", "sweep:\n  - {model.compressor.name: [pool]}\n  - {budget.fps: []}\n")
+    with pytest.raises(ConfigError, match=r"sweep\[1\].budget.fps: expected a non-empty list"):
         load_config(empty)
 
 
