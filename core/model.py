@@ -93,6 +93,8 @@ class VideoLLM(pl.LightningModule):
     # -- visual path ------------------------------------------------------------------------
     def _achievable(self, tokens: int, grid: tuple[int, int]) -> int:
         # looked up on each call: a callback may swap self.compressor between batches
+        if getattr(self.encoder, "downsample", False):  # the encoder's resized grid serves M, not the compressor
+            return self.encoder.downsample_tokens(tokens)
         return self.compressor.achievable(tokens, grid)
 
     def plan(self, samples: Sequence[Sample], training: bool = False) -> list[FramePlan]:
@@ -108,24 +110,41 @@ class VideoLLM(pl.LightningModule):
         """Kept frames of each sample -> projected visual tokens ``[T_i * M_i, D]`` per sample, and the aux loss.
 
         All frames are encoded together (``[F, N, C]``); the compressor runs once per distinct ``M``.
+        With the encoder's ``downsample`` option each ``M`` group is instead encoded at its own
+        resized ``a x b`` grid (``a*b = M``) and goes through the ``identity`` compressor.
         """
         frames = torch.cat([s.frames[list(p.indices)] for s, p in zip(samples, plans)]).to(self.device)
         counts = [len(p.indices) for p in plans]
         per_frame_m = torch.tensor([p.tokens for p, c in zip(plans, counts) for _ in range(c)])
         pixels = self.encoder.preprocess(frames)
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())
-        with torch.set_grad_enabled(grad):
-            if grad or len(pixels) <= ENCODER_CHUNK:
-                feats = self.encoder(pixels)  # [F, N, C]
-            else:  # evaluation of long videos: bound the encoder's working memory
-                feats = torch.cat([self.encoder(c) for c in pixels.split(ENCODER_CHUNK)])
+        downsample = bool(getattr(self.encoder, "downsample", False))
+        if downsample and not getattr(self.compressor, "keeps_all", False):
+            raise ValueError("model.encoder.downsample: true already yields the planned tokens per frame; "
+                             "it needs model.compressor.name: identity (a second compressor would be a no-op)")
+
+        def encode(px: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+            kw = {} if grid is None else {"grid": grid}  # only downsampling encoders take a grid
+            with torch.set_grad_enabled(grad):
+                if grad or len(px) <= ENCODER_CHUNK:
+                    return self.encoder(px, **kw)  # [F, a*b, C]
+                # evaluation of long videos: bound the encoder's working memory
+                return torch.cat([self.encoder(c, **kw) for c in px.split(ENCODER_CHUNK)])
+
+        feats = None if downsample else encode(pixels)  # [F, N, C]
         outputs: dict[int, Tensor] = {}
         aux: Tensor | None = None
         groups = sorted(set(per_frame_m.tolist()))
         for m in groups:
             idx = (per_frame_m == m).nonzero().squeeze(1)
-            x = feats if len(groups) == 1 else feats[idx.to(feats.device)]  # training: one M, no gather
-            out = self.compressor(x, self.encoder.grid, int(m))
+            if downsample:
+                grid = self.encoder.downsample_grid(int(m))
+                px = pixels if len(groups) == 1 else pixels[idx.to(pixels.device)]
+                x = encode(self.encoder.resize_to_grid(px, grid), grid)  # [f, a*b, C]
+            else:
+                grid = self.encoder.grid
+                x = feats if len(groups) == 1 else feats[idx.to(feats.device)]  # training: one M, no gather
+            out = self.compressor(x, grid, int(m))
             if out.x.shape[1] != m:
                 raise RuntimeError(f"compressor returned {out.x.shape[1]} tokens per frame for a planned {m} "
                                    "(its achievable() must report exact counts)")

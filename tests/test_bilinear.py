@@ -1,25 +1,24 @@
-"""``bilinear`` compressor and its grid rule :func:`fit_grid` (shared with the encoders' downsample option)."""
-
-import math
+"""``bilinear`` compressor: ``F.interpolate`` of the token grid to ``pool``'s ``a x b`` grid."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import dynvlm
-from dynvlm.plugins.compressors.bilinear import fit_grid, grid_centres
+from dynvlm.kernels.pool import pool_shape
+from dynvlm.plugins.compressors.bilinear import grid_centres
 
 
 def _bilinear(**kw):
     return dynvlm.build_component("compressor", {"name": "bilinear", **kw}, dim=7)
 
 
-@pytest.mark.parametrize("grid,tokens", [((6, 6), 16), ((6, 6), 20), ((4, 7), 12), ((5, 3), 15), ((3, 5), 7)])
+@pytest.mark.parametrize("grid,tokens", [((6, 6), 16), ((6, 6), 20), ((4, 7), 12), ((5, 3), 15), ((3, 5), 7), ((6, 6), 3)])
 def test_equals_f_interpolate_on_the_token_grid(grid, tokens):
     h, w = grid
     x = torch.randn(3, h * w, 7, generator=torch.Generator().manual_seed(h * w + tokens))
     out = _bilinear()(x, grid, tokens)
-    a, b = fit_grid(tokens, grid)
+    a, b = pool_shape(tokens, grid)
     ref = F.interpolate(x.transpose(1, 2).reshape(3, 7, h, w), size=(a, b), mode="bilinear", align_corners=False)
     assert out.x.shape == (3, a * b, 7)
     torch.testing.assert_close(out.x, ref.reshape(3, 7, a * b).transpose(1, 2))
@@ -49,21 +48,17 @@ def test_half_precision_is_resized_in_float32():
     assert torch.equal(out.x, ref)
 
 
-def test_fit_grid_keeps_the_aspect_and_never_exceeds_the_budget():
-    assert fit_grid(576, (24, 24)) == (24, 24)
-    assert fit_grid(23, (24, 24)) == (4, 4)  # not a 1x23 strip
-    assert fit_grid(12, (4, 4)) == (3, 3)
-    assert fit_grid(14, (3, 5)) == (3, 4)
-    assert fit_grid(100, (3, 5)) == (3, 5)  # never upsamples
-    for h, w in [(24, 24), (3, 5), (2, 8), (27, 13), (1, 9)]:
-        for m in range(1, h * w + 1):
-            a, b = fit_grid(m, (h, w))
-            assert 1 <= a <= h and 1 <= b <= w and a * b <= m
-            # aspect within one cell: a is the floor or ceil of b*h/w, or b of a*w/h
-            assert a in (math.floor(b * h / w), math.ceil(b * h / w), 1) or b in (
-                math.floor(a * w / h), math.ceil(a * w / h), 1)
-    # square grids give pool's counts
-    assert all(math.prod(fit_grid(m, (24, 24))) == math.isqrt(m) ** 2 for m in range(1, 577))
+def test_the_grid_is_pools_for_every_budget():
+    # pool and bilinear at the same M give the same a x b, so they compare at equal token counts
+    pool = dynvlm.build_component("compressor", {"name": "pool"}, dim=7)
+    for grid in [(4, 4), (3, 5), (2, 8), (24, 24)]:
+        for m in range(1, grid[0] * grid[1] + 1):
+            assert _bilinear().output_grid(m, grid) == pool.output_grid(m, grid), (grid, m)
+    assert _bilinear().output_grid(120, (24, 24)) == (10, 12)
+    loose = _bilinear(aspect_tolerance=1.0)  # squares only on a square grid
+    assert loose.output_grid(120, (24, 24)) == (10, 10) and loose.achievable(120, (24, 24)) == 100
+    with pytest.raises(ValueError, match="aspect_tolerance must be >= 1"):
+        _bilinear(aspect_tolerance=0.5)
 
 
 def test_positions_are_the_sampled_source_points():

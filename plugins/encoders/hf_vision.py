@@ -40,6 +40,10 @@ class HFVisionEncoder(VisionEncoder):
         dtype: parameter dtype name (``float32``, ``bfloat16``, ``float16``).
         attn_implementation: passed to ``transformers`` (``eager``, ``sdpa``, ...); ``None`` = its default.
         gradient_checkpointing: recompute layer activations in backward (memory grows with frames).
+        downsample: serve the budget with the tower itself: frames are resized so that its patch
+            grid is the ``a x b`` grid :meth:`downsample_grid` gives for ``M`` (position embeddings
+            interpolated), instead of encoding the full grid and compressing. The model then plans
+            ``M`` by :meth:`downsample_tokens` and needs the ``identity`` compressor.
     """
 
     model_class: str = ""  # names in `transformers`, imported on construction so that listing
@@ -58,6 +62,7 @@ class HFVisionEncoder(VisionEncoder):
         dtype: str = "float32",
         attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
+        downsample: bool = False,
     ) -> None:
         super().__init__()
         if (path is None) == (config is None):
@@ -82,6 +87,8 @@ class HFVisionEncoder(VisionEncoder):
             raise ValueError(f"{self.kind_name}: image_size {self.image_size} is not a multiple of patch_size {patch}")
         side = self.image_size // patch
         self.grid = (side, side)
+        self.patch_size = patch
+        self.downsample = bool(downsample)
         self.width = int(vcfg.hidden_size)
         self.select_layer = int(select_layer)
         self.kept_layers = _kept_layers(self.select_layer, int(vcfg.num_hidden_layers), self.kind_name)
@@ -123,14 +130,52 @@ class HFVisionEncoder(VisionEncoder):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    # -- downsampling before the tower ---------------------------------------------------
+    def downsample_grid(self, tokens: int) -> tuple[int, int]:
+        """The patch grid ``(a, b)``, ``a*b <= tokens``, frames are resized to for a budget of ``tokens``
+        per frame: :func:`dynvlm.kernels.pool.pool_shape` on :attr:`grid` (default tolerance), the
+        grid ``pool`` and ``bilinear`` reduce to, so the three compare at the same token counts."""
+        from dynvlm.kernels.pool import pool_shape
+
+        return pool_shape(int(tokens), self.grid)
+
+    def downsample_tokens(self, tokens: int) -> int:
+        """``a*b`` of :meth:`downsample_grid`: the exact tokens per frame a budget of ``tokens`` yields."""
+        a, b = self.downsample_grid(tokens)
+        return a * b
+
+    def resize_to_grid(self, pixels: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Preprocessed ``[F, 3, S, S]`` -> ``[F, 3, a*patch, b*patch]`` for the patch grid ``(a, b)``.
+
+        Bicubic with antialiasing (the filter :meth:`preprocess` resizes with), in float32, back in
+        the input's dtype; the full grid returns ``pixels`` itself.
+        """
+        a, b = int(grid[0]), int(grid[1])
+        if (a, b) == tuple(self.grid):
+            return pixels
+        size = (a * self.patch_size, b * self.patch_size)
+        out = F.interpolate(pixels.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
+        return out.to(pixels.dtype)
+
     # -- forward --------------------------------------------------------------------------
-    def forward(self, frames: Tensor) -> Tensor:
-        """Preprocessed ``[F, 3, S, S]`` -> hidden state of ``select_layer`` without CLS, ``[F, N, C]``."""
-        if frames.dim() != 4 or frames.shape[1] != 3 or tuple(frames.shape[-2:]) != (self.image_size,) * 2:
-            raise ValueError(f"{self.kind_name}: expected preprocessed frames [F, 3, {self.image_size}, "
-                             f"{self.image_size}], got {tuple(frames.shape)}; call preprocess() first")
+    def forward(self, frames: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        """Preprocessed ``[F, 3, a*patch, b*patch]`` -> hidden state of ``select_layer`` without CLS, ``[F, a*b, C]``.
+
+        ``grid`` is the patch grid ``(a, b)`` of the frames (default :attr:`grid`, i.e. ``[F, 3, S, S]``
+        in and ``[F, N, C]`` out); a smaller one (frames from :meth:`resize_to_grid`) gets the
+        tower's position embeddings interpolated to it (``interpolate_pos_encoding``).
+        """
+        a, b = (int(grid[0]), int(grid[1])) if grid is not None else self.grid
+        size = (a * self.patch_size, b * self.patch_size)
+        if frames.dim() != 4 or frames.shape[1] != 3 or tuple(frames.shape[-2:]) != size:
+            raise ValueError(f"{self.kind_name}: expected preprocessed frames [F, 3, {size[0]}, {size[1]}] for the "
+                             f"{a}x{b} patch grid, got {tuple(frames.shape)}; call preprocess() first"
+                             f"{' and resize_to_grid()' if (a, b) != self.grid else ''}")
         vm = getattr(self.model, "vision_model", self.model)
-        h = vm.embeddings(frames.to(self.dtype))
+        if (a, b) == self.grid:
+            h = vm.embeddings(frames.to(self.dtype))
+        else:
+            h = vm.embeddings(frames.to(self.dtype), interpolate_pos_encoding=True)
         if hasattr(vm, "pre_layrnorm"):
             h = vm.pre_layrnorm(h)
         if self.kept_layers:
