@@ -15,9 +15,10 @@ class Identity(Compressor):
     It ignores the budget: :meth:`achievable` is ``N = h*w`` for every request, so it is the one
     compressor whose output can exceed ``tokens`` (``keeps_all = True`` says so; the contract
     tests and the model check that flag). The budget policy plans with ``achievable``, so a run
-    with ``identity`` feeds and reports ``N`` tokens per frame, and with ``budget.tokens_per_frame``
-    set (any value) keeps ``N_max // N`` frames, which keeps the total within ``N_max``.
-    The model's ``visual_tokens`` is therefore ``N * T`` for ``T`` kept frames.
+    with ``identity`` feeds and reports ``N`` tokens per frame and keeps at most ``N_max // N``
+    frames (a compressor that serves more than asked costs frames, never budget), with or
+    without ``budget.tokens_per_frame``. The model's ``visual_tokens`` is therefore ``N * T``
+    for the ``T <= N_max // N`` kept frames.
 
     It is also the compressor to pair with an encoder's ``downsample: true``: the encoder then
     already yields the planned ``a x b`` tokens and this keeps them all.
