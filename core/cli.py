@@ -5,6 +5,7 @@ Subcommands::
     dynvlm fit|validate|test CONFIG [key=value ...] [--checkpoint CKPT] [--print-config]
     dynvlm run CONFIG [key=value ...] [--print-config]   # a sweep when the file has `sweep:`
     dynvlm eval CONFIG --checkpoint CKPT [--data FILE] [key=value ...]
+    dynvlm cost CONFIG [key=value ...] [--meta] [--duration S]  # FLOPs per part, KV bytes, latency
     dynvlm plugins                                       # installed plugins, and failures
     dynvlm bench {kernels,model,data} [args ...]
     dynvlm data synth [args ...]
@@ -60,9 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p = sub.add_parser("eval", help="evaluate a checkpoint on a multiple-choice file")
     _add_config_args(p)
-    p.add_argument("--checkpoint", help="checkpoint to evaluate")
+    p.add_argument("--checkpoint", help="checkpoint to evaluate (default: the run's last.ckpt); the overrides may "
+                   "change its compressor and budget (training-free evaluation)")
     p.add_argument("--data", help="multiple-choice file (VideoMME/MLVU/EgoSchema/PerceptionTest shapes)")
-    p.add_argument("--out", help="folder for the JSON and markdown results")
+    p.add_argument("--out", help="folder for the JSON and markdown results (a config with sweep: evaluates "
+                   "every point, default <run>/transfer)")
+    p = sub.add_parser("cost", help="measured prefill cost (FLOPs per part, KV cache, latency, memory) of a "
+                                    "config on a synthetic video; no data or weights needed")
+    _add_config_args(p)
+    p.add_argument("--meta", action="store_true",
+                   help="build on the meta device from configs even when checkpoints are present (FLOPs and KV bytes only)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of the synthetic video (default 60)")
+    p.add_argument("--repeats", type=int, default=5, help="timed prefills (median reported; default 5)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="where to run when not on meta (default: cuda if available)")
+    p.add_argument("--encoder-config", help="a config.json for the encoder (instead of its checkpoint)")
+    p.add_argument("--llm-config", help="a config.json for the LLM (instead of its checkpoint)")
+    p.add_argument("--json", action="store_true", help="print the measurements as JSON")
     sub.add_parser("plugins", help="list installed plugins").add_argument("--json", action="store_true")
     p = sub.add_parser("bench", help="run a benchmark")
     p.add_argument("target", choices=sorted(BENCH_TARGETS))
@@ -104,10 +118,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .sweep import run
 
         result = run(cfg, config_path=args.config)
+    elif args.command == "cost":
+        from .cost import cost_cli
+
+        return cost_cli(cfg, config_path=args.config, meta=args.meta, duration=args.duration, repeats=args.repeats,
+                        device=args.device, as_json=args.json, encoder_config=args.encoder_config,
+                        llm_config=args.llm_config)
     elif args.command == "eval":
         from .evaluate import evaluate_cli
 
-        result = evaluate_cli(cfg, checkpoint=args.checkpoint, data=args.data, out=args.out)
+        result = evaluate_cli(cfg, checkpoint=args.checkpoint, data=args.data, out=args.out, config_path=args.config)
     else:
         from . import train
 

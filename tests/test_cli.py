@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -44,6 +45,28 @@ def test_bad_config_exits_2_with_the_key(tmp_path):
     out = run([str(BIN / "dynvlm"), "run", str(cfg), "--print-config"])
     assert out.returncode == 2
     assert "model.compressor.name" in out.stderr and "nope" in out.stderr and "pool" in out.stderr
+
+
+def test_cost_of_a_checkpoint_that_is_absent_and_unknown_exits_2_naming_the_options(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  encoder: {name: clip, path: /nowhere/my-vit}\n  compressor: {name: pool}\n"
+                   "  llm: {name: hf, path: /nowhere/my-llm}\n")
+    out = run([str(BIN / "dynvlm"), "cost", str(cfg), "budget.max_tokens=64", "--duration", "10"])
+    assert out.returncode == 2, out.stderr
+    err = out.stderr
+    assert "model.encoder.path" in err and "/nowhere/my-vit" in err and "--encoder-config" in err
+    assert "Qwen2.5-7B-Instruct" in err  # the known architectures are listed
+
+
+def test_cost_overrides_come_after_the_config(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  encoder: {name: clip, path: /nowhere/clip-vit-large-patch14-336}\n  compressor: {name: pool}\n"
+                   "  llm: {name: hf, path: /nowhere/Qwen2.5-7B-Instruct}\nbudget: {max_tokens: 12000}\n")
+    out = run([str(BIN / "dynvlm"), "cost", str(cfg), "budget.max_tokens=576", "--duration", "10", "--json"])
+    assert out.returncode == 0, out.stderr
+    cost = json.loads(out.stdout)
+    assert cost["frames"] == 10 and 0 < cost["visual_tokens"] <= 576  # the override's budget, not the file's
+    assert cost["device"] == "meta" and cost["flops_llm_prefill"] > cost["flops_encoder"] > 0
 
 
 def test_lightning_unknown_command_names_dynvlm():
