@@ -11,8 +11,11 @@ A sweep file names a base config and a grid of dotted keys::
 Each point fits (in ``<output_dir>/<name>/points/<slug>/``), is tested, and appends one row
 to ``<output_dir>/<name>/results.csv``. The CSV is rewritten atomically after every point, a
 point whose row is already there is skipped on re-run, and an interrupted point resumes from
-its ``last.ckpt``. At the end ``results.md`` (a compressor x tokens table with the seed
-spread) and ``accuracy_vs_tokens.png`` are written beside it.
+its ``last.ckpt``. After each fit the point's inference cost is measured on the first
+:data:`COST_SAMPLES` test samples with the fitted model (:func:`dynvlm.cost.measure_cost`: FLOPs
+per part, prefill latency, KV-cache bytes, peak memory; the ``COST_COLUMNS`` of the row). At the
+end ``results.md`` (a compressor x tokens table with the seed spread, and the cost table),
+``accuracy_vs_tokens.png`` and ``accuracy_vs_prefill_flops.png`` are written beside it.
 """
 
 from __future__ import annotations
@@ -35,8 +38,16 @@ from .config import apply_point, sweep_points
 from .schema import BudgetConfig
 
 RESULTS = "results.csv"
+FLOPS_PLOT = "accuracy_vs_prefill_flops.png"
 COMPRESSOR_KEY = "model.compressor.name"
 TOKENS_KEY = "budget.tokens_per_frame"
+#: test samples the cost of a point is measured on, and timed prefills per sample (median): about
+#: a second per point for the tiny base on CPU
+COST_SAMPLES = 2
+COST_REPEATS = 3
+#: results.csv columns from :func:`dynvlm.cost.measure_cost` (means per test sample; peak = max)
+COST_COLUMNS = ("prompt_tokens", "flops_encoder", "flops_compressor", "flops_projector", "flops_llm_prefill",
+                "flops_prefill", "prefill_ms", "kv_bytes", "peak_mem_bytes")
 
 
 def run(cfg: DictConfig | Mapping[str, Any], config_path: str | None = None, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
@@ -104,8 +115,10 @@ def run_sweep(data: Mapping[str, Any], callbacks: Sequence[Any] = ()) -> dict[st
         bar.set_postfix_str(slug)
         point_data = apply_point(base, point)
         point_data["name"] = f"{name}/points/{slug}"
-        result = run_point(point_data, callbacks=callbacks)
-        rows.append(result_row(slug, point, point_data, result))
+        probe = CostProbe(point_data)
+        result = run_point(point_data, callbacks=[*callbacks, probe])
+        cost = probe.cost if probe.cost is not None else checkpoint_cost(point_data, result.get("checkpoint"))
+        rows.append(result_row(slug, point, point_data, {**result, **cost}))
         write_results(out / RESULTS, rows)
         bar.update(1)
     bar.close()
@@ -134,8 +147,59 @@ def result_row(slug: str, point: Mapping[str, Any], data: Mapping[str, Any], res
                 break
     for key in ("step_time_s", "peak_memory_mb", "fit_s", "test_s", "global_step"):
         row[key] = result.get(key, "")
+    for key in COST_COLUMNS:
+        row[key] = "" if result.get(key) is None else result[key]
     row["plugins"] = json.dumps(_provenance(result.get("run_dir")), sort_keys=True)
     return row
+
+
+class CostProbe(pl.Callback):
+    """Measures the fitted model's inference cost when training ends (:func:`point_cost`), so the
+    sweep needs no second model; ``cost`` stays ``None`` when the fit did not train (a finished
+    point re-run), and the sweep then loads the checkpoint (:func:`checkpoint_cost`)."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.data = data
+        self.cost: dict[str, Any] | None = None
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self.cost = point_cost(pl_module, self.data)
+
+
+def point_cost(model: Any, data: Mapping[str, Any]) -> dict[str, Any]:
+    """:data:`COST_COLUMNS` of ``model`` on the first :data:`COST_SAMPLES` test samples of ``data``
+    (``{}`` when the config has no test split)."""
+    from .cost import measure_cost
+    from .train import make_datamodule
+
+    dm = make_datamodule(data)
+    if dm.source("test") is None:
+        return {}
+    ds = dm.dataset("test")
+    samples = [ds.decode(ds.items[i], i) for i in range(min(COST_SAMPLES, len(ds)))]
+    if not samples:
+        return {}
+    cost = measure_cost(model, samples, repeats=COST_REPEATS)
+    out = {k: cost[k] for k in COST_COLUMNS}
+    for key in ("prefill_ms", "prompt_tokens"):
+        if out[key] is not None:
+            out[key] = round(float(out[key]), 3)
+    return out
+
+
+def checkpoint_cost(data: Mapping[str, Any], checkpoint: str | None) -> dict[str, Any]:
+    """:func:`point_cost` of the model ``data`` builds with ``checkpoint``'s weights (when given)."""
+    import torch
+
+    from .model import VideoLLM
+
+    model = VideoLLM(data)
+    if checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False).get("state_dict") or {}
+        model.load_state_dict(state, strict=False)  # checkpoints hold only the trainable weights
+    if torch.cuda.is_available():
+        model = model.cuda()
+    return point_cost(model, data)
 
 
 def test_ceilings(data: Mapping[str, Any]) -> dict[str, float]:
@@ -202,13 +266,19 @@ def write_results(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def write_summary(out: Path, rows: Sequence[Mapping[str, Any]], sweep_keys: Sequence[str]) -> dict[str, Any]:
-    """``results.md`` and ``accuracy_vs_tokens.png`` from the rows; returns their paths."""
+    """``results.md``, ``accuracy_vs_tokens.png`` and ``accuracy_vs_prefill_flops.png`` from the rows;
+    returns their paths (``None`` for a plot without data)."""
     cells = _cells(rows)
     (out / "results.md").write_text(results_markdown(rows, cells, sweep_keys))
     plot = out / "accuracy_vs_tokens.png"
     if cells:
         plot_accuracy(cells, plot)
-    return {"results_md": str(out / "results.md"), "plot": str(plot) if cells else None}
+    flops = _flops_cells(rows)
+    flops_plot = out / FLOPS_PLOT
+    if flops:
+        plot_accuracy_vs_flops(flops, flops_plot)
+    return {"results_md": str(out / "results.md"), "plot": str(plot) if cells else None,
+            "flops_plot": str(flops_plot) if flops else None}
 
 
 def _float(value: Any) -> float | None:
@@ -229,6 +299,51 @@ def _cells(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], list[floa
     return cells
 
 
+def _flops_cells(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], list[tuple[float, float]]]:
+    """``(compressor, tokens per frame) -> [(prefill FLOPs, accuracy)]`` over seeds (rows with both)."""
+    cells: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for row in rows:
+        acc, tokens, flops = _float(row.get("accuracy")), _float(row.get("tokens_per_frame")), _float(row.get("flops_prefill"))
+        if acc is None or tokens is None or not flops:
+            continue
+        cells.setdefault((str(row.get("compressor", "")), int(tokens)), []).append((flops, acc))
+    return cells
+
+
+def cost_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: per compressor and M, the measured prefill cost (means over seeds; empty when
+    no row has cost columns)."""
+    cells: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if _float(row.get("flops_prefill")) and _float(row.get("tokens_per_frame")) is not None:
+            cells.setdefault((str(row.get("compressor", "")), int(float(row["tokens_per_frame"]))), []).append(row)
+    if not cells:
+        return []
+
+    def mean(rs: Sequence[Mapping[str, Any]], key: str) -> float | None:
+        vals = [v for v in (_float(r.get(key)) for r in rs) if v is not None]
+        return statistics.fmean(vals) if vals else None
+
+    def fmt(v: float | None, scale: float = 1.0, digits: int = 1) -> str:
+        return "—" if v is None else f"{v / scale:.{digits}f}"
+
+    lines = ["## Cost", "",
+             f"Prefill cost per test sample (mean of the first {COST_SAMPLES} test samples, seeds averaged), "
+             "measured after the fit (`dynvlm.cost.measure_cost`): FLOPs counted by torch's FlopCounterMode "
+             "(matmuls, convolutions, attention; pooling counts 0), latency the median of timed prefills, KV "
+             "cache computed from the LLM config and the prompt length. Accuracy against prefill FLOPs: "
+             f"`{FLOPS_PLOT}`.", "",
+             "| compressor | M | prompt tokens | encoder MFLOP | compressor MFLOP | projector MFLOP | LLM MFLOP "
+             "| total MFLOP | prefill ms | KV KiB | peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (comp, m), rs in sorted(cells.items()):
+        vals = [fmt(mean(rs, "prompt_tokens"), digits=0),
+                *(fmt(mean(rs, f"flops_{p}"), 1e6) for p in ("encoder", "compressor", "projector", "llm_prefill", "prefill")),
+                fmt(mean(rs, "prefill_ms")), fmt(mean(rs, "kv_bytes"), 2**10), fmt(mean(rs, "peak_mem_bytes"), 2**20, 0)]
+        lines.append(f"| {comp} | {m} | " + " | ".join(vals) + " |")
+    return [*lines, ""]
+
+
 def results_markdown(rows: Sequence[Mapping[str, Any]], cells: Mapping[tuple[str, int], list[float]], sweep_keys: Sequence[str]) -> str:
     """A compressor x tokens-per-frame accuracy table (mean ± seed spread), then every row."""
     lines = ["# Results", ""]
@@ -246,7 +361,9 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], cells: Mapping[tuple[str
             lines.append(f"| {comp} | " + " | ".join(vals) + " |")
         lines += ["", *findings(cells), ""]
         lines += ceiling_table(rows)
-    columns = [c for c in ("point", "seed", "accuracy", "ceiling", "visual_tokens_per_sample", "frames_per_sample", "step_time_s", "peak_memory_mb") if any(c in r for r in rows)]
+    lines += cost_table(rows)
+    columns = [c for c in ("point", "seed", "accuracy", "ceiling", "visual_tokens_per_sample", "frames_per_sample", "step_time_s",
+                           "peak_memory_mb", "flops_prefill", "prefill_ms") if any(c in r for r in rows)]
     if rows:
         lines += ["## All points", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for row in rows:
@@ -346,6 +463,34 @@ def plot_accuracy(cells: Mapping[tuple[str, int], list[float]], path: Path) -> N
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=comp)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("visual tokens per frame (M)")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_accuracy_vs_flops(cells: Mapping[tuple[str, int], list[tuple[float, float]]], path: Path) -> None:
+    """Accuracy vs measured prefill FLOPs per sample (log x), one line per compressor through its
+    tokens-per-frame settings (labelled ``M=..``), bars spanning the seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for comp in sorted({c for c, _ in cells}):
+        series = sorted(((statistics.fmean(f for f, _ in v), [a for _, a in v], t) for (c, t), v in cells.items() if c == comp))
+        xs = [x for x, _, _ in series]
+        ys = [100 * statistics.fmean(accs) for _, accs, _ in series]
+        lo = [y - 100 * min(accs) for y, (_, accs, _) in zip(ys, series)]
+        hi = [100 * max(accs) - y for y, (_, accs, _) in zip(ys, series)]
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=comp)
+        for x, y, (_, _, t) in zip(xs, ys, series):
+            ax.annotate(f"M={t}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("prefill FLOPs per sample (measured)")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend()

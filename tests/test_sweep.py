@@ -11,9 +11,10 @@ import torch
 import yaml
 from tiny_vlm import ENCODER, LLM
 
-from dynvlm.config import load_config
+from dynvlm.config import apply_point, load_config
 from dynvlm.data.synth import vocabulary
-from dynvlm.sweep import findings, point_slug, read_results, run, write_results
+from dynvlm.model import config_dict
+from dynvlm.sweep import checkpoint_cost, findings, point_slug, read_results, run, write_results
 
 SYNTH = dict(seed=0, train=4, val=0, test=3, size=16, min_duration=12, max_duration=14, max_visits=2, max_visit_seconds=3)
 
@@ -82,14 +83,35 @@ def test_interrupted_sweep_resumes_without_rerunning_points(tmp_path):
         assert 0.0 <= float(r["accuracy"]) <= 1.0
         assert r["global_step"] == "4" and float(r["step_time_s"]) > 0 and float(r["peak_memory_mb"]) > 0
         assert "compressor/pool" in r["plugins"]
+        # measured cost of the fitted point on its first test samples
+        parts = [float(r[f"flops_{k}"]) for k in ("encoder", "compressor", "projector", "llm_prefill")]
+        assert parts[0] > 0 and parts[2] > 0 and parts[3] > 0 and parts[1] == 0  # pool: no matmuls
+        assert float(r["flops_prefill"]) == pytest.approx(sum(parts))
+        assert float(r["prefill_ms"]) > 0 and int(float(r["kv_bytes"])) > 0 and int(float(r["peak_mem_bytes"])) > 0
+        assert float(r["prompt_tokens"]) > 0
+    # more visual tokens per frame: more projector and LLM FLOPs and KV bytes, same frames encoded or fewer
+    m1, m4 = rows
+    assert float(m4["flops_projector"]) > float(m1["flops_projector"])
+    assert float(m4["flops_llm_prefill"]) > float(m1["flops_llm_prefill"])
+    assert float(m4["kv_bytes"]) > float(m1["kv_bytes"])
     ckpt = out / "points" / "tokens_per_frame=4" / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=False)["global_step"] == 4
     md = (out / "results.md").read_text()
     assert "| pool |" in md and "M=1" in md and "M=4" in md
     assert (out / "accuracy_vs_tokens.png").stat().st_size > 1000
+    assert (out / "accuracy_vs_prefill_flops.png").stat().st_size > 1000
+    assert "## Cost" in md and "accuracy_vs_prefill_flops.png" in md and "| pool | 4 |" in md
 
     counter = CountFits()
     assert run(cfg, callbacks=[counter])["ran"] == 0 and counter.fits == []
+
+    # a point whose fit had already finished (no training, so no in-fit measurement) is measured
+    # from its checkpoint: the same counts as the in-fit measurement
+    data = apply_point({k: v for k, v in config_dict(cfg).items() if k != "sweep"}, {"budget.tokens_per_frame": 4})
+    data["name"] = "mini/points/tokens_per_frame=4"
+    cost = checkpoint_cost(data, str(ckpt))
+    for key in ("flops_encoder", "flops_projector", "flops_llm_prefill", "kv_bytes", "prompt_tokens"):
+        assert float(cost[key]) == pytest.approx(float(rows[1][key])), key
 
 
 def test_results_csv_is_replaced_atomically(tmp_path):
