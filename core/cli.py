@@ -61,9 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p = sub.add_parser("eval", help="evaluate a checkpoint on a multiple-choice file")
     _add_config_args(p)
-    p.add_argument("--checkpoint", help="checkpoint to evaluate")
+    p.add_argument("--checkpoint", help="checkpoint to evaluate (default: the run's last.ckpt); the overrides may "
+                   "change its compressor and budget (training-free evaluation)")
     p.add_argument("--data", help="multiple-choice file (VideoMME/MLVU/EgoSchema/PerceptionTest shapes)")
-    p.add_argument("--out", help="folder for the JSON and markdown results")
+    p.add_argument("--out", help="folder for the JSON and markdown results (a config with sweep: evaluates "
+                   "every point, default <run>/transfer)")
     p = sub.add_parser("cost", help="measured prefill cost (FLOPs per part, KV cache, latency, memory) of a "
                                     "config on a synthetic video; no data or weights needed")
     _add_config_args(p)
@@ -125,7 +127,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "eval":
         from .evaluate import evaluate_cli
 
-        result = evaluate_cli(cfg, checkpoint=args.checkpoint, data=args.data, out=args.out)
+        result = evaluate_cli(cfg, checkpoint=args.checkpoint, data=args.data, out=args.out, config_path=args.config)
     else:
         from . import train
 

@@ -1,58 +1,364 @@
-"""``dynvlm eval CONFIG --checkpoint CKPT --data FILE``: multiple-choice accuracy of a checkpoint.
+"""``dynvlm eval CONFIG [key=value ...] --checkpoint CKPT --data FILE``: multiple-choice accuracy of a checkpoint.
 
 ``FILE`` is a multiple-choice file in any shape :mod:`dynvlm.data` reads (VideoMME, MLVU,
-EgoSchema, PerceptionTest, or the synthetic generator's ``*_mc.jsonl``). Scoring follows
-``eval.mode``: ``loglik`` picks the option letter with the highest log-likelihood,
+EgoSchema, PerceptionTest, or the synthetic generator's ``*_mc.jsonl``); without ``--data`` the
+config's ``data.test`` (or its ``data.synth`` test file) is used. Scoring follows ``eval.mode``:
+``loglik`` picks the option letter with the highest log-likelihood, ``cloze`` the option text,
 ``generate`` generates an answer and reads the letter with :func:`dynvlm.answers.extract_choice`
 (unparseable answers count as wrong). Results — overall and per category — are written as
 ``eval.json``, ``eval.md`` and ``predictions.jsonl`` to ``--out`` (default: ``<run>/eval/<file stem>``).
+
+Training-free evaluation: the model is built from ``CONFIG`` plus the overrides, so a checkpoint
+can be evaluated with another compressor or budget than it was trained with
+(``model.compressor.name=tome budget.tokens_per_frame=36``). The trained setting is read from the
+checkpoint (``hyper_parameters["config"]``, else the run's ``config.yaml``) and both are named in
+the results. A parameter-free compressor swaps in directly; one with parameters needs them in the
+checkpoint (:func:`stale_compressor_weights` raises :class:`CompressorWeightsError` otherwise); the
+trained compressor's own weights that the new one does not have are dropped with a notice.
+A config with a ``sweep:`` section evaluates every point of its grid on one checkpoint
+(:mod:`dynvlm.transfer`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError
+from .model import config_dict
+from .schema import BudgetConfig, section
+
+#: state-dict prefix of the compressor's weights in a :class:`~dynvlm.model.VideoLLM`
+COMPRESSOR_PREFIX = "compressor."
 
 
-def evaluate_cli(cfg: DictConfig, checkpoint: str | None = None, data: str | None = None, out: str | None = None) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` (default: the run's last) on ``data`` (default: ``cfg.data.test``)."""
+class CompressorWeightsError(ConfigError):
+    """The evaluated compressor has parameters the checkpoint does not hold (it was trained with another)."""
+
+
+# ------------------------------------------------------------------------------------------
+# the compressor swap rule (also applied by VideoLLM.on_load_checkpoint)
+
+
+def trained_compressor(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``model.compressor`` spec a dynvlm checkpoint was trained with (``None`` when it carries no config)."""
+    config = (checkpoint.get("hyper_parameters") or {}).get("config") or {}
+    spec = (config.get("model") or {}).get("compressor")
+    return dict(spec) if isinstance(spec, Mapping) else None
+
+
+def stale_compressor_weights(checkpoint: Mapping[str, Any], compressor_spec: Mapping[str, Any] | None,
+                             compressor: Any, *, fitting: bool = False, source: str = "the checkpoint") -> list[str]:
+    """Keys of ``checkpoint["state_dict"]`` to drop because the model's compressor is not the trained one.
+
+    Args:
+        checkpoint: a loaded dynvlm checkpoint (``state_dict`` and ``hyper_parameters["config"]``).
+        compressor_spec: the model's ``model.compressor`` spec (``{"name": ..., **kwargs}``).
+        compressor: the model's compressor module (its parameters are what must be loaded).
+        fitting: ``True`` when resuming training: a swapped compressor is then an error, not a transfer.
+        source: how to name the checkpoint in messages (its path).
+
+    Returns:
+        The trained compressor's weights (``compressor.*`` keys) the model's compressor does not
+        have; empty when the compressor names are equal or the checkpoint carries no config
+        (the ordinary loading rules apply then). Only these keys may be dropped: any other key the
+        model lacks still fails the load.
+
+    Raises:
+        CompressorWeightsError: the model's compressor has parameters the checkpoint does not
+            hold (it was trained with another compressor), naming them and what to do.
+        ConfigError: ``fitting`` with a compressor other than the trained one.
+    """
+    trained = trained_compressor(checkpoint)
+    new = (compressor_spec or {}).get("name")
+    if trained is None or new is None or trained.get("name") == new:
+        return []
+    old = trained.get("name")
+    if fitting:
+        raise ConfigError(f"{source} was trained with compressor {old!r}; resuming training with {new!r} is not "
+                          f"supported: start a new run (another name) to train {new!r}")
+    state = checkpoint.get("state_dict") or {}
+    own = {COMPRESSOR_PREFIX + k for k in compressor.state_dict()}
+    params = [COMPRESSOR_PREFIX + n for n, _ in compressor.named_parameters()]
+    missing = [k for k in params if k not in state]
+    if missing:
+        shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
+        raise CompressorWeightsError(
+            f"compressor {new!r} has {len(missing)} parameter tensors ({shown}) that {source} does not hold: it was "
+            f"trained with {old!r}. Evaluate it with a parameter-free compressor, train a model with "
+            f"model.compressor.name={new}, or pass a --checkpoint trained with {new!r}")
+    return [k for k in state if k.startswith(COMPRESSOR_PREFIX) and k not in own]
+
+
+# ------------------------------------------------------------------------------------------
+# settings: what a model was trained / is evaluated with
+
+
+def setting(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``{"compressor", "tokens_per_frame", "max_tokens", "policy", "label"}`` of a run config (``None`` for ``None``).
+
+    ``label`` is ``"<compressor>@<M>"``, or ``"<compressor>@dynamic"`` when ``budget.tokens_per_frame``
+    is unset (the budget rule ``clamp(max_tokens // T, ...)`` picks ``M``); a budget policy other
+    than the default ``dynamic`` is named too (``"pool@16 (keyframes)"``, ``"pool@keyframes"``).
+    """
+    if config is None:
+        return None
+    budget = section(BudgetConfig, dict(config.get("budget") or {}), "budget")
+    name = ((config.get("model") or {}).get("compressor") or {}).get("name")
+    m = budget.tokens_per_frame
+    policy = getattr(budget, "policy", "dynamic")  # a name or {name: ..., **keys}
+    policy = str(policy.get("name") if isinstance(policy, Mapping) else policy)
+    if m is None:
+        label = f"{name}@{policy}"
+    else:
+        label = f"{name}@{m}" + ("" if policy == "dynamic" else f" ({policy})")
+    return {"compressor": name, "tokens_per_frame": m, "max_tokens": budget.max_tokens, "policy": policy, "label": label}
+
+
+def setting_line(trained: Mapping[str, Any] | None, evaluated: Mapping[str, Any]) -> str:
+    """``"trained with pool@100, evaluated with tome@36"``, or ``"trained and evaluated with pool@4"``."""
+    if trained is None:
+        return f"weights from the config (no checkpoint), evaluated with {evaluated['label']}"
+    t, e = trained["label"], evaluated["label"]
+    if trained.get("max_tokens") != evaluated.get("max_tokens"):  # same M, another N_max: other frame counts
+        t, e = f"{t} (N_max={trained.get('max_tokens')})", f"{e} (N_max={evaluated.get('max_tokens')})"
+    return f"trained and evaluated with {e}" if t == e else f"trained with {t}, evaluated with {e}"
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint file as a dict, memory-mapped where the format allows (big checkpoints
+    are read lazily), else read in full."""
+    import torch
+
+    # dynvlm checkpoints hold hparams and loop state (plain Python objects): not weights-only
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+        data = torch.load(str(path), map_location="cpu", weights_only=False)
+    if not isinstance(data, dict) or not isinstance(data.get("state_dict"), dict):
+        raise ConfigError(f"--checkpoint {str(path)!r}: not a Lightning checkpoint (no state_dict)")
+    return data
+
+
+def trained_config(checkpoint: Mapping[str, Any], path: str | Path) -> dict[str, Any] | None:
+    """The run config a checkpoint was trained with: its ``hyper_parameters["config"]``, else the
+    ``config.yaml`` of its run folder (``<run>/checkpoints/<file>``), else ``None``."""
+    saved = (checkpoint.get("hyper_parameters") or {}).get("config")
+    if isinstance(saved, Mapping):
+        return dict(saved)
+    run = Path(path).parent.parent if Path(path).parent.name == "checkpoints" else Path(path).parent
+    if (run / "config.yaml").is_file():
+        loaded = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"), resolve=True)
+        return loaded if isinstance(loaded, dict) else None
+    return None
+
+
+# ------------------------------------------------------------------------------------------
+# the command
+
+
+def evaluate_cli(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None = None, data: str | None = None,
+                 out: str | None = None, config_path: str | None = None) -> dict[str, Any]:
+    """``dynvlm eval``: evaluate ``checkpoint`` (default: the run's last) on ``data`` (default: the config's test file).
+
+    Args:
+        cfg: the loaded config (the CONFIG file plus the command line's overrides): the evaluated setting.
+        checkpoint: a ``.ckpt`` written by ``dynvlm fit``.
+        data: a multiple-choice file replacing ``data.test``.
+        out: the results folder (default ``<run>/eval/<file stem>``; for a sweep ``<checkpoint's run>/transfer``).
+        config_path: the CONFIG file (named in error messages).
+
+    Returns:
+        The report written to ``eval.json`` plus ``written`` (its folder); for a config with
+        ``sweep:`` the summary of :func:`dynvlm.transfer.run_transfer`.
+    """
     from . import train
 
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    cfg = OmegaConf.create(config_dict(cfg))
     if data is not None:
         if not Path(data).is_file():
             raise ConfigError(f"--data {data!r}: no such file")
         OmegaConf.update(cfg, "data.test", str(Path(data).resolve()), force_add=True)
-    if not (cfg.get("data") or {}).get("test"):
-        raise ConfigError("nothing to evaluate: pass --data FILE or set data.test in the config")
+        if (cfg.get("data") or {}).get("synth"):
+            cfg.data.synth = None  # the file replaces the generated test split: nothing to generate
+    test_file = test_source(cfg)
+    if test_file is None:
+        raise ConfigError("nothing to evaluate: pass --data FILE or set data.test (or data.synth) in the config")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ConfigError(f"--checkpoint {checkpoint!r}: no such file")
+    if cfg.get("sweep"):
+        from .transfer import run_transfer
+
+        return run_transfer(cfg, checkpoint=checkpoint, out=out, config_path=config_path)
+    if checkpoint is None:
+        last = train.run_dir(cfg) / "checkpoints" / train.LAST
+        checkpoint = str(last) if last.is_file() else None
     # each evaluated file gets its own folder: the run's own predictions.jsonl is left alone
-    folder = Path(out) if out else train.run_dir(cfg) / "eval" / Path(str(cfg.data.test)).stem
+    folder = Path(out) if out else train.run_dir(cfg) / "eval" / test_file.stem
+    return evaluate(cfg, checkpoint, folder)
+
+
+def test_source(cfg: DictConfig | Mapping[str, Any]) -> Path | None:
+    """The multiple-choice file a config tests on: ``data.test``, else its ``data.synth`` test file."""
+    d = cfg.get("data") or {}
+    if d.get("test"):
+        return Path(str(d["test"]))
+    synth = d.get("synth")
+    if synth and synth.get("out") and synth.get("test", 1) != 0:
+        from .data.datamodule import SYNTH_FILES
+
+        return Path(str(synth["out"])) / SYNTH_FILES["test"]
+    return None
+
+
+test_source.__test__ = False  # not a pytest test when imported into a test module
+
+
+def evaluate(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None, folder: Path,
+             checkpoint_data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` (or the config's own weights when ``None``) with the setting ``cfg`` describes.
+
+    Writes ``eval.json``, ``eval.md`` and ``predictions.jsonl`` into ``folder``.
+
+    Args:
+        cfg: the evaluation-time run config (compressor, budget, data.test, eval.mode, trainer).
+        checkpoint: a ``.ckpt`` path or ``None``.
+        folder: where the results go (created).
+        checkpoint_data: the checkpoint already read (:func:`read_checkpoint`), to read it once in a sweep.
+
+    Returns:
+        The report (see :func:`summarise`) plus ``written``: the folder.
+    """
+    ckpt = checkpoint_data if checkpoint_data is not None else (read_checkpoint(checkpoint) if checkpoint else None)
+    trained = trained_config(ckpt, checkpoint) if ckpt is not None and checkpoint else None
     folder.mkdir(parents=True, exist_ok=True)
-    result = train.test(cfg, checkpoint=checkpoint, predictions=folder / "predictions.jsonl")
-    report = summarise(result, cfg, checkpoint)
+    result, usage, dropped = run_test(cfg, ckpt, folder / "predictions.jsonl", source=checkpoint)
+    result["checkpoint"] = checkpoint
+    report = summarise(result, cfg, checkpoint, trained=trained, used=usage, dropped=dropped)
     (folder / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     (folder / "eval.md").write_text(markdown(report))
     return {**report, "written": str(folder)}
 
 
-def summarise(result: Mapping[str, Any], cfg: DictConfig, checkpoint: str | None) -> dict[str, Any]:
-    """Accuracy overall and per category from a ``dynvlm.train.test`` result."""
+def run_test(cfg: DictConfig | Mapping[str, Any], checkpoint: Mapping[str, Any] | None,
+             predictions: Path, source: str | None = None) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Build the model ``cfg`` describes, load ``checkpoint``'s weights into it and run Lightning's test loop.
+
+    The weights are loaded here rather than by ``Trainer.test(ckpt_path=...)`` so that a swapped
+    compressor is checked before any data is read and the model's budget plans can be recorded.
+
+    Args:
+        cfg: the evaluation-time run config.
+        checkpoint: a checkpoint read by :func:`read_checkpoint` (not modified), or ``None``.
+        predictions: the per-question JSONL to write.
+        source: the checkpoint's path, named in errors.
+
+    Returns:
+        ``(metrics, used, dropped)``: the test metrics (``test/acc``, ``test/acc/<category>``, ...),
+        the visual budget the model actually used (see :class:`PlanUsage`) and the trained
+        compressor's weights that were dropped.
+    """
+    from . import train
+    from .model import VideoLLM
+
+    cfg = OmegaConf.create(config_dict(cfg))
+    # seeded as dynvlm.train.test seeds, so weights the checkpoint does not hold get the same init
+    pl.seed_everything(int(cfg.get("seed") or 0), workers=True, verbose=False)
+    model = VideoLLM(cfg)
+    dropped: list[str] = []
+    if checkpoint is not None:
+        # checked here first to name the file in the error; on_load_checkpoint applies the same rule
+        stale_compressor_weights(checkpoint, config_dict(cfg)["model"]["compressor"], model.compressor,
+                                 source=f"checkpoint {source!r}" if source else "the checkpoint")
+        # a shallow copy: on_load_checkpoint drops the old compressor's keys from its state_dict,
+        # and a sweep reuses the checkpoint for its next point
+        ckpt = {**checkpoint, "state_dict": dict(checkpoint["state_dict"])}
+        model.on_load_checkpoint(ckpt)
+        dropped = sorted(set(checkpoint["state_dict"]) - set(ckpt["state_dict"]))
+        model.load_state_dict(ckpt["state_dict"], strict=False)  # the checkpoint holds only trained weights
+    model.predictions_path = predictions
+    usage = PlanUsage()
+    trainer = train.make_trainer(cfg, [usage], fit=False)
+    results = trainer.test(model, datamodule=train.make_datamodule(cfg))
+    metrics = {k: float(v) for r in results for k, v in r.items()}
+    return {"run_dir": str(train.run_dir(cfg)), **metrics}, usage.summary(), dropped
+
+
+class PlanUsage(pl.Callback):
+    """Records the budget plan the model makes for every test sample (the frames and tokens per frame it used).
+
+    ``VideoLLM.plan`` is deterministic outside training, so the plan made here for a batch is the
+    one its test step uses.
+    """
+
+    def __init__(self) -> None:
+        self.plans: list[tuple[int, int, int]] = []  # (tokens per frame, frames, visual tokens) per sample
+
+    def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Plan ``batch`` with the model's budget policy and keep (M, frames, visual tokens) per sample."""
+        samples = list(getattr(batch, "samples", batch))
+        if samples:
+            self.plans += [(p.tokens, len(p.indices), p.visual_tokens) for p in pl_module.plan(samples)]
+
+    def summary(self) -> dict[str, Any]:
+        """``{"tokens_per_frame": [distinct M], "mean_tokens_per_frame", "frames", "visual_tokens", "samples"}``
+        (this process's samples; means per sample)."""
+        if not self.plans:
+            return {}
+        n = len(self.plans)
+        return {
+            "tokens_per_frame": sorted({m for m, _, _ in self.plans}),
+            "mean_tokens_per_frame": round(sum(m for m, _, _ in self.plans) / n, 3),
+            "frames": round(sum(f for _, f, _ in self.plans) / n, 3),
+            "visual_tokens": round(sum(v for _, _, v in self.plans) / n, 3),
+            "samples": n,
+        }
+
+
+# ------------------------------------------------------------------------------------------
+# reports
+
+
+def summarise(result: Mapping[str, Any], cfg: DictConfig | Mapping[str, Any], checkpoint: str | None,
+              trained: Mapping[str, Any] | None = None, used: Mapping[str, Any] | None = None,
+              dropped: Sequence[str] = ()) -> dict[str, Any]:
+    """The report of one evaluation.
+
+    Args:
+        result: a test result (``test/acc``, ``test/n``, ``test/acc/<category>``).
+        cfg: the evaluation-time config.
+        checkpoint: the evaluated checkpoint's path (``None``: the config's weights).
+        trained: the config the checkpoint was trained with (:func:`trained_config`).
+        used: what the model's plans used (:class:`PlanUsage`).
+        dropped: the trained compressor's weights the evaluated one did not use.
+
+    Returns:
+        ``data``, ``checkpoint``, ``mode``, ``compressor``, ``tokens_per_frame``, ``trained_with`` and
+        ``evaluated_with`` (:func:`setting`; ``trained_with`` is ``None`` without a checkpoint),
+        ``setting`` (one line naming both), ``used``, ``dropped_weights``, ``accuracy``, ``questions``,
+        ``per_category``.
+    """
     per_category = {k.removeprefix("test/acc/"): float(v) for k, v in result.items() if k.startswith("test/acc/")}
-    model = cfg.get("model") or {}
+    plain = config_dict(cfg)
+    evaluated = setting(plain)
+    assert evaluated is not None
+    trained_with = setting(trained) if trained is not None else None
     return {
-        "data": str(cfg.data.test),
+        "data": str((plain.get("data") or {}).get("test") or test_source(plain)),
         "checkpoint": checkpoint or result.get("checkpoint"),
-        "mode": (cfg.get("eval") or {}).get("mode", "loglik"),
-        "compressor": (model.get("compressor") or {}).get("name"),
-        "tokens_per_frame": (cfg.get("budget") or {}).get("tokens_per_frame"),
+        "mode": (plain.get("eval") or {}).get("mode", "loglik"),
+        "compressor": evaluated["compressor"],
+        "tokens_per_frame": evaluated["tokens_per_frame"],
+        "trained_with": trained_with,
+        "evaluated_with": evaluated,
+        "setting": setting_line(trained_with, evaluated),
+        "used": dict(used or {}),
+        "dropped_weights": list(dropped),
         "accuracy": float(result["test/acc"]) if "test/acc" in result else None,
         "questions": int(result.get("test/n", 0)),
         "per_category": dict(sorted(per_category.items())),
@@ -60,13 +366,22 @@ def summarise(result: Mapping[str, Any], cfg: DictConfig, checkpoint: str | None
 
 
 def markdown(report: Mapping[str, Any]) -> str:
-    """The report as a small markdown table."""
+    """The report as a few lines and a small markdown table."""
     acc = report.get("accuracy")
+    used = report.get("used") or {}
     lines = [
         f"# Evaluation of {report.get('checkpoint') or 'the config weights'}",
         "",
+        f"- {report['setting']}",
         f"- data: `{report['data']}` ({report['questions']} questions), scoring: {report['mode']}",
-        f"- compressor: {report.get('compressor')}, tokens per frame: {report.get('tokens_per_frame') or 'budget policy'}",
+    ]
+    if used:
+        lines.append(f"- used: {', '.join(map(str, used['tokens_per_frame']))} tokens per frame, "
+                     f"{used['frames']:g} frames and {used['visual_tokens']:g} visual tokens per question (mean)")
+    if report.get("dropped_weights"):
+        lines.append(f"- {len(report['dropped_weights'])} weights of the trained compressor "
+                     f"({report['trained_with']['compressor']}) were not used")
+    lines += [
         "",
         "| category | accuracy (%) |",
         "|---|---|",

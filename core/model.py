@@ -449,7 +449,24 @@ class VideoLLM(pl.LightningModule):
                                 "stage": self.stage.name}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from .evaluate import stale_compressor_weights
+
         sd = checkpoint.get("state_dict") or {}
+        # evaluated with another compressor than the trained one (training-free transfer): the
+        # trained compressor's own weights are dropped with a notice, and only those; a new
+        # compressor with parameters the checkpoint lacks raises (see dynvlm.evaluate)
+        spec = self.hparams["config"]["model"]["compressor"]
+        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
+        stale = stale_compressor_weights(checkpoint, spec, self.compressor, fitting=fitting)
+        if stale:
+            from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+
+            trained = checkpoint["hyper_parameters"]["config"]["model"]["compressor"]["name"]
+            rank_zero_warn(f"the checkpoint was trained with compressor {trained!r}: its {len(stale)} weights "
+                           f"({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}) are not used by "
+                           f"{spec['name']!r} and were dropped")
+            for key in stale:
+                del sd[key]
         own = self.state_dict()
         unknown = [k for k in sd if k not in own]
         if unknown:

@@ -1,38 +1,78 @@
-"""dynvlm eval: a config without a data section, a multiple-choice file, results in their own folder."""
+"""dynvlm eval: a config without a data section, a multiple-choice file, results in their own folder;
+training-free evaluation (another compressor or budget than the checkpoint's) and transfer sweeps."""
 
 from __future__ import annotations
 
+import csv
 import json
+from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from tiny_vlm import ENCODER, LLM
 
-from dynvlm.config import ConfigError
+from dynvlm import train
+from dynvlm.cli import main
+from dynvlm.config import ConfigError, to_yaml
 from dynvlm.data.synth import generate, vocabulary
-from dynvlm.evaluate import evaluate_cli
+from dynvlm.evaluate import CompressorWeightsError, evaluate_cli, stale_compressor_weights
+from dynvlm.model import VideoLLM
 
 
 @pytest.fixture(scope="module")
-def mc_file(tmp_path_factory):
+def synth(tmp_path_factory) -> Path:
+    """A tiny synthetic dataset: 2 training clips (for the checkpoints below) and 2 test clips."""
     out = tmp_path_factory.mktemp("evalsynth") / "synth"
-    generate({"out": str(out), "seed": 3, "train": 0, "val": 0, "test": 2, "size": 16, "min_duration": 12,
+    generate({"out": str(out), "seed": 3, "train": 2, "val": 0, "test": 2, "size": 16, "min_duration": 12,
               "max_duration": 14, "max_visits": 2, "max_visit_seconds": 3}, progress=False)
-    return out / "test_mc.jsonl"
+    return out
 
 
-def config(tmp_path):
+@pytest.fixture(scope="module")
+def mc_file(synth) -> Path:
+    return synth / "test_mc.jsonl"
+
+
+def config(tmp_path, compressor: str = "pool", name: str = "evalrun"):
+    """Tiny inline CLIP + Qwen2 with ``compressor`` at 4 tokens per frame (36 visual tokens: 8 frames, the cap)."""
     return OmegaConf.create({
-        "name": "evalrun",
+        "name": name,
         "output_dir": str(tmp_path / "runs"),
         "model": {
             "encoder": {"name": "clip", "config": dict(ENCODER)},
-            "compressor": {"name": "pool"},
+            "compressor": {"name": compressor},
             "llm": {"name": "hf", "config": dict(LLM), "vocabulary": vocabulary(max_duration=14, options=4)},
         },
-        "budget": {"max_tokens": 16, "max_frames": 8, "tokens_per_frame": 4},
+        "budget": {"max_tokens": 36, "max_frames": 8, "tokens_per_frame": 4},
         "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False},
     })
+
+
+def fit(tmp_path, synth: Path, compressor: str) -> tuple[OmegaConf, str]:
+    """Train every module of the tiny model with ``compressor`` for 2 steps; returns (config, last.ckpt)."""
+    cfg = OmegaConf.merge(config(tmp_path, compressor, name=f"trained_{compressor}"), {
+        "data": {"train": str(synth / "train.jsonl"), "batch_size": 4},
+        "optim": {"lr": 0.02},  # large steps: the trained answers differ from the untrained ones
+        "trainer": {"max_steps": 2, "limit_val_batches": 0, "num_sanity_val_steps": 0, "logger": False},
+    })
+    result = train.fit(cfg)
+    assert result["global_step"] == 2
+    return cfg, result["checkpoint"]
+
+
+@pytest.fixture(scope="module")
+def pool_ckpt(tmp_path_factory, synth):
+    return fit(tmp_path_factory.mktemp("pool"), synth, "pool")
+
+
+@pytest.fixture(scope="module")
+def prune_ckpt(tmp_path_factory, synth):
+    return fit(tmp_path_factory.mktemp("prune"), synth, "prune")
+
+
+def categories(mc_file: Path) -> set[str]:
+    return {json.loads(line)["category"] for line in mc_file.read_text().splitlines()}
 
 
 def test_eval_without_data_section_writes_its_own_folder(tmp_path, mc_file):
@@ -44,10 +84,12 @@ def test_eval_without_data_section_writes_its_own_folder(tmp_path, mc_file):
     saved = json.loads((folder / "eval.json").read_text())
     assert saved["questions"] == questions and 0.0 <= saved["accuracy"] <= 1.0
     assert saved["compressor"] == "pool" and saved["tokens_per_frame"] == 4
-    assert set(saved["per_category"]) <= {"perception", "spatial", "temporal", "counting"} and saved["per_category"]
+    assert set(saved["per_category"]) == categories(mc_file)
+    assert saved["trained_with"] is None and saved["evaluated_with"]["label"] == "pool@4"
     assert len((folder / "predictions.jsonl").read_text().splitlines()) == questions
     assert not (tmp_path / "runs" / "evalrun" / "predictions.jsonl").exists()  # the run's own file is untouched
-    assert "| **overall** |" in (folder / "eval.md").read_text()
+    md = (folder / "eval.md").read_text()
+    assert "| **overall** |" in md and "weights from the config (no checkpoint), evaluated with pool@4" in md
 
 
 def test_eval_errors_name_what_is_missing(tmp_path):
@@ -58,3 +100,122 @@ def test_eval_errors_name_what_is_missing(tmp_path):
         evaluate_cli(cfg, data="nope.jsonl")
     with pytest.raises(ConfigError, match="--checkpoint 'gone.ckpt': no such file"):
         evaluate_cli(OmegaConf.merge(cfg, {"data": {"test": "t.jsonl"}}), checkpoint="gone.ckpt")
+
+
+def test_eval_at_the_trained_setting_matches_dynvlm_test(tmp_path, mc_file, pool_ckpt):
+    cfg, ckpt = pool_ckpt
+    report = evaluate_cli(cfg, checkpoint=ckpt, data=str(mc_file), out=str(tmp_path / "same"))
+    assert report["setting"] == "trained and evaluated with pool@4"
+    assert "- trained and evaluated with pool@4\n" in (tmp_path / "same" / "eval.md").read_text()
+    assert report["used"]["tokens_per_frame"] == [4] and report["used"]["frames"] == 8  # 36 // 4 = 9, capped at 8
+    # the weights loaded here are the ones Trainer.test(ckpt_path=...) loads: the same answers
+    reference = train.test(OmegaConf.merge(cfg, {"data": {"test": str(mc_file)}}), checkpoint=ckpt,
+                           predictions=tmp_path / "reference.jsonl")
+    assert report["accuracy"] == pytest.approx(reference["test/acc"])
+    ours = [json.loads(line)["pred"] for line in (tmp_path / "same" / "predictions.jsonl").read_text().splitlines()]
+    theirs = [json.loads(line)["pred"] for line in (tmp_path / "reference.jsonl").read_text().splitlines()]
+    assert ours == theirs
+    # ... which are not the untrained weights' answers (so the comparison above sees the loading)
+    untrained = evaluate_cli(OmegaConf.merge(cfg, {"name": "untrained"}), data=str(mc_file), out=str(tmp_path / "untrained"))
+    assert untrained["trained_with"] is None
+    assert [json.loads(line)["pred"] for line in (tmp_path / "untrained" / "predictions.jsonl").read_text().splitlines()] != ours
+
+
+def test_cli_evaluates_a_pool_checkpoint_with_tome_at_another_budget(tmp_path, mc_file, pool_ckpt, capsys):
+    cfg, ckpt = pool_ckpt
+    path = tmp_path / "config.yaml"
+    path.write_text(to_yaml(cfg))
+    out = tmp_path / "tome"
+    rc = main(["eval", str(path), "model.compressor.name=tome", "budget.tokens_per_frame=9",
+               "--checkpoint", ckpt, "--data", str(mc_file), "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["trained_with"] == {"compressor": "pool", "tokens_per_frame": 4, "max_tokens": 36, "policy": "dynamic",
+                                     "label": "pool@4"}
+    assert saved["evaluated_with"] == {"compressor": "tome", "tokens_per_frame": 9, "max_tokens": 36, "policy": "dynamic",
+                                       "label": "tome@9"}
+    assert "- trained with pool@4, evaluated with tome@9\n" in (out / "eval.md").read_text()
+    # what the model's budget plans actually used: 9 tokens per frame, 36 // 9 = 4 frames
+    assert saved["used"]["tokens_per_frame"] == [9] and saved["used"]["frames"] == 4
+    assert saved["used"]["visual_tokens"] == 36
+    questions = len(mc_file.read_text().splitlines())
+    assert saved["questions"] == questions and 0.0 <= saved["accuracy"] <= 1.0
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == questions
+    assert saved["dropped_weights"] == []
+
+
+def test_a_pool_checkpoint_cannot_be_evaluated_with_prune(tmp_path, mc_file, pool_ckpt, capsys):
+    cfg, ckpt = pool_ckpt
+    pruned = OmegaConf.merge(cfg, {"model": {"compressor": {"name": "prune"}}})
+    out = tmp_path / "prune"
+    with pytest.raises(CompressorWeightsError, match=r"compressor 'prune' has 4 parameter tensors \(compressor\.scorer\.0\.weight"
+                                                     r".*does not hold: it was trained with 'pool'.*--checkpoint trained with 'prune'"):
+        evaluate_cli(pruned, checkpoint=ckpt, data=str(mc_file), out=str(out))
+    assert not (out / "eval.json").exists()
+    path = tmp_path / "config.yaml"
+    path.write_text(to_yaml(cfg))
+    assert main(["eval", str(path), "model.compressor.name=prune", "--checkpoint", ckpt, "--data", str(mc_file)]) == 2
+    err = capsys.readouterr().err
+    assert "dynvlm: error: compressor 'prune'" in err and ckpt in err and "compressor.scorer" in err
+
+
+def test_a_prune_checkpoint_evaluated_with_pool_drops_only_the_scorer(tmp_path, mc_file, prune_ckpt, pool_ckpt):
+    _, ckpt = prune_ckpt
+    pool_cfg, _ = pool_ckpt
+    with pytest.warns(UserWarning, match=r"trained with compressor 'prune': its 4 weights .* not used by 'pool' and were dropped"):
+        report = evaluate_cli(pool_cfg, checkpoint=ckpt, data=str(mc_file), out=str(tmp_path / "pool"))
+    assert report["setting"] == "trained with prune@4, evaluated with pool@4"
+    assert sorted(report["dropped_weights"]) == ["compressor.scorer.0.bias", "compressor.scorer.0.weight",
+                                                 "compressor.scorer.2.bias", "compressor.scorer.2.weight"]
+    assert report["used"]["tokens_per_frame"] == [4] and 0.0 <= report["accuracy"] <= 1.0
+    assert "4 weights of the trained compressor (prune) were not used" in (tmp_path / "pool" / "eval.md").read_text()
+
+    # narrowly: any other weight the model lacks still fails the load
+    data = torch.load(ckpt, weights_only=False)
+    data["state_dict"]["projector.extra"] = torch.zeros(1)
+    model = VideoLLM(pool_cfg)
+    with pytest.warns(UserWarning, match="dropped"), pytest.raises(ValueError, match=r"holds 1 weights this model does not have.*projector\.extra"):
+        model.on_load_checkpoint(data)
+    # and resuming *training* with a swapped compressor is refused
+    with pytest.raises(ConfigError, match="resuming training with 'pool' is not supported"):
+        stale_compressor_weights(data, {"name": "pool"}, model.compressor, fitting=True)
+
+
+def transfer_config(cfg, compressors):
+    return OmegaConf.merge(cfg, {"sweep": {"model.compressor.name": list(compressors)}})
+
+
+def test_transfer_sweep_writes_one_row_per_compressor(tmp_path, mc_file, pool_ckpt):
+    cfg, ckpt = pool_ckpt
+    result = evaluate_cli(transfer_config(cfg, ["pool", "tome"]), checkpoint=ckpt, data=str(mc_file))
+    folder = Path(ckpt).parent.parent / "transfer"  # beside the evaluated model
+    assert result["results"] == str(folder / "results.csv") and result["points"] == 2
+    with open(folder / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["compressor"] for r in rows] == ["pool", "tome"]
+    questions = len(mc_file.read_text().splitlines())
+    for r in rows:
+        assert 0.0 <= float(r["accuracy"]) <= 1.0 and int(r["questions"]) == questions
+        assert r["used_tokens_per_frame"] == "4" and r["trained_with"] == "pool@4"
+        assert {f"acc/{c}" for c in categories(mc_file)} <= set(r)
+        assert json.loads((folder / "points" / r["point"] / "eval.json").read_text())["evaluated_with"]["compressor"] == r["compressor"]
+    md = (folder / "results.md").read_text()
+    assert "- trained with pool@4" in md
+    assert "| pool * | 4 |" in md and "| tome | 4 |" in md
+
+
+def test_transfer_checks_every_compressor_before_evaluating(tmp_path, mc_file, pool_ckpt):
+    cfg, ckpt = pool_ckpt
+    out = tmp_path / "transfer"
+    with pytest.raises(CompressorWeightsError, match="compressor 'prune'"):
+        evaluate_cli(transfer_config(cfg, ["tome", "prune"]), checkpoint=ckpt, data=str(mc_file), out=str(out))
+    assert not (out / "results.csv").exists() and not (out / "points").exists()  # tome was not evaluated first
+
+
+def test_transfer_without_a_trained_model_says_how_to_train_it(tmp_path, mc_file):
+    base = tmp_path / "train.yaml"
+    base.write_text(to_yaml(config(tmp_path)))
+    sweep = tmp_path / "transfer.yaml"
+    sweep.write_text("base: train.yaml\nsweep:\n  model.compressor.name: [pool, tome]\n")
+    with pytest.raises(ConfigError, match=rf"checkpoints/last.ckpt does not exist. Train the model first \(dynvlm fit {base}\)"):
+        evaluate_cli(transfer_config(config(tmp_path), ["pool", "tome"]), data=str(mc_file), config_path=str(sweep))

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from dynvlm.data.synth import draw_scenes, make_config
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"
 WEIGHTS = EXPERIMENTS / "tiny_base" / "weights"
+TRANSFER = EXPERIMENTS / "transfer.yaml"
 REAL = sorted(p for p in (EXPERIMENTS / "dynamic_vlm_7b").glob("*.yaml") if p.stem != "common")
 sys.path.insert(0, str(EXPERIMENTS / "tiny_base"))
 
@@ -129,3 +132,40 @@ def test_no_test_clip_or_question_in_the_base_training_data():
     # the scene settings (everything but the split sizes) are the base's, so the test clips are its held-out ones
     for key in ("seed", "size", "min_duration", "max_duration", "max_visits", "min_visit_seconds", "max_visit_seconds"):
         assert synth[key] == trained[key], key
+
+
+# ---------------------------------------------------------------------------------------------
+# transfer.yaml: training-free evaluation of the model synthetic.yaml trains
+
+
+def test_transfer_yaml_asks_for_the_synthetic_model_first(tmp_path):
+    from dynvlm.config import ConfigError
+    from dynvlm.evaluate import evaluate_cli
+
+    cfg = load_config(TRANSFER, [f"output_dir={tmp_path / 'runs'}"])
+    missing = tmp_path / "runs" / "synthetic" / "checkpoints" / "last.ckpt"
+    hint = f"{missing} does not exist. Train the model first (dynvlm fit {EXPERIMENTS / 'synthetic.yaml'})"
+    with pytest.raises(ConfigError, match=re.escape(hint)):
+        evaluate_cli(cfg, config_path=str(TRANSFER))
+
+
+def test_transfer_yaml_evaluates_the_synthetic_model_at_every_point(tmp_path):
+    from dynvlm import train
+    from dynvlm.config import sweep_points
+    from dynvlm.evaluate import evaluate_cli
+
+    small = [f"output_dir={tmp_path / 'runs'}", f"data.synth.out={tmp_path / 'synth'}", "data.synth.train=2",
+             "data.synth.test=1", "data.batch_size=2", "trainer.max_steps=1", "trainer.enable_progress_bar=false"]
+    fitted = train.fit(load_config(EXPERIMENTS / "synthetic.yaml", small))
+    cfg = load_config(TRANSFER, small)
+    result = evaluate_cli(cfg, config_path=str(TRANSFER))  # the default checkpoint: the synthetic run's
+    assert result["checkpoint"] == fitted["checkpoint"] and result["trained_with"]["label"] == "pool@4"
+    with open(result["results"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    points = sweep_points(cfg.sweep)
+    assert len(rows) == len(points) and [r["compressor"] for r in rows] == [p["model.compressor.name"] for p in points]
+    assert all(0.0 <= float(r["accuracy"]) <= 1.0 and int(r["questions"]) > 0 for r in rows)
+    identity = next(r for r in rows if r["compressor"] == "identity")
+    assert identity["used_tokens_per_frame"] == "64" and float(identity["frames_per_sample"]) == 1.0  # 8x8 grid, N_max 64
+    md = Path(result["results_md"]).read_text()
+    assert "- trained with pool@4" in md and "| pool * | 4 |" in md
