@@ -34,9 +34,20 @@ def register_llms(register: Register) -> None:
     """Register language-model classes (subclasses of :class:`dynvlm.LanguageModel`)."""
 
 
+@hookspec
+def register_budgets(register: Register) -> None:
+    """Register budget policy classes (subclasses of :class:`dynvlm.budget.Policy`): ``register(name, cls)``.
+
+    A policy turns a sample's available frames (timestamps, duration, optionally the decoded
+    pixels) and the run's budget (``N_max``, the encoder grid, the compressor's exact counts)
+    into a plan: which frames to keep and the tokens per frame. ``budget.policy`` names it.
+    """
+
+
 #: hook name -> component kind it registers
 HOOK_KINDS: dict[str, str] = {
     "register_compressors": "compressor",
     "register_encoders": "encoder",
     "register_llms": "llm",
+    "register_budgets": "budget",
 }

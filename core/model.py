@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from .budget import BudgetPolicy, FramePlan
+from .budget import BudgetPolicy, FramePlan, VideoInfo
 from .config import build_component, provenance_record
 from .projector import Projector
 from .prompt import Encoded, PromptBatch, PromptBuilder
@@ -85,10 +85,12 @@ class VideoLLM(pl.LightningModule):
             self.carried = set(load_weights(self, read_weights(self.stage.resume_from), self.stage.resume_from))
         self.strict_loading = False  # checkpoints hold only trainable (+ carried) weights
         self.save_hyperparameters(
-            {"config": cfg, "provenance": provenance_record(self.encoder, self.compressor, self.llm)}
+            {"config": cfg, "provenance": provenance_record(self.encoder, self.compressor, self.llm, self.budget.policy)}
         )
         self.predictions_path: Path | None = None  # set by dynvlm.train.test to write per-question results
         self._eval_records: list[dict[str, Any]] = []
+        # (planned, actual) visual tokens per sample of the last visual_features call
+        self.token_counts: list[tuple[int, int]] = []
 
     # -- visual path ------------------------------------------------------------------------
     def _achievable(self, tokens: int, grid: tuple[int, int]) -> int:
@@ -98,13 +100,17 @@ class VideoLLM(pl.LightningModule):
         return self.compressor.achievable(tokens, grid)
 
     def plan(self, samples: Sequence[Sample], training: bool = False) -> list[FramePlan]:
-        """Budget plans (kept frame indices, tokens per frame) for ``samples``."""
+        """Budget plans (kept frame indices, tokens per frame) for ``samples``.
+
+        The policy sees each sample's timestamps, ``meta["duration"]`` and decoded frames
+        (:meth:`dynvlm.budget.VideoInfo.from_sample`): ``keyframes`` picks frames by their pixels.
+        """
         for s in samples:
             if s.frames.dim() != 4 or s.frames.shape[-1] != 3:
                 raise ValueError(f"sample {s.id!r}: frames must be [T, H, W, 3], got {tuple(s.frames.shape)}")
             if len(s.timestamps) != s.frames.shape[0]:
                 raise ValueError(f"sample {s.id!r}: {len(s.timestamps)} timestamps for {s.frames.shape[0]} frames")
-        return self.budget.plan_batch([s.frames.shape[0] for s in samples], training=training)
+        return self.budget.plan_batch([VideoInfo.from_sample(s) for s in samples], training=training)
 
     def visual_features(self, samples: Sequence[Sample], plans: Sequence[FramePlan]) -> tuple[list[Tensor], Tensor | None]:
         """Kept frames of each sample -> projected visual tokens ``[T_i * M_i, D]`` per sample, and the aux loss.
@@ -158,6 +164,9 @@ class VideoLLM(pl.LightningModule):
             group = outputs[p.tokens]
             per_sample.append(group[cursor[p.tokens] : cursor[p.tokens] + c].reshape(-1, group.shape[-1]))
             cursor[p.tokens] += c
+        # what the plan promised vs what the compressor really produced for the splice (the splice
+        # checks the prompt holds exactly as many positions): the accounting evaluation reports
+        self.token_counts = [(p.visual_tokens, int(v.shape[0])) for p, v in zip(plans, per_sample)]
         return per_sample, aux
 
     def splice(self, batch: PromptBatch, visual: Sequence[Tensor]) -> Tensor:
@@ -180,7 +189,9 @@ class VideoLLM(pl.LightningModule):
 
     # -- losses --------------------------------------------------------------------------------
     def forward(self, samples: Batch | Sequence[Sample], training: bool = False) -> dict[str, Tensor]:
-        """Loss of a batch: ``{"loss", "lm_loss", "aux_loss", "tokens_per_frame", "frames", "visual_tokens"}``."""
+        """Loss of a batch: ``{"loss", "lm_loss", "aux_loss", "tokens_per_frame", "frames", "visual_tokens",
+        "actual_tokens"}`` (the last three are means per sample; ``visual_tokens`` is the planned count,
+        ``actual_tokens`` the count the compressor returned and the LLM saw)."""
         samples = _samples(samples)
         plans = self.plan(samples, training=training)
         prompt = self.prompts.collate(self.encode_prompts(samples, plans), "right")
@@ -196,6 +207,7 @@ class VideoLLM(pl.LightningModule):
             "tokens_per_frame": torch.tensor(float(sum(p.tokens for p in plans)) / len(plans)),
             "frames": torch.tensor(float(sum(len(p.indices) for p in plans)) / len(plans)),
             "visual_tokens": torch.tensor(float(sum(p.visual_tokens for p in plans)) / len(plans)),
+            "actual_tokens": torch.tensor(float(sum(a for _, a in self.token_counts)) / len(plans)),
         }
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
@@ -204,7 +216,7 @@ class VideoLLM(pl.LightningModule):
         out = self(batch, training=True)
         n = len(_samples(batch))
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=n)
-        for k in ("lm_loss", "aux_loss", "tokens_per_frame", "frames", "visual_tokens"):
+        for k in ("lm_loss", "aux_loss", "tokens_per_frame", "frames", "visual_tokens", "actual_tokens"):
             self.log(f"train/{k}", out[k], batch_size=n)
         return out["loss"]
 
@@ -214,6 +226,9 @@ class VideoLLM(pl.LightningModule):
         samples = _samples(batch)
         out = self(samples, training=False)
         self.log("val/loss", out["loss"], prog_bar=True, batch_size=len(samples), sync_dist=True)
+        # mean visual tokens per sample, planned by the budget and really spliced
+        self.log("val/tokens/planned", out["visual_tokens"], batch_size=len(samples), sync_dist=True)
+        self.log("val/tokens/actual", out["actual_tokens"], batch_size=len(samples), sync_dist=True)
         self._eval_records.extend(self._mc_records(samples))
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
@@ -344,10 +359,12 @@ class VideoLLM(pl.LightningModule):
             scores = self.score_options(mc, cloze=self.eval_cfg.mode == "cloze")
             texts = [None] * len(mc)
             preds = [max(range(len(sc)), key=sc.__getitem__) for sc in scores]
+        counts = self.token_counts  # set by the visual_features call of generate / score_options
         return [
             {"kind": "mc", "question_id": s.meta.get("question_id", s.id), "category": s.meta.get("category", ""),
-             "pred": pred, "answer": s.meta.get("answer"), "text": text}
-            for s, pred, text in zip(mc, preds, texts)
+             "pred": pred, "answer": s.meta.get("answer"), "text": text,
+             "planned_tokens": planned, "actual_tokens": actual}
+            for s, pred, text, (planned, actual) in zip(mc, preds, texts, counts)
         ]
 
     def _open_records(self, samples: Sequence[Sample]) -> list[dict[str, Any]]:
@@ -358,10 +375,12 @@ class VideoLLM(pl.LightningModule):
         if not todo:
             return []
         texts = self.generate(todo)
+        counts = self.token_counts  # set by generate's visual_features call
         return [
             {"kind": "open", "question_id": s.meta.get("question_id", s.id), "category": s.meta.get("category", ""),
-             "text": text, "answer_text": s.conversation[-1].value, "correct": exact_match(text, s.conversation[-1].value)}
-            for s, text in zip(todo, texts)
+             "text": text, "answer_text": s.conversation[-1].value, "correct": exact_match(text, s.conversation[-1].value),
+             "planned_tokens": planned, "actual_tokens": actual}
+            for s, text, (planned, actual) in zip(todo, texts, counts)
         ]
 
     def _log_accuracy(self, split: str, write: bool) -> None:
@@ -382,6 +401,10 @@ class VideoLLM(pl.LightningModule):
             for cat in sorted({r["category"] for r in scored if r["category"]}):
                 rows = [r for r in scored if r["category"] == cat]
                 self.log(f"{split}/acc/{cat}", sum(r["pred"] == r["answer"] for r in rows) / len(rows), sync_dist=False)
+        counted = [r for r in records if "planned_tokens" in r]
+        if counted and split == "test":  # validation logs these per step, from every sample's forward
+            self.log(f"{split}/tokens/planned", sum(r["planned_tokens"] for r in counted) / len(counted), sync_dist=False)
+            self.log(f"{split}/tokens/actual", sum(r["actual_tokens"] for r in counted) / len(counted), sync_dist=False)
         opened = [r for r in records if r["kind"] == "open"]
         if opened:
             self.log(f"{split}/exact_match", sum(r["correct"] for r in opened) / len(opened), sync_dist=False)

@@ -40,7 +40,7 @@ class PluginError(RuntimeError):
 
 @dataclass(frozen=True)
 class Component:
-    """One registered component: ``kind`` (compressor/encoder/llm), ``name``, its class and origin."""
+    """One registered component: ``kind`` (compressor/encoder/llm/budget), ``name``, its class and origin."""
 
     kind: str
     name: str

@@ -187,10 +187,10 @@ def test_model_bench_measures_a_step(tmp_path):
     config.write_text(yaml.safe_dump(run_config(tmp_path)))
     args = model_bench._parser().parse_args(["--config", str(config), "--max-tokens", "32", "--steps", "1"])
     row = model_bench.measure(4, args)
-    assert (row["frames"], row["tokens_per_frame"], row["visual_tokens"]) == (4, 4, 16)  # 32 // 4 = 8 -> 4 (pool)
+    assert (row["frames"], row["tokens_per_frame"], row["visual_tokens"]) == (4, 8, 32)  # 32 // 4 = 8: pool's 2x4 grid
     assert row["llm_positions"] > row["visual_tokens"]
     assert row["act_llm_mib"] > 0 and row["act_encoder_mib"] > 0 and 0 < row["llm_share"] < 1
-    assert "| 4 | 4 | 16 |" in model_bench.table([row])
+    assert "| 4 | 8 | 32 |" in model_bench.table([row])
 
 
 def test_a_batch_whose_files_were_all_skipped_makes_no_step(path_model):

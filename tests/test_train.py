@@ -47,7 +47,7 @@ def test_fit_lowers_the_loss_and_writes_the_run(tmp_path, samples):
     assert (run / "config.yaml").read_text() == to_yaml(cfg)
     hparams = yaml.safe_load(next((run / "logs").glob("version_*/hparams.yaml")).read_text())
     assert hparams["provenance"] == {"encoder/clip": "dynvlm==0.1.0", "compressor/pool": "dynvlm==0.1.0",
-                                     "llm/hf": "dynvlm==0.1.0"}
+                                     "llm/hf": "dynvlm==0.1.0", "budget/dynamic": "dynvlm==0.1.0"}
     ckpt = torch.load(result["checkpoint"], weights_only=False)
     assert ckpt["hyper_parameters"]["config"]["model"]["compressor"] == {"name": "pool"}
     assert set(ckpt["state_dict"]) and all(k.split(".")[0] in ("encoder", "projector", "llm") for k in ckpt["state_dict"])
