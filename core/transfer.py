@@ -69,6 +69,8 @@ def run_transfer(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None = N
     ckpt = read_checkpoint(checkpoint)
     trained = trained_config(ckpt, checkpoint)
     configs = [apply_point(base, p) for p in points]
+    for c in configs:  # eval.json per point holds the results: no CSV log folder per point in the trained run
+        c["trainer"] = {**(c.get("trainer") or {}), "logger": False}
     _check_compressors(ckpt, checkpoint, configs)
     run = Path(checkpoint).parent.parent if Path(checkpoint).parent.name == "checkpoints" else Path(checkpoint).parent
     folder = Path(out) if out else run / "transfer"

@@ -202,6 +202,7 @@ def test_transfer_sweep_writes_one_row_per_compressor(tmp_path, mc_file, pool_ck
     md = (folder / "results.md").read_text()
     assert "- trained with pool@4" in md
     assert "| pool * | 4 |" in md and "| tome | 4 |" in md
+    assert not (folder.parent / "logs").exists()  # no CSV log version per evaluated point in the trained run
 
 
 def test_transfer_checks_every_compressor_before_evaluating(tmp_path, mc_file, pool_ckpt):
@@ -219,3 +220,12 @@ def test_transfer_without_a_trained_model_says_how_to_train_it(tmp_path, mc_file
     sweep.write_text("base: train.yaml\nsweep:\n  model.compressor.name: [pool, tome]\n")
     with pytest.raises(ConfigError, match=rf"checkpoints/last.ckpt does not exist. Train the model first \(dynvlm fit {base}\)"):
         evaluate_cli(transfer_config(config(tmp_path), ["pool", "tome"]), data=str(mc_file), config_path=str(sweep))
+
+
+def test_the_lmms_bridge_follows_the_same_rule(pool_ckpt):
+    from dynvlm.lmms.loading import CheckpointError, load_checkpoint
+
+    _, ckpt = pool_ckpt
+    with pytest.raises(CheckpointError, match=r"compressor 'prune' has 4 parameter tensors .*trained with 'pool'"):
+        load_checkpoint(ckpt, compressor="prune")
+    assert type(load_checkpoint(ckpt, compressor="tome").compressor).__name__ == "ToMe"
