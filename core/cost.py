@@ -587,7 +587,13 @@ def human(n: float | None, unit: str = "") -> str:
 
 
 def _mib(n: float | None) -> str:
-    return "-" if n is None else f"{n / 2**20:.1f} MiB"
+    """Bytes in the largest binary unit that keeps the number >= 1 (``"673.2 MiB"``); ``None`` -> ``"-"``."""
+    if n is None:
+        return "-"
+    for scale, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
 
 
 def cost_table(cost: Mapping[str, Any]) -> str:
@@ -609,7 +615,8 @@ def cost_table(cost: Mapping[str, Any]) -> str:
     lines = [
         format_table(("part", "FLOPs", "exact", "share"), rows),
         "",
-        f"lm_head computed for:  {cost['lm_head_positions']} positions",
+        "lm_head:               " + ("last position only (as generate's first step)" if cost["lm_head_positions"] == "last"
+                                     else "every position (the LLM plugin's forward)"),
         f"frames x M:            {cost['frames']} x {cost['tokens_per_frame']}",
         f"visual tokens:         {cost['visual_tokens']}",
         f"prompt tokens:         {cost['prompt_tokens']} (LLM positions of the prefill)",
@@ -637,6 +644,8 @@ def cost_cli(cfg: Mapping[str, Any], *, config_path: str | None = None, meta: bo
         from .config import ConfigError
 
         raise ConfigError("--device cuda but no CUDA device is available")
+    if cfg.get("sweep"):
+        log("the file has sweep: measuring its base config; give key=value overrides to pick a point")
     t0 = time.perf_counter()
     model = build_for_cost(cfg, meta=meta, device=device,
                            config_files={"encoder": encoder_config, "llm": llm_config}, log=log)
