@@ -11,10 +11,11 @@ import torch
 import yaml
 from tiny_vlm import ENCODER, LLM
 
+from dynvlm import sweep
 from dynvlm.config import apply_point, load_config
 from dynvlm.data.synth import vocabulary
 from dynvlm.model import config_dict
-from dynvlm.sweep import checkpoint_cost, findings, point_slug, read_results, run, write_results
+from dynvlm.sweep import findings, point_slug, read_results, run, write_results
 
 SYNTH = dict(seed=0, train=4, val=0, test=3, size=16, min_duration=12, max_duration=14, max_visits=2, max_visit_seconds=3)
 
@@ -61,8 +62,13 @@ def sweep_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_interrupted_sweep_resumes_without_rerunning_points(tmp_path):
+def test_interrupted_sweep_resumes_without_rerunning_points(tmp_path, monkeypatch):
     cfg = load_config(sweep_file(tmp_path))
+
+    def no_second_model(data, checkpoint):
+        raise AssertionError("every point here trains: its cost must come from the fitted model (CostProbe)")
+
+    monkeypatch.setattr(sweep, "checkpoint_cost", no_second_model)
     second = point_slug({"budget.tokens_per_frame": 4})
     counter = CountFits()
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -107,9 +113,10 @@ def test_interrupted_sweep_resumes_without_rerunning_points(tmp_path):
 
     # a point whose fit had already finished (no training, so no in-fit measurement) is measured
     # from its checkpoint: the same counts as the in-fit measurement
+    monkeypatch.undo()
     data = apply_point({k: v for k, v in config_dict(cfg).items() if k != "sweep"}, {"budget.tokens_per_frame": 4})
     data["name"] = "mini/points/tokens_per_frame=4"
-    cost = checkpoint_cost(data, str(ckpt))
+    cost = sweep.checkpoint_cost(data, str(ckpt))
     for key in ("flops_encoder", "flops_projector", "flops_llm_prefill", "kv_bytes", "prompt_tokens"):
         assert float(cost[key]) == pytest.approx(float(rows[1][key])), key
 
