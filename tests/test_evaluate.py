@@ -187,7 +187,8 @@ def transfer_config(cfg, compressors):
 
 def test_transfer_sweep_writes_one_row_per_compressor(tmp_path, mc_file, pool_ckpt):
     cfg, ckpt = pool_ckpt
-    result = evaluate_cli(transfer_config(cfg, ["pool", "tome"]), checkpoint=ckpt, data=str(mc_file))
+    logged = OmegaConf.merge(cfg, {"trainer": {"logger": True}})  # the trained run's config logs; its evaluations do not
+    result = evaluate_cli(transfer_config(logged, ["pool", "tome"]), checkpoint=ckpt, data=str(mc_file))
     folder = Path(ckpt).parent.parent / "transfer"  # beside the evaluated model
     assert result["results"] == str(folder / "results.csv") and result["points"] == 2
     with open(folder / "results.csv", newline="") as f:
