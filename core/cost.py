@@ -11,7 +11,9 @@ the first token's logits -- and reports, as the mean per sample:
   attention as its two products ``QK^T`` and ``AV`` over the full ``L x L`` square, causal or not);
   pooling, norms, activations and other elementwise ops count 0 (so ``pool`` shows 0). CPU
   attention (``_scaled_dot_product_flash_attention_for_cpu``) is counted with torch's own
-  attention formula, which its registry only applies to the GPU kernels.
+  attention formula, which its registry only applies to the GPU kernels. Compressors with a kernel
+  ``backend`` switch run their PyTorch reference during the count (a Triton kernel's products are
+  invisible to the counter), so counts do not depend on the device; timing uses the configured backend.
   ``flops_prefill`` is the total of the pass (the parts plus ``flops_other``, normally 0).
 - ``lm_head_positions``: ``"last"`` when the LLM's prefill computes logits for the last position
   only (a Hugging Face model whose ``forward`` takes ``logits_to_keep``: what ``generate`` does),
@@ -37,6 +39,7 @@ known checkpoints (:data:`KNOWN_CONFIGS`); see :func:`resolve_for_cost`.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -44,7 +47,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -337,11 +340,26 @@ def _mean(values: Sequence[Any]) -> Any:
     return statistics.fmean(values)
 
 
+@contextlib.contextmanager
+def _reference_kernels(model: nn.Module) -> Iterator[None]:
+    """Modules with a kernel ``backend`` switch (``auto|triton|torch``) run their PyTorch reference while
+    FLOPs are counted: ``FlopCounterMode`` sees aten ops only, so a Triton kernel's products would count 0
+    and the same model would count differently on GPU and CPU."""
+    saved = [(m, m.backend) for m in model.modules() if isinstance(getattr(m, "backend", None), str)]
+    try:
+        for m, _ in saved:
+            m.backend = "torch"
+        yield
+    finally:
+        for m, backend in saved:
+            m.backend = backend
+
+
 def _measure_one(model: Any, sample: Sample, plan: FramePlan, repeats: int, warmup: int,
                  latency: bool, memory: bool, device: torch.device) -> dict[str, Any]:
     """FLOPs, latency, memory and KV bytes of one sample's prefill."""
     # FLOPs: one pass under the counter, attributed to the parts by forward hooks
-    with flop_counter() as counter:
+    with _reference_kernels(model), flop_counter() as counter:
         parts = _PartFlops(counter, {"encoder": model.encoder, "compressor": model.compressor,
                                      "projector": model.projector})
         marks: dict[str, int] = {}

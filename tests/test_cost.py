@@ -244,3 +244,15 @@ def test_dynvlm_cost_on_the_7b_recipe_runs_under_a_minute():
     assert "TFLOP" in out and "KV cache:" in out and "MiB" in out
     assert "prefill latency:       - (not measurable on the meta device)" in out
     assert "built-in config of 'Qwen2.5-7B-Instruct'" in proc.stderr
+
+
+def test_kernel_backends_count_as_their_pytorch_reference(tmp_path):
+    counts = {}
+    for backend in ("torch", "triton"):  # Triton runs in its interpreter on CPU (conftest)
+        cfg = run_config(tmp_path, budget={"max_tokens": 64, "max_frames": 16, "tokens_per_frame": 4})
+        cfg["model"]["compressor"] = {"name": "tome", "backend": backend}
+        model = VideoLLM(cfg)
+        counts[backend] = measure_cost(model, [synthetic_video(model, 6)], latency=False, memory=False)
+        assert model.compressor.backend == backend  # restored after the count
+    assert counts["torch"]["flops_compressor"] > 0  # ToMe's similarity products
+    assert counts["triton"]["flops_compressor"] == counts["torch"]["flops_compressor"]
