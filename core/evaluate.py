@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError
 from .model import config_dict
-from .schema import BudgetConfig, section
+from .schema import BudgetConfig
 
 #: state-dict prefix of the compressor's weights in a :class:`~dynvlm.model.VideoLLM`
 COMPRESSOR_PREFIX = "compressor."
@@ -108,16 +108,19 @@ def setting(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """
     if config is None:
         return None
-    budget = section(BudgetConfig, dict(config.get("budget") or {}), "budget")
+    # read key by key (defaults from BudgetConfig), not through schema.section: a checkpoint's
+    # config from an older or newer schema must still be describable
+    budget, defaults = dict(config.get("budget") or {}), BudgetConfig()
     name = ((config.get("model") or {}).get("compressor") or {}).get("name")
-    m = budget.tokens_per_frame
-    policy = getattr(budget, "policy", "dynamic")  # a name or {name: ..., **keys}
+    m = budget.get("tokens_per_frame", defaults.tokens_per_frame)
+    policy = budget.get("policy", getattr(defaults, "policy", "dynamic"))  # a name or {name: ..., **keys}
     policy = str(policy.get("name") if isinstance(policy, Mapping) else policy)
     if m is None:
         label = f"{name}@{policy}"
     else:
         label = f"{name}@{m}" + ("" if policy == "dynamic" else f" ({policy})")
-    return {"compressor": name, "tokens_per_frame": m, "max_tokens": budget.max_tokens, "policy": policy, "label": label}
+    return {"compressor": name, "tokens_per_frame": m, "max_tokens": budget.get("max_tokens", defaults.max_tokens),
+            "policy": policy, "label": label}
 
 
 def setting_line(trained: Mapping[str, Any] | None, evaluated: Mapping[str, Any]) -> str:

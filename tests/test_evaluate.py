@@ -16,7 +16,7 @@ from dynvlm import train
 from dynvlm.cli import main
 from dynvlm.config import ConfigError, to_yaml
 from dynvlm.data.synth import generate, vocabulary
-from dynvlm.evaluate import CompressorWeightsError, evaluate_cli, stale_compressor_weights
+from dynvlm.evaluate import CompressorWeightsError, evaluate_cli, setting, setting_line, stale_compressor_weights
 from dynvlm.model import VideoLLM
 
 
@@ -230,3 +230,19 @@ def test_the_lmms_bridge_follows_the_same_rule(pool_ckpt):
     with pytest.raises(CheckpointError, match=r"compressor 'prune' has 4 parameter tensors .*trained with 'pool'"):
         load_checkpoint(ckpt, compressor="prune")
     assert type(load_checkpoint(ckpt, compressor="tome").compressor).__name__ == "ToMe"
+
+
+def test_setting_labels_name_the_budget():
+    def cfg(name, **budget):
+        return {"model": {"compressor": {"name": name}}, "budget": budget}
+
+    pool100, tome36 = setting(cfg("pool", tokens_per_frame=100)), setting(cfg("tome", tokens_per_frame=36))
+    assert setting_line(pool100, tome36) == "trained with pool@100, evaluated with tome@36"
+    assert setting_line(pool100, setting(cfg("pool", tokens_per_frame=100))) == "trained and evaluated with pool@100"
+    dynamic = setting(cfg("pool", tokens_per_frame=None, max_tokens=6000))
+    assert dynamic["label"] == "pool@dynamic" and dynamic["max_tokens"] == 6000
+    assert setting_line(setting(cfg("pool")), dynamic) == (
+        "trained with pool@dynamic (N_max=12000), evaluated with pool@dynamic (N_max=6000)")
+    assert setting(cfg("tome", tokens_per_frame=16, policy={"name": "keyframes"}))["label"] == "tome@16 (keyframes)"
+    assert setting(cfg("tome", unknown_old_key=1))["label"] == "tome@dynamic"  # an older checkpoint's config
+    assert setting_line(None, tome36) == "weights from the config (no checkpoint), evaluated with tome@36"
