@@ -1,4 +1,4 @@
-"""The worked example of docs/plugins.md, built and pip-installed as a real package."""
+"""The worked examples of docs/plugins.md (a compressor, a budget policy), built and pip-installed as real packages."""
 
 from __future__ import annotations
 
@@ -19,10 +19,33 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 BIN = Path(sys.executable).parent
 
 
-def doc_blocks() -> dict[str, str]:
-    """The fenced blocks that follow a `file name` line in docs/plugins.md."""
+def doc_blocks(package: str = "") -> dict[str, str]:
+    """The fenced blocks that follow a `file name` line in docs/plugins.md: those named plainly
+    (the compressor example), or those under `package/` (file name -> text)."""
     text = DOC.read_text()
-    return dict(re.findall(r"^`([\w.]+)`\n\n```\w+\n(.*?)```", text, flags=re.MULTILINE | re.DOTALL))
+    blocks = dict(re.findall(r"^`([\w./-]+)`\n\n```\w+\n(.*?)```", text, flags=re.MULTILINE | re.DOTALL))
+    prefix = f"{package}/" if package else ""
+    return {k.removeprefix(prefix): v for k, v in blocks.items() if k.startswith(prefix) and "/" not in k.removeprefix(prefix)}
+
+
+def install_doc_package(tmp_path: Path, package: str, blocks: dict[str, str], module: str):
+    """Write ``blocks`` into ``tmp_path/package``, pip-install it; the caller uninstalls (see ``uninstall``)."""
+    code_lines = [line for line in blocks[f"{module}.py"].splitlines() if line.strip() and not line.lstrip().startswith(("#", '"""'))]
+    assert len(code_lines) <= 35, "the worked example should stay about 30 lines"
+    pkg = tmp_path / package
+    pkg.mkdir()
+    for name, body in blocks.items():
+        (pkg / name).write_text(body)
+    out = pip("install", "-q", "--no-deps", "--no-build-isolation", str(pkg))
+    assert out.returncode == 0, out.stderr
+    importlib.invalidate_caches()
+
+
+def uninstall(package: str, module: str) -> None:
+    pip("uninstall", "-y", "-q", package)
+    sys.modules.pop(module, None)
+    importlib.invalidate_caches()
+    dynvlm.get_registry(refresh=True)
 
 
 def pip(*args: str) -> subprocess.CompletedProcess:
@@ -33,22 +56,22 @@ def pip(*args: str) -> subprocess.CompletedProcess:
 def installed_stride_plugin(tmp_path):
     blocks = doc_blocks()
     assert set(blocks) == {"pyproject.toml", "dynvlm_stride.py"}
-    code_lines = [line for line in blocks["dynvlm_stride.py"].splitlines() if line.strip() and not line.lstrip().startswith(("#", '"""'))]
-    assert len(code_lines) <= 35, "the worked example should stay about 30 lines"
-    pkg = tmp_path / "dynvlm-stride"
-    pkg.mkdir()
-    for name, body in blocks.items():
-        (pkg / name).write_text(body)
-    out = pip("install", "-q", "--no-deps", "--no-build-isolation", str(pkg))
-    assert out.returncode == 0, out.stderr
-    importlib.invalidate_caches()
+    install_doc_package(tmp_path, "dynvlm-stride", blocks, "dynvlm_stride")
     try:
         yield
     finally:
-        pip("uninstall", "-y", "-q", "dynvlm-stride")
-        sys.modules.pop("dynvlm_stride", None)
-        importlib.invalidate_caches()
-        dynvlm.get_registry(refresh=True)
+        uninstall("dynvlm-stride", "dynvlm_stride")
+
+
+@pytest.fixture
+def installed_recent_policy(tmp_path):
+    blocks = doc_blocks("dynvlm-recent")
+    assert set(blocks) == {"pyproject.toml", "dynvlm_recent.py"}
+    install_doc_package(tmp_path, "dynvlm-recent", blocks, "dynvlm_recent")
+    try:
+        yield
+    finally:
+        uninstall("dynvlm-recent", "dynvlm_recent")
 
 
 def test_third_party_compressor_end_to_end(installed_stride_plugin, tmp_path):
@@ -74,3 +97,28 @@ def test_third_party_compressor_end_to_end(installed_stride_plugin, tmp_path):
     bad.write_text("model:\n  compressor: {name: stride, ofset: 1}\n")
     with pytest.raises(dynvlm.ConfigError, match=r"unknown key 'ofset' for compressor 'stride'.*valid keys: name, offset"):
         load_config(bad)
+
+
+def test_third_party_budget_policy_end_to_end(installed_recent_policy, tmp_path):
+    from dynvlm.budget import BudgetPolicy, VideoInfo
+
+    listing = subprocess.run([str(BIN / "dynvlm"), "plugins"], capture_output=True, text=True, env=os.environ, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    row = next(line.split() for line in listing.stdout.splitlines() if line.split()[:2] == ["budget", "recent"])
+    assert row[2:] == ["dynvlm_recent.RecentPolicy", "dynvlm-recent", "0.1.0"]
+
+    registry = dynvlm.get_registry(refresh=True)
+    assert registry.get("budget", "recent").distribution == "dynvlm-recent"
+    spec_file = tmp_path / "exp.yaml"
+    spec_file.write_text("budget:\n  max_tokens: 1000\n  policy: {name: recent, tokens_per_frame: 120}\n")
+    cfg = load_config(spec_file)
+    pool = dynvlm.build_component("compressor", {"name": "pool"}, dim=8)
+    budget = BudgetPolicy(cfg.budget, (24, 24), pool.achievable)
+    assert budget.policy.provenance["distribution"] == "dynvlm-recent"
+    video = VideoInfo(tuple(float(t) for t in range(30)), duration=30.0)
+    plan = budget.plan(video)
+    assert plan.tokens == 120 and plan.indices == tuple(range(22, 30))  # 1000 // 120 = 8 frames, the last ones
+    full = BudgetPolicy({"max_tokens": 1200, "policy": "recent"}, (24, 24), pool.achievable).plan(video)
+    assert full.tokens == 576 and full.indices == (28, 29)  # the default: all N tokens, 1200 // 576 = 2 frames
+    with pytest.raises(dynvlm.ConfigError, match=r"unknown key 'tokens' for budget 'recent'; valid keys: name, tokens_per_frame"):
+        BudgetPolicy({"policy": {"name": "recent", "tokens": 8}}, (24, 24))
