@@ -226,9 +226,10 @@ class VideoLLM(pl.LightningModule):
         samples = _samples(batch)
         out = self(samples, training=False)
         self.log("val/loss", out["loss"], prog_bar=True, batch_size=len(samples), sync_dist=True)
-        # mean visual tokens per sample, planned by the budget and really spliced
-        self.log("val/tokens/planned", out["visual_tokens"], batch_size=len(samples), sync_dist=True)
-        self.log("val/tokens/actual", out["actual_tokens"], batch_size=len(samples), sync_dist=True)
+        # mean visual tokens per sample, planned by the budget and really spliced (floats: Lightning
+        # puts them on the module's device, which a distributed sync needs)
+        self.log("val/tokens/planned", float(out["visual_tokens"]), batch_size=len(samples), sync_dist=True)
+        self.log("val/tokens/actual", float(out["actual_tokens"]), batch_size=len(samples), sync_dist=True)
         self._eval_records.extend(self._mc_records(samples))
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
