@@ -39,7 +39,7 @@ TEMPLATES = {
     "first": "What colour is the first ball?",
     "last": "What colour is the last ball?",
     "count": "How many balls appear?",
-    "seen": "Which colour of ball appears?",
+    "seen": "What colour balls appear?",
 }
 LETTERS = "ABCDEFGH"
 WORD_RE = re.compile(r"<video>|<image>|[A-Za-z]+|\d+|[^\sA-Za-z\d]")

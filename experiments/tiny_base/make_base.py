@@ -1,24 +1,23 @@
 """Make the tiny pretrained base that ``experiments/synthetic.yaml`` loads by ``path:``.
 
-Three stages (YAML beside this file), then an export::
+Two stages (YAML beside this file), then an export::
 
     A  stage_a.yaml  encoder + projector + LLM from random init, detail questions only, one frame at
                      full tokens (no compression); the encoder is frozen afterwards
-    B  stage_b.yaml  curriculum: projector + LLM (+ the pruner's scorer) on the detail questions with a
-                     random compressor and a random M per batch
-    C  stage_c.yaml  projector + LLM (+ scorer) on every question family, random compressor and M
-    D  stage_d.yaml  the same with every question multiple choice (the evaluation's answer format)
+    B  stage_b.yaml  projector + LLM (+ the pruner's scorer) on the embedded default's families
+                     (shape: detail; seen: coverage), answered in words, with a random compressor
+                     and a random M per batch
     export           weights/encoder (CLIPVisionModel), weights/llm (Qwen2ForCausalLM + tokenizer),
                      weights/projector.safetensors, weights/projector_prune.safetensors (+ the scorer),
                      weights/manifest.json (sha256, recipe, command, steps, machine, wall time,
-                     per-family accuracy on the synthetic val split)
+                     per-family accuracy on the synthetic val split, options scored by cloze)
 
 Reproduce the shipped weights (about 30 min on 2 CPU cores)::
 
     .venv/bin/python experiments/tiny_base/make_base.py
 
 ``--steps N`` caps every stage at ``N`` steps and ``--runs``/``--weights`` move the outputs (the
-tests use them for a few-step run); ``--stages`` picks stages (``a,b,c,export``).
+tests use them for a few-step run); ``--stages`` picks stages (``a,b,export,eval``).
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-STAGES = ("a", "b", "c", "d")
+STAGES = ("a", "b")
 COMPRESSORS = ("pool", "tome", "prune")
 TOKENS = (1, 4, 16, 64)
 WEIGHTS = HERE / "weights"
@@ -97,8 +96,8 @@ def stage_config(stage: str, runs: Path | None, steps: int | None, overrides: Se
         extra.append(f"data.synth.out={data / out.name}")
     if runs is not None:
         extra.append(f"output_dir={runs}")
-        if stage in ("b", "c", "d"):
-            prev = {"b": "a", "c": "b", "d": "c"}[stage]
+        if stage != STAGES[0]:
+            prev = STAGES[STAGES.index(stage) - 1]
             extra.append(f"stage.resume_from={runs}/tiny_base/stage_{prev}/checkpoints/last.ckpt")
     if steps is not None:
         extra.append(f"trainer.max_steps={steps}")
@@ -155,7 +154,7 @@ def evaluate(weights: Path, runs: Path | None, split: str = "val", compressors: 
     from dynvlm import train
     from dynvlm.data.synth import ceilings
 
-    base = OmegaConf.to_container(stage_config("c", runs, None, overrides, data), resolve=True)
+    base = OmegaConf.to_container(stage_config(STAGES[-1], runs, None, overrides, data), resolve=True)
     data_dir = Path(base["data"]["synth"]["out"])
     results: dict[str, dict[str, float]] = {}
     for comp in compressors:
@@ -206,7 +205,7 @@ def machine() -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stages", default="a,b,c,d,export,eval", help="comma-separated subset of a,b,c,d,export,eval")
+    p.add_argument("--stages", default="a,b,export,eval", help="comma-separated subset of a,b,export,eval")
     p.add_argument("--steps", type=int, default=None, help="cap every stage at this many steps (tests)")
     p.add_argument("--runs", type=Path, default=None, help="run folder (default: the YAML's output_dir, runs/)")
     p.add_argument("--data", type=Path, default=None, help="folder for the synthetic datasets (default: data/)")
@@ -217,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     todo = [s.strip() for s in args.stages.split(",") if s.strip()]
     bad = [s for s in todo if s not in (*STAGES, "export", "eval")]
     if bad:
-        p.error(f"unknown stage {bad[0]!r}; choose from a, b, c, d, export, eval")
+        p.error(f"unknown stage {bad[0]!r}; choose from {', '.join(STAGES)}, export, eval")
     # measured: oneDNN off cuts a tiny model's CPU step from 0.37 to 0.22 s (docs/benchmarks.md)
     mkldnn, threads = torch.backends.mkldnn.enabled, torch.get_num_threads()
     torch.backends.mkldnn.enabled = False
@@ -244,14 +243,14 @@ def _make(args: argparse.Namespace, todo: list[str], argv: Sequence[str] | None)
         manifest["bytes"] = sum(f.stat().st_size for f in files)
     if "eval" in todo:
         manifest["accuracy_val"] = evaluate(args.weights, args.runs, overrides=args.overrides, data=args.data)
-    synth = dict(stage_config("c", args.runs, None, args.overrides, args.data).data.synth)
+    synth = dict(stage_config(STAGES[-1], args.runs, None, args.overrides, args.data).data.synth)
     synth.pop("out", None)
     manifest.update({
         "command": ".venv/bin/python experiments/tiny_base/make_base.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "recipe": ["experiments/tiny_base/common.yaml", *(f"experiments/tiny_base/stage_{s}.yaml" for s in STAGES),
                    "experiments/tiny_base/make_base.py"],
         "trained_on": {"split": "train", "synth": synth,
-                       "note": "stages A/B use the same scenes with qtypes [shape, where]; val/test never trained on"},
+                       "note": "stage A asks [shape, where] and stage B [shape, seen] about the same scenes; val/test never trained on"},
         "machine": machine(),
         "made_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
