@@ -128,9 +128,11 @@ class VideoInfo:
 
     @classmethod
     def from_count(cls, frames: int, fps: float = 1.0) -> VideoInfo:
-        """``frames`` frames at ``k / fps`` seconds, no pixels (for planning by count alone)."""
+        """``frames`` frames at ``k / fps`` seconds (1 fps for ``fps <= 0``, the reader's "every
+        frame"), no pixels: for planning by count alone."""
         if frames < 1:
             raise ValueError(f"budget: a sample needs at least one frame, got T={frames}")
+        fps = fps if fps and fps > 0 else 1.0
         return cls(tuple(k / fps for k in range(int(frames))), duration=frames / fps)
 
     @classmethod
@@ -237,7 +239,8 @@ class BudgetPolicy:
     takes effect.
     """
 
-    def __init__(self, budget: BudgetConfig | Mapping[str, Any] | None, grid: tuple[int, int], achievable=None,
+    def __init__(self, budget: BudgetConfig | Mapping[str, Any] | None, grid: tuple[int, int],
+                 achievable: Callable[[int, tuple[int, int]], int] | None = None,
                  registry: Registry | None = None) -> None:
         from .config import ConfigError, build_component  # config pulls in omegaconf: only when a budget is built
 

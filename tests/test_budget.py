@@ -253,6 +253,9 @@ def test_video_info_from_a_sample_carries_duration_and_pixels():
     assert info.timestamps == (0.0, 1.0, 2.0, 3.0) and info.duration == 4.2 and info.frames is pixels
     with pytest.raises(ValueError, match="3 timestamps for 4 frames"):
         VideoInfo((0.0, 1.0, 2.0), frames=pixels)
+    # a frame count alone: frames at k / budget.fps (fps <= 0 is the reader's "every frame": 1 s apart)
+    assert VideoInfo.from_count(3, fps=2.0).timestamps == (0.0, 0.5, 1.0)
+    assert VideoInfo.from_count(3, fps=0.0).timestamps == (0.0, 1.0, 2.0)
 
 
 class _Greedy(Policy):
