@@ -254,6 +254,14 @@ def test_cli_main(tmp_path, capsys):
         _check(dict(rec, answer_text=rec["options"]["ABCD".index(rec["answer"])]), frames, 16)
     assert synth.main(argv[:-1] + ["--seed", "2", "--quiet"]) == 2  # other settings, same folder
     assert "differ: seed" in capsys.readouterr().err
+    # a folder made by an older generator version is stale: regenerated, not refused
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["config"]["version"] = synth.VERSION - 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / recs[0]["video"]).write_bytes(b"old")
+    assert synth.main(argv) == 0
+    assert json.loads((out / "manifest.json").read_text())["config"]["version"] == synth.VERSION
+    assert read_video(out / recs[0]["video"], fps=1.0).frames.shape == (12, 16, 16, 3)
 
 
 @pytest.mark.parametrize("size", [16, 32])

@@ -295,10 +295,17 @@ def generate(cfg: SynthConfig | dict[str, Any], force: bool = False, progress: b
             log.info("synthetic dataset in %s is up to date", out)
             return out
         diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
-        raise SynthError(
-            f"{out} holds a synthetic dataset made with other settings (differ: {', '.join(diff)}); "
-            "choose another 'out' or regenerate with --force"
-        )
+        if old.get("version") != key["version"]:
+            # made by an older generator from settings it recorded: stale by definition, and nothing in
+            # it is lost by regenerating (the same settings remake it with that version's code)
+            log.warning("%s was made by synthetic generator version %s (now %s); regenerating",
+                        out, old.get("version"), key["version"])
+            force = True
+        else:
+            raise SynthError(
+                f"{out} holds a synthetic dataset made with other settings (differ: {', '.join(diff)}); "
+                "choose another 'out' or regenerate with --force"
+            )
     marker = out / INCOMPLETE
     ours = manifest_path.exists() or marker.exists()
     if out.exists() and any(out.iterdir()) and not ours:
