@@ -82,7 +82,9 @@ class VideoLLM(pl.LightningModule):
         self.trainable = apply_stage(self, self.stage)
         self.carried: set[str] = set()
         if self.stage.resume_from:
-            self.carried = set(load_weights(self, read_weights(self.stage.resume_from), self.stage.resume_from))
+            # a base's file may carry the scorer of the compressor it was trained with
+            self.carried = set(load_weights(self, read_weights(self.stage.resume_from), self.stage.resume_from,
+                                            optional=("compressor.",)))
         self.strict_loading = False  # checkpoints hold only trainable (+ carried) weights
         self.save_hyperparameters(
             {"config": cfg, "provenance": provenance_record(self.encoder, self.compressor, self.llm, self.budget.policy)}

@@ -18,6 +18,7 @@ chain ``pretrain -> image_sft -> video_sft`` keeps everything any stage trained.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ DEFAULT_TRAINABLE: dict[str, tuple[str, ...]] = {
     "image_sft": MODULES,  # LLaVA-OneVision-style SFT: the whole model, the ViT at a fraction of lr
     "video_sft": MODULES,
 }
+
+log = logging.getLogger(__name__)
 
 
 def stage_config(stage: StageConfig | Mapping[str, Any] | None) -> StageConfig:
@@ -85,13 +88,21 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
     return data
 
 
-def load_weights(model: nn.Module, weights: Mapping[str, Tensor], source: str = "checkpoint") -> list[str]:
+def load_weights(model: nn.Module, weights: Mapping[str, Tensor], source: str = "checkpoint",
+                 optional: tuple[str, ...] = ()) -> list[str]:
     """Copy ``weights`` into ``model`` (a subset of its state dict); return the keys loaded.
 
     Raises ``ValueError`` naming unknown keys or mismatched shapes: a checkpoint from a
-    different architecture must not load silently.
+    different architecture must not load silently. Unknown keys under an ``optional`` prefix
+    (e.g. ``"compressor."``: a base carries the scorer of the compressor it was trained with,
+    which a fine-tune with another compressor does not have) are skipped with a logged notice.
     """
     own = model.state_dict()
+    skipped = [k for k in weights if k not in own and k.startswith(optional)]
+    if skipped:
+        log.info("%s: %d weights not used by this model were skipped (%s%s)", source, len(skipped),
+                 ", ".join(skipped[:3]), ", ..." if len(skipped) > 3 else "")
+        weights = {k: v for k, v in weights.items() if k not in skipped}
     unknown = [k for k in weights if k not in own]
     if unknown:
         raise ValueError(f"{source}: {len(unknown)} weights do not exist in this model, e.g. {unknown[:3]}; "

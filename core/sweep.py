@@ -34,7 +34,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from .config import apply_point, sweep_points
+from .config import apply_point, sweep_keys, sweep_points
 from .schema import BudgetConfig
 
 RESULTS = "results.csv"
@@ -122,7 +122,7 @@ def run_sweep(data: Mapping[str, Any], callbacks: Sequence[Any] = ()) -> dict[st
         write_results(out / RESULTS, rows)
         bar.update(1)
     bar.close()
-    summary = write_summary(out, rows, list(data["sweep"]))
+    summary = write_summary(out, rows, sweep_keys(data["sweep"]))
     return {"results": str(out / RESULTS), "points": len(points), "ran": len(todo), **summary}
 
 

@@ -98,3 +98,25 @@ def test_resuming_from_a_foreign_checkpoint_fails_clearly(tmp_path):
         _model(tmp_path, {"name": "image_sft", "resume_from": str(bogus)})
     with pytest.raises(FileNotFoundError, match="does not exist"):
         _model(tmp_path, {"name": "image_sft", "resume_from": str(tmp_path / "missing.ckpt")})
+
+
+def test_a_base_file_with_another_compressors_weights_loads_the_rest(tmp_path):
+    from safetensors.torch import save_file
+
+    prune = _model(tmp_path, {"name": "pretrain"})
+    head = {f"projector.{k}": v.contiguous() for k, v in prune.projector.state_dict().items()}
+    head.update({f"compressor.{k}": torch.randn_like(v) for k, v in prune.compressor.state_dict().items()})
+    save_file(head, str(tmp_path / "base.safetensors"))
+    stage = {"name": "pretrain", "resume_from": str(tmp_path / "base.safetensors")}
+    # prune takes its scorer from the file
+    again = _model(tmp_path, stage)
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in head.items())
+    # pool has no scorer: the projector loads, the scorer's weights are skipped
+    pool = VideoLLM(run_config(tmp_path, inline_model("pool"), stage=stage))
+    assert pool.carried == {k for k in head if k.startswith("projector.")}
+    assert all(torch.equal(pool.projector.state_dict()[k.removeprefix("projector.")], v)
+               for k, v in head.items() if k.startswith("projector."))
+    # any other unknown weight still refuses to load
+    save_file({**head, "llm.extra": torch.randn(2)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match="llm.extra"):
+        VideoLLM(run_config(tmp_path, inline_model("pool"), stage={"name": "pretrain", "resume_from": str(tmp_path / "bad.safetensors")}))
