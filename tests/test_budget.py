@@ -299,3 +299,19 @@ def test_a_policy_breaking_the_contract_is_stopped_with_its_name():
     with pytest.raises(RuntimeError, match=r"'seven' planned 7 tokens per frame, which the compressor does not give "
                                            r"exactly on grid 8x8 \(it gives 4\)"):
         BudgetPolicy({"policy": "seven"}, (8, 8), squares, registry=reg).plan(3)
+
+
+def test_the_model_hands_each_samples_pixels_to_the_policy(tmp_path):
+    from tiny_vlm import inline_model, run_config
+
+    from dynvlm.model import VideoLLM
+
+    cuts = (5, 11, 17)
+    sample = Sample(_scene_video(cuts), [float(t) for t in range(20)], [Turn("human", "<video>"), Turn("gpt", "red")],
+                    meta={"duration": 20.0})
+    budget = {"max_tokens": 64, "min_tokens_per_frame": 16, "max_frames": 20, "policy": "keyframes"}
+    model = VideoLLM(run_config(tmp_path, inline_model(), budget=budget))  # 4x4 grid: 4 frames of 16 tokens
+    assert model.hparams["provenance"]["budget/keyframes"] == f"dynvlm=={dynvlm.__version__}"
+    assert model.plan([sample]) == [FramePlan((0, *cuts), 16)]
+    moved = Sample(_scene_video((2, 8, 13)), sample.timestamps, sample.conversation, meta=sample.meta)
+    assert model.plan([sample, moved]) == [FramePlan((0, *cuts), 16), FramePlan((0, 2, 8, 13), 16)]
