@@ -103,10 +103,11 @@ def test_shipped_base_loads_by_path_and_answers(tmp_path):
                        *(f"data.synth.{k}={v}" for k, v in small.items()), "trainer.enable_progress_bar=false"])
     assert cfg.model.encoder.path == str(WEIGHTS / "encoder") and cfg.model.llm.path == str(WEIGHTS / "llm")
     res = train.test(cfg)
-    assert res["test/n"] == 12  # 2 clips x 6 questions
+    per_clip = len(cfg.data.synth.qtypes)
+    assert res["test/n"] == 2 * per_clip  # 2 clips x (shape, seen, shape, seen)
     assert 0.0 <= res["test/acc"] <= 1.0
     preds = [json.loads(line) for line in open(Path(res["run_dir"]) / "predictions.jsonl")]
-    assert len(preds) == 12 and all(p["pred"] in range(4) for p in preds)
+    assert len(preds) == 2 * per_clip and all(p["pred"] in range(4) for p in preds)
 
 
 def _scenes(settings: dict, split: str) -> list:

@@ -243,7 +243,9 @@ def _make(args: argparse.Namespace, todo: list[str], argv: Sequence[str] | None)
         manifest["bytes"] = sum(f.stat().st_size for f in files)
     if "eval" in todo:
         manifest["accuracy_val"] = evaluate(args.weights, args.runs, overrides=args.overrides, data=args.data)
-    synth = dict(stage_config(STAGES[-1], args.runs, None, args.overrides, args.data).data.synth)
+    from omegaconf import OmegaConf
+
+    synth = OmegaConf.to_container(stage_config(STAGES[-1], args.runs, None, args.overrides, args.data).data.synth)
     synth.pop("out", None)
     manifest.update({
         "command": ".venv/bin/python experiments/tiny_base/make_base.py " + " ".join(sys.argv[1:] if argv is None else argv),
