@@ -183,6 +183,9 @@ def _validate_tree(data: dict, origins: dict[str, str], registry: Registry) -> N
             _check_component(model[key], kind, f"model.{key}", registry, ctx)
     if model.get("projector") is not None:
         _check_dataclass(model["projector"], schema.ProjectorConfig, "model.projector", ctx)
+    policy = (data.get("budget") or {}).get("policy")
+    if policy is not None:  # a registered budget policy, by name or as {name, its own keys}
+        _check_component({"name": policy} if isinstance(policy, str) else policy, "budget", "budget.policy", registry, ctx)
     if data.get("trainer") is not None:
         _check_trainer(data["trainer"], ctx)
 

@@ -145,6 +145,11 @@ def result_row(slug: str, point: Mapping[str, Any], data: Mapping[str, Any], res
             if source in result:
                 row[f"{key}_per_sample" if key != "tokens_per_frame" else "mean_tokens_per_frame"] = round(float(result[source]), 2)
                 break
+    policy = (data.get("budget") or {}).get("policy") or "dynamic"
+    row["budget_policy"] = policy if isinstance(policy, str) else policy.get("name", "")
+    for key in ("planned", "actual"):  # visual tokens per test sample: the plan and what was spliced
+        if f"test/tokens/{key}" in result:
+            row[f"test_tokens_{key}"] = round(float(result[f"test/tokens/{key}"]), 2)
     for key in ("step_time_s", "peak_memory_mb", "fit_s", "test_s", "global_step"):
         row[key] = result.get(key, "")
     for key in COST_COLUMNS:

@@ -245,3 +245,15 @@ def test_config_reference_documents_every_key():
     ]
     missing += [f"top-level {key}" for key in ("name", "seed", "output_dir", "base", "sweep") if f"`{key}`" not in doc]
     assert not missing, f"docs/config.md does not document: {missing}"
+
+
+def test_budget_policy_is_checked_when_the_config_loads(tmp_path):
+    ok = write(tmp_path / "ok.yaml", "budget: {policy: {name: frames, frames: 8}}\n")
+    assert load_config(ok).budget.policy.frames == 8
+    for text, match in [
+        ("budget: {policy: nosuch}\n", r"budget\.policy\.name.*nosuch.*dynamic"),
+        ("budget: {policy: {name: frames, frame: 8}}\n", r"budget\.policy\.frame: unknown key 'frame'.*valid keys: name, frames"),
+        ("budget: {policy: {name: frames, frames: eight}}\n", r"budget\.policy\.frames: expected"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            load_config(write(tmp_path / "bad.yaml", text))

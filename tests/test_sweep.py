@@ -89,6 +89,8 @@ def test_interrupted_sweep_resumes_without_rerunning_points(tmp_path, monkeypatc
         assert 0.0 <= float(r["accuracy"]) <= 1.0
         assert r["global_step"] == "4" and float(r["step_time_s"]) > 0 and float(r["peak_memory_mb"]) > 0
         assert "compressor/pool" in r["plugins"]
+        assert r["budget_policy"] == "dynamic" and float(r["test_tokens_planned"]) > 0
+        assert r["test_tokens_planned"] == r["test_tokens_actual"]  # exact accounting, recorded per point
         # measured cost of the fitted point on its first test samples
         parts = [float(r[f"flops_{k}"]) for k in ("encoder", "compressor", "projector", "llm_prefill")]
         assert parts[0] > 0 and parts[2] > 0 and parts[3] > 0 and parts[1] == 0  # pool: no matmuls
