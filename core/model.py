@@ -93,6 +93,8 @@ class VideoLLM(pl.LightningModule):
         self._eval_records: list[dict[str, Any]] = []
         # (planned, actual) visual tokens per sample of the last visual_features call
         self.token_counts: list[tuple[int, int]] = []
+        # timestamps (s) of the frames each sample of the last visual_features call kept
+        self.kept_times: list[list[float]] = []
 
     # -- visual path ------------------------------------------------------------------------
     def _achievable(self, tokens: int, grid: tuple[int, int]) -> int:
@@ -169,6 +171,7 @@ class VideoLLM(pl.LightningModule):
         # what the plan promised vs what the compressor really produced for the splice (the splice
         # checks the prompt holds exactly as many positions): the accounting evaluation reports
         self.token_counts = [(p.visual_tokens, int(v.shape[0])) for p, v in zip(plans, per_sample)]
+        self.kept_times = [[s.timestamps[i] for i in p.indices] for s, p in zip(samples, plans)]
         return per_sample, aux
 
     def splice(self, batch: PromptBatch, visual: Sequence[Tensor]) -> Tensor:
@@ -363,12 +366,16 @@ class VideoLLM(pl.LightningModule):
             texts = [None] * len(mc)
             preds = [max(range(len(sc)), key=sc.__getitem__) for sc in scores]
         counts = self.token_counts  # set by the visual_features call of generate / score_options
-        return [
+        records = [
             {"kind": "mc", "question_id": s.meta.get("question_id", s.id), "category": s.meta.get("category", ""),
              "pred": pred, "answer": s.meta.get("answer"), "text": text,
              "planned_tokens": planned, "actual_tokens": actual}
             for s, pred, text, (planned, actual) in zip(mc, preds, texts, counts)
         ]
+        for r, s, times in zip(records, mc, self.kept_times):
+            if s.meta.get("evidence_groups") is not None:
+                r["ceiling"] = _coverage_ceiling(s.meta["evidence_groups"], times, len(s.meta["options"]))
+        return records
 
     def _open_records(self, samples: Sequence[Sample]) -> list[dict[str, Any]]:
         """Open-ended samples (no options, ending with a gpt answer): generate and exact-match the last answer."""
@@ -404,6 +411,12 @@ class VideoLLM(pl.LightningModule):
             for cat in sorted({r["category"] for r in scored if r["category"]}):
                 rows = [r for r in scored if r["category"] == cat]
                 self.log(f"{split}/acc/{cat}", sum(r["pred"] == r["answer"] for r in rows) / len(rows), sync_dist=False)
+        bounded = [r for r in scored if "ceiling" in r]
+        if bounded:  # the best accuracy the frames the model really kept allow (synthetic evidence)
+            self.log(f"{split}/ceiling", sum(r["ceiling"] for r in bounded) / len(bounded), sync_dist=False)
+            for cat in sorted({r["category"] for r in bounded if r["category"]}):
+                rows = [r for r in bounded if r["category"] == cat]
+                self.log(f"{split}/ceiling/{cat}", sum(r["ceiling"] for r in rows) / len(rows), sync_dist=False)
         counted = [r for r in records if "planned_tokens" in r]
         if counted and split == "test":  # validation logs these per step, from every sample's forward
             self.log(f"{split}/tokens/planned", sum(r["planned_tokens"] for r in counted) / len(counted), sync_dist=False)
@@ -505,6 +518,14 @@ class VideoLLM(pl.LightningModule):
         if isinstance(batch, Batch) or (isinstance(batch, list) and batch and isinstance(batch[0], Sample)):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+
+def _coverage_ceiling(evidence_groups: Sequence[Sequence[float]], kept: Sequence[float], options: int) -> float:
+    """1 when every evidence group (seconds at which a piece of the answer is on screen) holds a
+    kept frame's second, else chance (``1 / options``): what frame coverage allows one question."""
+    from .data.questions import answerable
+
+    return 1.0 if answerable(evidence_groups, kept) else 1.0 / options
 
 
 def _scoring_prompt(sample: Sample, cloze: bool) -> list[Turn]:

@@ -211,6 +211,8 @@ def test_ceilings(data: Mapping[str, Any]) -> dict[str, float]:
     """Mean accuracy ceiling of the point's test multiple-choice file at its fixed budget:
     ``{"ceiling": overall, "ceiling/<family>": ...}`` (:func:`dynvlm.data.synth.ceiling`: 1 when the
     frames the budget keeps, ``N_max // M``, see every piece of a question's evidence, else chance).
+    A fallback: a row takes the model's own ``test/ceiling`` (from the frames it really kept, so
+    right for any policy and compressor) when the test logged it.
 
     Empty when the file has no ``evidence_groups`` (real benchmarks) or ``tokens_per_frame`` is unset.
     """

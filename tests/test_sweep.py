@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,12 @@ def test_interrupted_sweep_resumes_without_rerunning_points(tmp_path, monkeypatc
         assert r["global_step"] == "4" and float(r["step_time_s"]) > 0 and float(r["peak_memory_mb"]) > 0
         assert "compressor/pool" in r["plugins"]
         assert r["budget_policy"] == "dynamic" and float(r["test_tokens_planned"]) > 0
+        # the ceiling from the frames the model kept == the one derived from the budget alone (square M)
+        point_cfg = apply_point({k: v for k, v in config_dict(cfg).items() if k != "sweep"},
+                                {"budget.tokens_per_frame": int(r["tokens_per_frame"])})
+        assert float(r["ceiling"]) == pytest.approx(sweep.test_ceilings(point_cfg)["ceiling"], abs=1e-3)
+        preds = [json.loads(line) for line in open(out / "points" / r["point"] / "predictions.jsonl")]
+        assert float(r["ceiling"]) == pytest.approx(sum(p["ceiling"] for p in preds) / len(preds), abs=1e-4)
         assert r["test_tokens_planned"] == r["test_tokens_actual"]  # exact accounting, recorded per point
         # measured cost of the fitted point on its first test samples
         parts = [float(r[f"flops_{k}"]) for k in ("encoder", "compressor", "projector", "llm_prefill")]
