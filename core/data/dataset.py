@@ -24,7 +24,7 @@ MAX_SUBSTITUTES = 16  # training: how many following items to try in place of a 
 #: frames decoded by any dataset with ``cache`` on, keyed by file (path, size, mtime) and decode
 #: settings: the DataModules of a sweep's points (one process) and the several questions of one
 #: clip in a multiple-choice file decode each file once
-_SHARED_FRAMES: dict[tuple, tuple[torch.Tensor, list[float], str, float]] = {}
+_SHARED_FRAMES: dict[tuple, tuple[torch.Tensor, list[float], str, float, float]] = {}
 
 
 def _shared_key(path: Path, fps: float | None, max_frames: int | None, backend: str) -> tuple | None:
@@ -80,7 +80,7 @@ class VideoQADataset(Dataset):
         self.fps, self.max_frames, self.backend = fps, max_frames, backend
         self.on_error, self.substitute = on_error, substitute
         self.cache = cache
-        self._frames: dict[int, tuple[torch.Tensor, list[float], str, float]] = {}
+        self._frames: dict[int, tuple[torch.Tensor, list[float], str, float, float]] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -102,14 +102,16 @@ class VideoQADataset(Dataset):
             hit = _SHARED_FRAMES.get(key)
         if hit is None:
             clip = read_video(path, fps=self.fps, max_frames=self.max_frames, backend=self.backend)
-            hit = (torch.from_numpy(clip.frames), list(clip.timestamps), clip.backend, clip.duration)
+            hit = (torch.from_numpy(clip.frames), list(clip.timestamps), clip.backend, clip.duration, clip.native_fps)
             if key is not None:
                 _SHARED_FRAMES[key] = hit
         if self.cache and index is not None:
             self._frames[index] = hit
-        frames, timestamps, backend, duration = hit
+        frames, timestamps, backend, duration, native_fps = hit
         kind = "image" if backend == "image" else item.kind
         meta = {**item.meta, "duration": item.meta.get("duration", duration)}
+        # policies read the source frame rate through VideoInfo.from_sample (keyframes, frames)
+        meta.setdefault("native_fps", native_fps)
         conv = [type(t)(t.role, t.value) for t in item.conversation]  # copies: samples may be edited downstream
         return Sample(frames, list(timestamps), conv, kind, item.id, str(path), meta)
 

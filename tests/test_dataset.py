@@ -1,0 +1,49 @@
+"""dynvlm.data.dataset.VideoQADataset: what a decoded sample carries for budget policies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+
+from dynvlm.budget import VideoInfo
+from dynvlm.data.annotations import Item
+from dynvlm.data.dataset import VideoQADataset
+from dynvlm.records import Turn
+
+
+def _write_video(path: Path, seconds: int, fps: int) -> None:
+    """An H.264 MP4 of ``seconds * fps`` 16x16 frames at ``fps`` frames per second."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width = s.height = 16
+        s.pix_fmt = "yuv420p"
+        for i in range(seconds * fps):
+            img = np.full((16, 16, 3), (i * 7) % 256, dtype=np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def _item(media: str, **meta) -> Item:
+    return Item("a", media, "video", [Turn("human", "<video>\nq?"), Turn("gpt", "a")], dict(meta))
+
+
+def test_native_fps_reaches_the_policy(tmp_path):
+    _write_video(tmp_path / "v.mp4", seconds=4, fps=6)
+    for cache in (False, True):
+        ds = VideoQADataset([_item("v.mp4")], tmp_path, fps=1.0, max_frames=8, cache=cache)
+        for _ in range(2):  # the second decode is served by the frame cache when it is on
+            sample = ds[0].sample
+            assert sample is not None and sample.meta["native_fps"] == 6.0
+            info = VideoInfo.from_sample(sample)
+            assert info.fps == 6.0 and info.duration is not None and abs(info.duration - 4.0) < 0.5
+
+
+def test_annotated_native_fps_wins(tmp_path):
+    _write_video(tmp_path / "v.mp4", seconds=2, fps=5)
+    ds = VideoQADataset([_item("v.mp4", native_fps=30.0)], tmp_path, fps=1.0, max_frames=8)
+    sample = ds[0].sample
+    assert sample is not None and VideoInfo.from_sample(sample).fps == 30.0
