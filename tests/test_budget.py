@@ -80,6 +80,16 @@ def test_training_draws_one_random_m_per_batch_within_range():
     assert [p.tokens for p in policy.plan_batch([4, 16])] == [64, 16]
 
 
+def test_training_draw_never_goes_below_m_min():
+    # squares only: achievable(5) == 4 on 8x8, below m_min = 5, so 4 must not be drawn
+    squares = AdaptivePool(8, aspect_tolerance=1.0).achievable
+    assert squares(5, (8, 8)) == 4
+    policy = BudgetPolicy({"max_tokens": 256, "min_tokens_per_frame": 5}, (8, 8), squares)
+    rng = random.Random(0)
+    drawn = {policy.plan_batch([4, 16], training=True, rng=rng)[0].tokens for _ in range(200)}
+    assert drawn == {9, 16}
+
+
 def test_fixed_override_trades_frames_for_tokens():
     policy = BudgetPolicy({"max_tokens": 256, "tokens_per_frame": 36, "max_frames": 64}, (8, 8),
                           AdaptivePool(8).achievable)
@@ -299,6 +309,23 @@ def test_a_policy_breaking_the_contract_is_stopped_with_its_name():
     with pytest.raises(RuntimeError, match=r"'seven' planned 7 tokens per frame, which the compressor does not give "
                                            r"exactly on grid 8x8 \(it gives 4\)"):
         BudgetPolicy({"policy": "seven"}, (8, 8), squares, registry=reg).plan(3)
+
+
+class _NotAPolicy:
+    """A third-party budget plugin that forgot to subclass Policy."""
+
+    def __init__(self) -> None:
+        pass
+
+
+def test_a_budget_plugin_must_be_a_policy():
+    module = types.ModuleType("budget_plugin_not_policy")
+    module.register_budgets = dynvlm.hookimpl(lambda register: register("plain", _NotAPolicy))
+    reg = Registry()
+    reg.add_plugin(module, distribution="plain-budgets", version="1.2")
+    with pytest.raises(ConfigError, match=r"budget.policy: plugin 'plain' \(distribution plain-budgets==1.2\) "
+                                          r"registered _NotAPolicy, which is not a dynvlm.budget.Policy subclass"):
+        BudgetPolicy({"policy": "plain"}, (8, 8), registry=reg)
 
 
 def test_the_model_hands_each_samples_pixels_to_the_policy(tmp_path):

@@ -49,7 +49,8 @@ class DynamicPolicy(Policy):
         lo = min(c.min_tokens_per_frame, hi)
         # uniform over the counts the compressor produces exactly: drawing an integer and rounding
         # it down would make the largest count (a square, for pooling) the rarest
-        choices = sorted(m for m in {budget.achievable(m) for m in range(lo, hi + 1)} if m <= hi) or [hi]
+        # on odd grids achievable(m_min) can fall below m_min: such counts are not in the range
+        choices = sorted(m for m in {budget.achievable(m) for m in range(lo, hi + 1)} if lo <= m <= hi) or [hi]
         m = (rng or random).choice(choices)
         return [FramePlan(p.indices, m) for p in plans]
 
