@@ -267,6 +267,11 @@ class BudgetPolicy:
             self.policy: Policy = build_component("budget", spec, registry)
         except ConfigError as exc:  # name the config key the spec came from
             raise ConfigError(f"budget.policy: {exc}") from None
+        if not isinstance(self.policy, Policy):  # else the first plan() fails with a bare AttributeError
+            prov = getattr(self.policy, "provenance", None) or {}
+            raise ConfigError(f"budget.policy: plugin {self.name!r} (distribution "
+                              f"{prov.get('distribution', '?')}=={prov.get('version', '?')}) registered "
+                              f"{type(self.policy).__qualname__}, which is not a dynvlm.budget.Policy subclass")
         self.policy.check(self.context())
 
     def achievable(self, tokens: int) -> int:
