@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
 from .schema import StageConfig, section
@@ -95,13 +96,14 @@ def load_weights(model: nn.Module, weights: Mapping[str, Tensor], source: str = 
     Raises ``ValueError`` naming unknown keys or mismatched shapes: a checkpoint from a
     different architecture must not load silently. Unknown keys under an ``optional`` prefix
     (e.g. ``"compressor."``: a base carries the scorer of the compressor it was trained with,
-    which a fine-tune with another compressor does not have) are skipped with a logged notice.
+    which a fine-tune with another compressor does not have) are skipped with a warning (``rank_zero_warn``).
     """
     own = model.state_dict()
     skipped = [k for k in weights if k not in own and k.startswith(optional)]
     if skipped:
-        log.info("%s: %d weights not used by this model were skipped (%s%s)", source, len(skipped),
-                 ", ".join(skipped[:3]), ", ..." if len(skipped) > 3 else "")
+        # a warning, not INFO: a run silently dropping weights it was pointed at must be visible
+        rank_zero_warn(f"{source}: {len(skipped)} weights not used by this model were skipped "
+                       f"({', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''})")
         weights = {k: v for k, v in weights.items() if k not in skipped}
     unknown = [k for k in weights if k not in own]
     if unknown:
