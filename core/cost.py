@@ -55,7 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from .budget import FramePlan, uniform_indices
-from .records import Batch, Sample, Turn
+from .records import Batch, Sample, Turn, question_turns
 
 #: the parts whose FLOPs are reported, in pipeline order
 PARTS = ("encoder", "compressor", "projector", "llm_prefill")
@@ -164,8 +164,7 @@ def _is_meta(model: nn.Module) -> bool:
 
 def _prompt_turns(sample: Sample) -> list[Turn]:
     """The conversation up to the last question (a trailing answer is what the model would generate)."""
-    conv = list(sample.conversation)
-    return conv[:-1] if conv and conv[-1].role == "gpt" else conv
+    return question_turns(sample.conversation)
 
 
 def llm_prefill(llm: nn.Module, embeds: Tensor) -> tuple[Any, str]:

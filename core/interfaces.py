@@ -67,6 +67,10 @@ class Compressor(nn.Module):
     ``[1, N]`` at call time: the budget policy decides it per batch.
     """
 
+    #: ``True`` for a compressor that always serves all ``N`` tokens whatever is asked (``identity``):
+    #: the budget then pays for ``N`` per frame, and the encoder's ``downsample`` option needs one.
+    keeps_all: bool = False
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dim = int(dim)

@@ -25,6 +25,13 @@ class Turn:
     value: str
 
 
+def question_turns(conversation: list[Turn]) -> list[Turn]:
+    """``conversation`` up to its last question: a trailing gpt turn (the answer the model would
+    generate or is scored on) is dropped; a copy of the list either way."""
+    conv = list(conversation)
+    return conv[:-1] if conv and conv[-1].role == "gpt" else conv
+
+
 @dataclass
 class Sample:
     """One decoded training/eval item.
