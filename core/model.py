@@ -31,7 +31,7 @@ from .budget import BudgetPolicy, FramePlan, VideoInfo
 from .config import build_component, provenance_record
 from .projector import Projector
 from .prompt import Encoded, PromptBatch, PromptBuilder
-from .records import Batch, Sample, Turn
+from .records import Batch, Sample, Turn, question_turns
 from .schema import EvalConfig, OptimConfig, ProjectorConfig, section
 from .stages import apply_stage, load_weights, read_weights, stage_config
 
@@ -73,6 +73,10 @@ class VideoLLM(pl.LightningModule):
         self.compressor = build_component("compressor", model_cfg["compressor"], dim=self.encoder.width)
         self.llm = build_component("llm", model_cfg["llm"])
         proj = section(ProjectorConfig, model_cfg.get("projector"), "model.projector")
+        if getattr(self.encoder, "downsample", False) and not self.compressor.keeps_all:
+            # refused here, not at the first batch: a misconfigured run must not start training
+            raise ValueError("model.encoder.downsample: true already yields the planned tokens per frame; "
+                             "it needs model.compressor.name: identity (a second compressor would be a no-op)")
         self.projector = Projector(self.encoder.width, self.llm.width, depth=proj.depth, hidden=proj.hidden)
         self.budget = BudgetPolicy(cfg.get("budget"), self.encoder.grid, self._achievable)
         self.prompts = PromptBuilder(self.llm.tokenizer, getattr(self.llm, "system_prompt", None))
@@ -129,9 +133,6 @@ class VideoLLM(pl.LightningModule):
         pixels = self.encoder.preprocess(frames)
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())
         downsample = bool(getattr(self.encoder, "downsample", False))
-        if downsample and not getattr(self.compressor, "keeps_all", False):
-            raise ValueError("model.encoder.downsample: true already yields the planned tokens per frame; "
-                             "it needs model.compressor.name: identity (a second compressor would be a no-op)")
 
         def encode(px: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
             kw = {} if grid is None else {"grid": grid}  # only downsampling encoders take a grid
@@ -168,19 +169,33 @@ class VideoLLM(pl.LightningModule):
             group = outputs[p.tokens]
             per_sample.append(group[cursor[p.tokens] : cursor[p.tokens] + c].reshape(-1, group.shape[-1]))
             cursor[p.tokens] += c
-        # what the plan promised vs what the compressor really produced for the splice (the splice
-        # checks the prompt holds exactly as many positions): the accounting evaluation reports
-        self.token_counts = [(p.visual_tokens, int(v.shape[0])) for p, v in zip(plans, per_sample)]
+        # what the plan promised; the actual count is measured by splice() from the prompt's visual
+        # positions each sample really fills (0 until a prompt of that sample is spliced)
+        self.token_counts = [(p.visual_tokens, 0) for p in plans]
         self.kept_times = [[s.timestamps[i] for i in p.indices] for s, p in zip(samples, plans)]
         return per_sample, aux
 
-    def splice(self, batch: PromptBatch, visual: Sequence[Tensor]) -> Tensor:
-        """LLM input embeddings ``[B, L, D]`` with the visual tokens scattered into the visual positions."""
+    def splice(self, batch: PromptBatch, visual: Sequence[Tensor], owners: Sequence[int] | None = None) -> Tensor:
+        """LLM input embeddings ``[B, L, D]`` with the visual tokens scattered into the visual positions.
+
+        Args:
+            batch: ``B`` collated prompts; ``visual_mask`` ``[B, L]`` marks the visual positions.
+            visual: ``B`` tensors ``[V_b, D]``, row ``b``'s visual tokens in order.
+            owners: for each row, the index of its sample in the last :meth:`visual_features` call
+                (default: row ``b`` is sample ``b``; MC scoring repeats a sample once per option).
+
+        Also records, as the ``actual`` half of :attr:`token_counts`, how many visual positions
+        each owner's prompt row really holds, measured from the mask independently of the plan.
+        """
         embeds = self.llm.embed(batch.input_ids.to(self.device))
         vis = torch.cat(list(visual)).to(embeds.dtype)
         mask = batch.visual_mask.to(self.device)
-        if int(mask.sum()) != vis.shape[0]:
-            raise RuntimeError(f"{int(mask.sum())} visual positions in the prompt but {vis.shape[0]} visual tokens")
+        filled = [int(n) for n in mask.sum(1).tolist()]  # [B]: visual positions per prompt row
+        if sum(filled) != vis.shape[0]:
+            raise RuntimeError(f"{sum(filled)} visual positions in the prompt but {vis.shape[0]} visual tokens")
+        for row, owner in enumerate(owners if owners is not None else range(len(filled))):
+            if 0 <= owner < len(self.token_counts):
+                self.token_counts[owner] = (self.token_counts[owner][0], filled[row])
         return embeds.masked_scatter(mask.unsqueeze(-1), vis)
 
     def encode_prompts(self, samples: Sequence[Sample], plans: Sequence[FramePlan],
@@ -196,7 +211,7 @@ class VideoLLM(pl.LightningModule):
     def forward(self, samples: Batch | Sequence[Sample], training: bool = False) -> dict[str, Tensor]:
         """Loss of a batch: ``{"loss", "lm_loss", "aux_loss", "tokens_per_frame", "frames", "visual_tokens",
         "actual_tokens"}`` (the last three are means per sample; ``visual_tokens`` is the planned count,
-        ``actual_tokens`` the count the compressor returned and the LLM saw)."""
+        ``actual_tokens`` the visual positions the spliced prompts really held)."""
         samples = _samples(samples)
         plans = self.plan(samples, training=training)
         prompt = self.prompts.collate(self.encode_prompts(samples, plans), "right")
@@ -261,7 +276,7 @@ class VideoLLM(pl.LightningModule):
         """Open-ended answers to each sample's last human turn (a trailing gpt turn is dropped)."""
         samples = _samples(samples)
         plans = self.plan(samples)
-        convs = [s.conversation[:-1] if s.conversation[-1].role == "gpt" else s.conversation for s in samples]
+        convs = [question_turns(s.conversation) for s in samples]
         prompt = self.prompts.collate(self.encode_prompts(samples, plans, convs, generation_prompt=True), "left")
         visual, _ = self.visual_features(samples, plans)
         embeds = self.splice(prompt, visual)
@@ -317,7 +332,7 @@ class VideoLLM(pl.LightningModule):
         scores: list[list[float]] = [[] for _ in fulls]
         for lo in range(0, len(items), SCORE_SEQUENCES):
             prompt = self.prompts.collate(items[lo : lo + SCORE_SEQUENCES], "right")
-            embeds = self.splice(prompt, vis[lo : lo + SCORE_SEQUENCES])
+            embeds = self.splice(prompt, vis[lo : lo + SCORE_SEQUENCES], owner[lo : lo + SCORE_SEQUENCES])
             logits = self.llm(embeds, prompt.attention_mask.to(self.device)).logits
             targets = prompt.labels.to(self.device)
             for row, i in enumerate(owner[lo : lo + SCORE_SEQUENCES]):
@@ -346,7 +361,7 @@ class VideoLLM(pl.LightningModule):
         scores: list[list[float]] = []
         for lo in range(0, len(prompts), per_chunk):
             batch = self.prompts.collate(prompts[lo : lo + per_chunk], "left")
-            embeds = self.splice(batch, visual[lo : lo + per_chunk])
+            embeds = self.splice(batch, visual[lo : lo + per_chunk], range(lo, lo + len(prompts[lo : lo + per_chunk])))
             scores += self.llm.continuation_logprobs(embeds, batch.attention_mask.to(self.device),
                                                      continuations[lo : lo + per_chunk])
         return scores
@@ -531,7 +546,7 @@ def _coverage_ceiling(evidence_groups: Sequence[Sequence[float]], kept: Sequence
 def _scoring_prompt(sample: Sample, cloze: bool) -> list[Turn]:
     """The turns an MC sample's answers are scored after: the conversation without its final
     answer, or for ``cloze`` the bare question (``meta["question"]``) after the visual marker."""
-    base = sample.conversation[:-1] if sample.conversation[-1].role == "gpt" else list(sample.conversation)
+    base = question_turns(sample.conversation)
     if not cloze:
         return base
     question = sample.meta.get("question")

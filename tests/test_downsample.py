@@ -114,6 +114,7 @@ def test_training_reaches_the_encoder_through_the_resized_frames(folders, sample
 
 
 def test_downsample_needs_the_identity_compressor(folders, samples, tmp_path):
-    m = _model(folders, tmp_path, True, "pool", 4)
+    # refused when the model is built, before any batch is planned or encoded
     with pytest.raises(ValueError, match="needs model.compressor.name: identity"):
-        m.visual_features(samples, m.plan(samples))
+        _model(folders, tmp_path, True, "pool", 4)
+    assert _model(folders, tmp_path, True, "identity", 4).compressor.keeps_all

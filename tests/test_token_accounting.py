@@ -26,7 +26,7 @@ C = 8
 def test_achievable_is_exact_for_every_count(name, grid):
     comp = dynvlm.build_component("compressor", {"name": name}, dim=C).eval()
     n = grid[0] * grid[1]
-    keeps_all = getattr(comp, "keeps_all", False)  # `identity` declares it serves N only
+    keeps_all = comp.keeps_all  # `identity` declares it serves N only
     counts = {}
     for m in range(1, n + 1):
         a = comp.achievable(m, grid)
@@ -112,8 +112,9 @@ def test_planned_and_recorded_visual_tokens_match(tmp_path, m):
 
 
 def test_actual_tokens_are_measured_not_copied_from_the_plan(tmp_path):
-    """The record counts the tensors visual_features returns: a sample planned at fewer frames
-    than another is recorded with its own count, and the counts are what the LLM received."""
+    """The actual count is the visual positions each sample's spliced prompt really holds: a
+    sample planned at fewer frames is recorded with its own count, and a prompt that disagrees
+    with the plan shows up as a mismatch."""
     model = _model(tmp_path, 120)
     samples = _samples()
     short = Sample(samples[0].frames[:1], [0.0], samples[0].conversation, id="short", meta=dict(samples[0].meta))
@@ -122,6 +123,16 @@ def test_actual_tokens_are_measured_not_copied_from_the_plan(tmp_path):
     with torch.no_grad():
         visual, _ = model.visual_features(batch, plans)
     assert [v.shape[0] for v in visual] == [120, 240, 240]
+    assert model.token_counts == [(120, 0), (240, 0), (240, 0)]  # nothing spliced yet
+    # prompts built for the wrong plans (rows 0 and 1 swapped): the totals agree, so the splice
+    # goes through, but each row holds the other's count of visual positions
+    swapped = model.prompts.collate(model.encode_prompts([batch[1], batch[0], batch[2]],
+                                                         [plans[1], plans[0], plans[2]]), "right")
+    with torch.no_grad():
+        model.splice(swapped, visual)
+    assert model.token_counts == [(120, 240), (240, 120), (240, 240)]
+    with torch.no_grad():
+        model.splice(model.prompts.collate(model.encode_prompts(batch, plans), "right"), visual)
     assert model.token_counts == [(120, 120), (240, 240), (240, 240)]
     with torch.no_grad():
         records = model._mc_records(batch)
