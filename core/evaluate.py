@@ -6,7 +6,10 @@ config's ``data.test`` (or its ``data.synth`` test file) is used. Scoring follow
 ``loglik`` picks the option letter with the highest log-likelihood, ``cloze`` the option text,
 ``generate`` generates an answer and reads the letter with :func:`dynvlm.answers.extract_choice`
 (unparseable answers count as wrong). Results — overall and per category — are written as
-``eval.json``, ``eval.md`` and ``predictions.jsonl`` to ``--out`` (default: ``<run>/eval/<file stem>``).
+``eval.json``, ``eval.md`` and ``predictions.jsonl`` to ``--out`` (default:
+``<run>/eval/<file stem>/<setting slug>``, e.g. ``eval/test_mc/tome@36_N12000``).
+``eval.json`` also holds the measured inference cost (``cost``: FLOPs per part, prefill latency,
+KV-cache bytes, peak memory; :func:`dynvlm.cost.measure_cost` on the first test samples).
 
 Training-free evaluation: the model is built from ``CONFIG`` plus the overrides, so a checkpoint
 can be evaluated with another compressor or budget than it was trained with
@@ -22,6 +25,7 @@ A config with a ``sweep:`` section evaluates every point of its grid on one chec
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,11 +104,15 @@ def stale_compressor_weights(checkpoint: Mapping[str, Any], compressor_spec: Map
 
 
 def setting(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """``{"compressor", "tokens_per_frame", "max_tokens", "policy", "label"}`` of a run config (``None`` for ``None``).
+    """``{"compressor", "tokens_per_frame", "max_tokens", "policy", "policy_keys", "label"}`` of a run config
+    (``None`` for ``None``).
 
     ``label`` is ``"<compressor>@<M>"``, or ``"<compressor>@dynamic"`` when ``budget.tokens_per_frame``
     is unset (the budget rule ``clamp(max_tokens // T, ...)`` picks ``M``); a budget policy other
-    than the default ``dynamic`` is named too (``"pool@16 (keyframes)"``, ``"pool@keyframes"``).
+    than the default ``dynamic`` is named too (``"pool@16 (keyframes)"``, ``"pool@keyframes"``), and
+    the budget its own keys fix is read into the label: ``policy.tokens_per_frame`` as ``M``
+    (``"tome@36 (fixed)"``), ``policy.frames`` as ``T`` (``"pool@T=8 (frames)"``). ``policy_keys``
+    holds every other key of the policy mapping (compared by :func:`same_setting`).
     """
     if config is None:
         return None
@@ -113,24 +121,52 @@ def setting(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
     budget, defaults = dict(config.get("budget") or {}), BudgetConfig()
     name = ((config.get("model") or {}).get("compressor") or {}).get("name")
     m = budget.get("tokens_per_frame", defaults.tokens_per_frame)
-    policy = budget.get("policy", getattr(defaults, "policy", "dynamic"))  # a name or {name: ..., **keys}
-    policy = str(policy.get("name") if isinstance(policy, Mapping) else policy)
-    if m is None:
+    spec = budget.get("policy", getattr(defaults, "policy", "dynamic"))  # a name or {name: ..., **keys}
+    keys = {k: v for k, v in dict(spec).items() if k != "name"} if isinstance(spec, Mapping) else {}
+    policy = str(spec.get("name") if isinstance(spec, Mapping) else spec)
+    # the budget a policy's own keys fix: without them two `fixed` or `frames` settings look alike
+    parts = [str(m)] if m is not None else []
+    if m is None and keys.get("tokens_per_frame") is not None:
+        parts.append(str(keys["tokens_per_frame"]))
+    if keys.get("frames") is not None:
+        parts.append(f"T={keys['frames']}")
+    if not parts:
         label = f"{name}@{policy}"
     else:
-        label = f"{name}@{m}" + ("" if policy == "dynamic" else f" ({policy})")
+        label = f"{name}@{','.join(parts)}" + ("" if policy == "dynamic" else f" ({policy})")
     return {"compressor": name, "tokens_per_frame": m, "max_tokens": budget.get("max_tokens", defaults.max_tokens),
-            "policy": policy, "label": label}
+            "policy": policy, "policy_keys": keys, "label": label}
+
+
+def same_setting(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Whether two :func:`setting` dicts describe the same setting (every field, ``max_tokens`` and the
+    policy's keys included, not only the label); ``False`` when either is ``None``."""
+    if a is None or b is None:
+        return False
+    return {k: v for k, v in a.items() if k != "label"} == {k: v for k, v in b.items() if k != "label"}
+
+
+def setting_slug(evaluated: Mapping[str, Any]) -> str:
+    """A folder name for an evaluated :func:`setting`: its label and ``N_max`` with path-safe characters
+    (``"tome@36_fixed_N12000"``), so evaluations at other settings do not overwrite each other."""
+    text = f"{evaluated['label']}_N{evaluated.get('max_tokens')}"
+    return re.sub(r"[^A-Za-z0-9@=.,+-]+", "_", text).strip("_")
 
 
 def setting_line(trained: Mapping[str, Any] | None, evaluated: Mapping[str, Any]) -> str:
-    """``"trained with pool@100, evaluated with tome@36"``, or ``"trained and evaluated with pool@4"``."""
+    """``"trained with pool@100, evaluated with tome@36"``, or ``"trained and evaluated with pool@4"``
+    when the whole settings agree (:func:`same_setting`)."""
     if trained is None:
         return f"weights from the config (no checkpoint), evaluated with {evaluated['label']}"
     t, e = trained["label"], evaluated["label"]
-    if trained.get("max_tokens") != evaluated.get("max_tokens"):  # same M, another N_max: other frame counts
+    if same_setting(trained, evaluated):
+        return f"trained and evaluated with {e}"
+    if t == e and trained.get("max_tokens") != evaluated.get("max_tokens"):  # same M, another N_max: other frame counts
         t, e = f"{t} (N_max={trained.get('max_tokens')})", f"{e} (N_max={evaluated.get('max_tokens')})"
-    return f"trained and evaluated with {e}" if t == e else f"trained with {t}, evaluated with {e}"
+    if t == e:  # the label does not show what differs (another policy key): name the keys
+        t, e = f"{t} {json.dumps(trained.get('policy_keys') or {}, sort_keys=True)}", \
+            f"{e} {json.dumps(evaluated.get('policy_keys') or {}, sort_keys=True)}"
+    return f"trained with {t}, evaluated with {e}"
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -154,11 +190,17 @@ def trained_config(checkpoint: Mapping[str, Any], path: str | Path) -> dict[str,
     saved = (checkpoint.get("hyper_parameters") or {}).get("config")
     if isinstance(saved, Mapping):
         return dict(saved)
-    run = Path(path).parent.parent if Path(path).parent.name == "checkpoints" else Path(path).parent
+    run = checkpoint_run(path)
     if (run / "config.yaml").is_file():
         loaded = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"), resolve=True)
         return loaded if isinstance(loaded, dict) else None
     return None
+
+
+def checkpoint_run(path: str | Path) -> Path:
+    """The run folder of a checkpoint: ``<run>`` for ``<run>/checkpoints/<file>``, else the file's folder."""
+    path = Path(path)
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
 # ------------------------------------------------------------------------------------------
@@ -173,7 +215,7 @@ def evaluate_cli(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None = N
         cfg: the loaded config (the CONFIG file plus the command line's overrides): the evaluated setting.
         checkpoint: a ``.ckpt`` written by ``dynvlm fit``.
         data: a multiple-choice file replacing ``data.test``.
-        out: the results folder (default ``<run>/eval/<file stem>``; for a sweep ``<checkpoint's run>/transfer``).
+        out: the results folder (default ``<run>/eval/<file stem>/<setting slug>`` (:func:`setting_slug`); for a sweep ``<checkpoint's run>/transfer``).
         config_path: the CONFIG file (named in error messages).
 
     Returns:
@@ -201,8 +243,11 @@ def evaluate_cli(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None = N
     if checkpoint is None:
         last = train.run_dir(cfg) / "checkpoints" / train.LAST
         checkpoint = str(last) if last.is_file() else None
-    # each evaluated file gets its own folder: the run's own predictions.jsonl is left alone
-    folder = Path(out) if out else train.run_dir(cfg) / "eval" / test_file.stem
+    # each evaluated file and setting gets its own folder: the run's own predictions.jsonl is left
+    # alone, and evaluating another compressor or budget does not overwrite an earlier evaluation
+    evaluated = setting(config_dict(cfg))
+    assert evaluated is not None
+    folder = Path(out) if out else train.run_dir(cfg) / "eval" / test_file.stem / setting_slug(evaluated)
     return evaluate(cfg, checkpoint, folder)
 
 
@@ -242,7 +287,8 @@ def evaluate(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None, folder
     folder.mkdir(parents=True, exist_ok=True)
     result, usage, dropped = run_test(cfg, ckpt, folder / "predictions.jsonl", source=checkpoint)
     result["checkpoint"] = checkpoint
-    report = summarise(result, cfg, checkpoint, trained=trained, used=usage, dropped=dropped)
+    report = summarise(result, cfg, checkpoint, trained=trained, used=usage, dropped=dropped,
+                       cost=result.get("cost"))
     (folder / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     (folder / "eval.md").write_text(markdown(report))
     return {**report, "written": str(folder)}
@@ -262,12 +308,15 @@ def run_test(cfg: DictConfig | Mapping[str, Any], checkpoint: Mapping[str, Any] 
         source: the checkpoint's path, named in errors.
 
     Returns:
-        ``(metrics, used, dropped)``: the test metrics (``test/acc``, ``test/acc/<category>``, ...),
-        the visual budget the model actually used (see :class:`PlanUsage`) and the trained
-        compressor's weights that were dropped.
+        ``(metrics, used, dropped)``: the test metrics (``test/acc``, ``test/acc/<category>``,
+        ``test/ceiling[/<family>]``, ...) plus ``cost``: the :data:`dynvlm.sweep.COST_COLUMNS` measured
+        on the first :data:`dynvlm.sweep.COST_SAMPLES` test samples after the test loop
+        (:func:`dynvlm.sweep.point_cost`, ``{}`` without test samples); the visual budget the model
+        actually used (see :class:`PlanUsage`); and the trained compressor's weights that were dropped.
     """
     from . import train
     from .model import VideoLLM
+    from .sweep import point_cost
 
     cfg = OmegaConf.create(config_dict(cfg))
     # seeded as dynvlm.train.test seeds, so weights the checkpoint does not hold get the same init
@@ -289,36 +338,51 @@ def run_test(cfg: DictConfig | Mapping[str, Any], checkpoint: Mapping[str, Any] 
     trainer = train.make_trainer(cfg, [usage], fit=False)
     results = trainer.test(model, datamodule=train.make_datamodule(cfg))
     metrics = {k: float(v) for r in results for k, v in r.items()}
-    return {"run_dir": str(train.run_dir(cfg)), **metrics}, usage.summary(), dropped
+    # measured the way a sweep point is (same samples, repeats and columns), so eval, transfer and
+    # sweep rows compare; a few prefills of COST_SAMPLES samples: small next to the test loop
+    cost = point_cost(model, config_dict(cfg))
+    return {"run_dir": str(train.run_dir(cfg)), **metrics, "cost": cost}, usage.summary(), dropped
 
 
 class PlanUsage(pl.Callback):
-    """Records the budget plan the model makes for every test sample (the frames and tokens per frame it used).
+    """Records the visual budget the model used for every test sample, from what its test step recorded.
 
-    ``VideoLLM.plan`` is deterministic outside training, so the plan made here for a batch is the
-    one its test step uses.
+    After each test batch it reads the model's ``token_counts`` ((planned, actual) visual tokens
+    per sample: the plan and what the compressor returned and the LLM saw) and ``kept_times``
+    (the frames each sample kept), both set by ``VideoLLM.visual_features``: no second plan. A
+    batch mixing multiple-choice and open-ended samples makes two ``visual_features`` calls; only
+    the last one's samples are seen then.
     """
 
     def __init__(self) -> None:
-        self.plans: list[tuple[int, int, int]] = []  # (tokens per frame, frames, visual tokens) per sample
+        # (planned visual tokens, actual visual tokens, frames kept) per sample
+        self.samples: list[tuple[int, int, int]] = []
 
-    def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Plan ``batch`` with the model's budget policy and keep (M, frames, visual tokens) per sample."""
-        samples = list(getattr(batch, "samples", batch))
-        if samples:
-            self.plans += [(p.tokens, len(p.indices), p.visual_tokens) for p in pl_module.plan(samples)]
+    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                          dataloader_idx: int = 0) -> None:
+        """Keep (planned, actual, frames) of every sample of the batch's last ``visual_features`` call."""
+        counts = list(getattr(pl_module, "token_counts", []) or [])
+        times = list(getattr(pl_module, "kept_times", []) or [])
+        self.samples += [(int(p), int(a), len(t)) for (p, a), t in zip(counts, times)]
+        # cleared so a batch without visual samples is not counted twice
+        pl_module.token_counts, pl_module.kept_times = [], []
 
     def summary(self) -> dict[str, Any]:
-        """``{"tokens_per_frame": [distinct M], "mean_tokens_per_frame", "frames", "visual_tokens", "samples"}``
-        (this process's samples; means per sample)."""
-        if not self.plans:
+        """``{"tokens_per_frame": [distinct M], "mean_tokens_per_frame", "frames", "visual_tokens",
+        "planned_tokens", "actual_tokens", "samples"}`` (this process's samples; means per sample;
+        ``visual_tokens`` = ``planned_tokens``, the planned count; ``{}`` when nothing was recorded)."""
+        if not self.samples:
             return {}
-        n = len(self.plans)
+        n = len(self.samples)
+        # every frame of a sample has the plan's M: planned = frames x M
+        per_frame = [p // f for p, _, f in self.samples if f]
         return {
-            "tokens_per_frame": sorted({m for m, _, _ in self.plans}),
-            "mean_tokens_per_frame": round(sum(m for m, _, _ in self.plans) / n, 3),
-            "frames": round(sum(f for _, f, _ in self.plans) / n, 3),
-            "visual_tokens": round(sum(v for _, _, v in self.plans) / n, 3),
+            "tokens_per_frame": sorted(set(per_frame)),
+            "mean_tokens_per_frame": round(sum(per_frame) / len(per_frame), 3) if per_frame else None,
+            "frames": round(sum(f for _, _, f in self.samples) / n, 3),
+            "visual_tokens": round(sum(p for p, _, _ in self.samples) / n, 3),
+            "planned_tokens": round(sum(p for p, _, _ in self.samples) / n, 3),
+            "actual_tokens": round(sum(a for _, a, _ in self.samples) / n, 3),
             "samples": n,
         }
 
@@ -329,7 +393,7 @@ class PlanUsage(pl.Callback):
 
 def summarise(result: Mapping[str, Any], cfg: DictConfig | Mapping[str, Any], checkpoint: str | None,
               trained: Mapping[str, Any] | None = None, used: Mapping[str, Any] | None = None,
-              dropped: Sequence[str] = ()) -> dict[str, Any]:
+              dropped: Sequence[str] = (), cost: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The report of one evaluation.
 
     Args:
@@ -339,14 +403,19 @@ def summarise(result: Mapping[str, Any], cfg: DictConfig | Mapping[str, Any], ch
         trained: the config the checkpoint was trained with (:func:`trained_config`).
         used: what the model's plans used (:class:`PlanUsage`).
         dropped: the trained compressor's weights the evaluated one did not use.
+        cost: the measured inference cost (:func:`dynvlm.sweep.point_cost`), ``None``: not measured.
 
     Returns:
         ``data``, ``checkpoint``, ``mode``, ``compressor``, ``tokens_per_frame``, ``trained_with`` and
         ``evaluated_with`` (:func:`setting`; ``trained_with`` is ``None`` without a checkpoint),
         ``setting`` (one line naming both), ``used``, ``dropped_weights``, ``accuracy``, ``questions``,
-        ``per_category``.
+        ``per_category``, ``ceilings`` (``{"ceiling", "ceiling/<family>"}``: the accuracy ceiling of the
+        frames the model really kept, from ``test/ceiling[/<family>]``; empty when the data defines
+        none) and ``cost`` (``{}`` when not measured).
     """
     per_category = {k.removeprefix("test/acc/"): float(v) for k, v in result.items() if k.startswith("test/acc/")}
+    ceilings = {k.removeprefix("test/"): float(v) for k, v in result.items()
+                if k == "test/ceiling" or k.startswith("test/ceiling/")}
     plain = config_dict(cfg)
     evaluated = setting(plain)
     assert evaluated is not None
@@ -365,6 +434,8 @@ def summarise(result: Mapping[str, Any], cfg: DictConfig | Mapping[str, Any], ch
         "accuracy": float(result["test/acc"]) if "test/acc" in result else None,
         "questions": int(result.get("test/n", 0)),
         "per_category": dict(sorted(per_category.items())),
+        "ceilings": dict(sorted(ceilings.items())),
+        "cost": dict(cost or {}),
     }
 
 
@@ -380,7 +451,10 @@ def markdown(report: Mapping[str, Any]) -> str:
     ]
     if used:
         lines.append(f"- used: {', '.join(map(str, used['tokens_per_frame']))} tokens per frame, "
-                     f"{used['frames']:g} frames and {used['visual_tokens']:g} visual tokens per question (mean)")
+                     f"{used['frames']:g} frames and {used['visual_tokens']:g} visual tokens per question (mean)"
+                     + (f"; {used['actual_tokens']:g} actually spliced" if "actual_tokens" in used else ""))
+    if report.get("ceilings", {}).get("ceiling") is not None:
+        lines.append(f"- accuracy ceiling of the frames kept: {100 * report['ceilings']['ceiling']:.1f}%")
     if report.get("dropped_weights"):
         lines.append(f"- {len(report['dropped_weights'])} weights of the trained compressor "
                      f"({report['trained_with']['compressor']}) were not used")
@@ -391,4 +465,18 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"| **overall** | {'—' if acc is None else f'{100 * acc:.1f}'} |",
     ]
     lines += [f"| {cat} | {100 * v:.1f} |" for cat, v in report["per_category"].items()]
+    cost = report.get("cost") or {}
+    if cost:
+        lines += ["", "## Cost per test sample", "",
+                  "Mean of the first test samples (`dynvlm.cost.measure_cost`): FLOPs by torch's FlopCounterMode, "
+                  "prefill latency the median of repeats, peak memory the max.", "",
+                  "| measure | value |", "|---|---|"]
+        lines += [f"| {k} | {_cost_value(v)} |" for k, v in cost.items()]
     return "\n".join(lines) + "\n"
+
+
+def _cost_value(value: Any) -> str:
+    """A cost cell: ``—`` when not measured (``None``), large counts in scientific notation."""
+    if value is None:
+        return "—"
+    return f"{value:.3g}" if isinstance(value, (int, float)) and abs(value) >= 1e5 else str(value)

@@ -16,7 +16,8 @@ Every point's compressor is checked against the checkpoint before anything is ev
 compressor whose weights the checkpoint lacks fails at once. Results go to ``--out`` (default:
 ``<checkpoint's run>/transfer``): ``points/<slug>/`` holds each point's ``eval.json``, ``eval.md``
 and ``predictions.jsonl``; ``results.csv`` one row per point (accuracy overall and per category,
-tokens per frame the model used, frames, the synthetic data's accuracy ceiling) and
+tokens per frame the model used, frames, planned and actual visual tokens per sample, the accuracy
+ceiling of the frames the model kept, the measured cost: ``dynvlm.sweep.COST_COLUMNS``) and
 ``results.md`` the table with the trained-with line.
 
 ``dynvlm run`` on such a file would *train* every point (an ablation); use ``dynvlm eval``.
@@ -31,8 +32,17 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, apply_point, build_component, sweep_points
-from .evaluate import evaluate, read_checkpoint, setting, stale_compressor_weights, trained_config
+from .evaluate import (
+    checkpoint_run,
+    evaluate,
+    read_checkpoint,
+    same_setting,
+    setting,
+    stale_compressor_weights,
+    trained_config,
+)
 from .model import config_dict
+from .sweep import COST_COLUMNS
 
 RESULTS = "results.csv"
 
@@ -72,18 +82,23 @@ def run_transfer(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None = N
     for c in configs:  # eval.json per point holds the results: no CSV log folder per point in the trained run
         c["trainer"] = {**(c.get("trainer") or {}), "logger": False}
     _check_compressors(ckpt, checkpoint, configs)
-    run = Path(checkpoint).parent.parent if Path(checkpoint).parent.name == "checkpoints" else Path(checkpoint).parent
-    folder = Path(out) if out else run / "transfer"
+    folder = Path(out) if out else checkpoint_run(checkpoint) / "transfer"
     folder.mkdir(parents=True, exist_ok=True)
     trained_with = setting(trained)
     rows: list[dict[str, Any]] = []
     for point, point_cfg in zip(points, configs):
         slug = point_slug(point)
         report = evaluate(OmegaConf.create(point_cfg), checkpoint, folder / "points" / slug, checkpoint_data=ckpt)
-        used = (report.get("used") or {}).get("tokens_per_frame") or []
-        # the ceiling of the frames the model kept: a compressor may use another M than asked (identity: N)
-        at = apply_point(point_cfg, {"budget.tokens_per_frame": used[0]}) if len(used) == 1 else point_cfg
-        rows.append(result_row(slug, point, report, test_ceilings(at)))
+        # the model's own ceiling (test/ceiling: from the frames it really kept, right for any policy
+        # or compressor) where the data defines one; else the N_max // M derivation at the M it used
+        ceilings = report.get("ceilings") or None
+        if ceilings is None:
+            used = (report.get("used") or {}).get("tokens_per_frame") or []
+            at = apply_point(point_cfg, {"budget.tokens_per_frame": used[0]}) if len(used) == 1 else point_cfg
+            ceilings = test_ceilings(at)
+        row = result_row(slug, point, report, ceilings)
+        row["trained_setting"] = same_setting(trained_with, report["evaluated_with"])
+        rows.append(row)
         write_results(folder / RESULTS, rows)  # after every point: an interrupted sweep keeps what it measured
     (folder / "results.md").write_text(results_markdown(rows, checkpoint, trained_with, report["data"]))
     return {"results": str(folder / RESULTS), "results_md": str(folder / "results.md"), "points": len(rows),
@@ -125,8 +140,21 @@ def _check_compressors(ckpt: Mapping[str, Any], checkpoint: str, configs: Sequen
 
 def result_row(slug: str, point: Mapping[str, Any], report: Mapping[str, Any],
                ceilings: Mapping[str, float] | None = None) -> dict[str, Any]:
-    """One ``results.csv`` row: the point's keys, the evaluated setting, what the model used, accuracy
-    overall and per category, and the accuracy ceiling where the data defines one."""
+    """One ``results.csv`` row: the point's keys, the evaluated setting, what the model used (planned
+    and actual visual tokens per sample), accuracy overall and per category, the accuracy ceiling
+    where the data defines one, and the measured cost (:data:`dynvlm.sweep.COST_COLUMNS`, empty
+    cells when not measured).
+
+    Args:
+        slug: the point's folder name.
+        point: the point's dotted keys and values.
+        report: the point's :func:`dynvlm.evaluate.summarise` report.
+        ceilings: ``{"ceiling", "ceiling/<family>"}``.
+
+    Returns:
+        The row (column -> value).
+    """
+
     used = report.get("used") or {}
     row: dict[str, Any] = {"point": slug, **dict(point)}
     row["compressor"] = report["evaluated_with"]["compressor"]
@@ -134,11 +162,17 @@ def result_row(slug: str, point: Mapping[str, Any], report: Mapping[str, Any],
     row["used_tokens_per_frame"] = " ".join(map(str, used.get("tokens_per_frame", [])))
     row["frames_per_sample"] = used.get("frames", "")
     row["visual_tokens_per_sample"] = used.get("visual_tokens", "")
+    # the plan vs what the compressor returned and the LLM saw (column names as in a sweep's rows)
+    row["test_tokens_planned"] = used.get("planned_tokens", "")
+    row["test_tokens_actual"] = used.get("actual_tokens", "")
     row["accuracy"] = report.get("accuracy")
     row["questions"] = report.get("questions")
     for cat, acc in (report.get("per_category") or {}).items():
         row[f"acc/{cat}"] = acc
     row.update({k: round(v, 4) for k, v in (ceilings or {}).items()})
+    cost = report.get("cost") or {}
+    for key in COST_COLUMNS:
+        row[key] = "" if cost.get(key) is None else cost[key]
     row["evaluated_with"] = report["evaluated_with"]["label"]
     row["trained_with"] = (report.get("trained_with") or {}).get("label", "")
     return row
@@ -150,7 +184,7 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], checkpoint: str, trained
     cats = sorted({k.removeprefix("acc/") for r in rows for k in r if k.startswith("acc/")})
     # point keys beyond compressor and M (seed, eval.mode, ...), over every grid of a list of grids
     extra = list(dict.fromkeys(k for r in rows for k in r if k not in _COLUMNS and not k.startswith(("acc/", "ceiling"))))
-    header = ["compressor", "tokens/frame", *extra, "frames", "accuracy (%)", *cats, "ceiling (%)"]
+    header = ["compressor", "tokens/frame", *extra, "frames", "accuracy (%)", *cats, "ceiling (%)", "prefill GFLOPs"]
     lines = [
         f"# Training-free transfer of `{checkpoint}`",
         "",
@@ -163,10 +197,11 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], checkpoint: str, trained
         "|" + "---|" * len(header),
     ]
     for r in rows:
-        mark = " *" if trained_with and r.get("evaluated_with") == trained_with["label"] else ""
+        mark = " *" if r.get("trained_setting") else ""  # the whole setting, not only its label
         used = r.get("used_tokens_per_frame") or "—"
         cells = [f"{r['compressor']}{mark}", str(used), *(str(r.get(k, "")) for k in extra), _num(r.get("frames_per_sample")),
-                 _pct(r.get("accuracy")), *(_pct(r.get(f"acc/{c}")) for c in cats), _pct(r.get("ceiling"))]
+                 _pct(r.get("accuracy")), *(_pct(r.get(f"acc/{c}")) for c in cats), _pct(r.get("ceiling")),
+                 _gflops(r.get("flops_prefill"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -174,7 +209,12 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], checkpoint: str, trained
 #: row keys the table shows in fixed columns (other point keys, e.g. seed or eval.mode, get their own)
 _COLUMNS = {"point", "compressor", "tokens_per_frame", "used_tokens_per_frame", "frames_per_sample",
             "visual_tokens_per_sample", "accuracy", "questions", "trained_with", "evaluated_with", "model.compressor.name",
-            "budget.tokens_per_frame"}
+            "budget.tokens_per_frame", "trained_setting", "test_tokens_planned", "test_tokens_actual",
+            *COST_COLUMNS}
+
+
+def _gflops(value: Any) -> str:
+    return "—" if value is None or value == "" else f"{float(value) / 1e9:.3g}"
 
 
 def _pct(value: Any) -> str:

@@ -16,8 +16,17 @@ from dynvlm import train
 from dynvlm.cli import main
 from dynvlm.config import ConfigError, to_yaml
 from dynvlm.data.synth import generate, vocabulary
-from dynvlm.evaluate import CompressorWeightsError, evaluate_cli, setting, setting_line, stale_compressor_weights
+from dynvlm.evaluate import (
+    CompressorWeightsError,
+    evaluate_cli,
+    same_setting,
+    setting,
+    setting_line,
+    setting_slug,
+    stale_compressor_weights,
+)
 from dynvlm.model import VideoLLM
+from dynvlm.sweep import COST_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +87,7 @@ def categories(mc_file: Path) -> set[str]:
 def test_eval_without_data_section_writes_its_own_folder(tmp_path, mc_file):
     cfg = config(tmp_path)
     report = evaluate_cli(cfg, data=str(mc_file))
-    folder = tmp_path / "runs" / "evalrun" / "eval" / "test_mc"
+    folder = tmp_path / "runs" / "evalrun" / "eval" / "test_mc" / "pool@4_N36"  # file stem, then the setting
     assert report["written"] == str(folder)
     questions = len(mc_file.read_text().splitlines())
     saved = json.loads((folder / "eval.json").read_text())
@@ -90,6 +99,20 @@ def test_eval_without_data_section_writes_its_own_folder(tmp_path, mc_file):
     assert not (tmp_path / "runs" / "evalrun" / "predictions.jsonl").exists()  # the run's own file is untouched
     md = (folder / "eval.md").read_text()
     assert "| **overall** |" in md and "weights from the config (no checkpoint), evaluated with pool@4" in md
+    # the measured cost of the evaluated setting (the sweep's columns, measured on 2 test samples)
+    assert set(saved["cost"]) == set(COST_COLUMNS)
+    assert saved["cost"]["flops_prefill"] > 0 and saved["cost"]["kv_bytes"] > 0 and saved["cost"]["prefill_ms"] > 0
+    assert saved["cost"]["flops_prefill"] >= saved["cost"]["flops_llm_prefill"] > 0
+    assert "## Cost per test sample" in md and "| flops_prefill |" in md
+    # planned and actual visual tokens per sample, from what the test step recorded: 8 frames x 4
+    assert saved["used"]["planned_tokens"] == 32 and saved["used"]["actual_tokens"] == 32
+    assert saved["used"]["samples"] == questions
+    # another setting of the same file gets its own folder: the first evaluation is kept
+    other = evaluate_cli(OmegaConf.merge(cfg, {"model": {"compressor": {"name": "tome"}},
+                                               "budget": {"tokens_per_frame": 9}}), data=str(mc_file))
+    assert other["written"] == str(folder.parent / "tome@9_N36")
+    assert json.loads((folder / "eval.json").read_text())["compressor"] == "pool"
+    assert json.loads((folder.parent / "tome@9_N36" / "eval.json").read_text())["compressor"] == "tome"
 
 
 def test_eval_errors_name_what_is_missing(tmp_path):
@@ -131,9 +154,9 @@ def test_cli_evaluates_a_pool_checkpoint_with_tome_at_another_budget(tmp_path, m
     assert rc == 0, capsys.readouterr().err
     saved = json.loads((out / "eval.json").read_text())
     assert saved["trained_with"] == {"compressor": "pool", "tokens_per_frame": 4, "max_tokens": 36, "policy": "dynamic",
-                                     "label": "pool@4"}
+                                     "policy_keys": {}, "label": "pool@4"}
     assert saved["evaluated_with"] == {"compressor": "tome", "tokens_per_frame": 9, "max_tokens": 36, "policy": "dynamic",
-                                       "label": "tome@9"}
+                                       "policy_keys": {}, "label": "tome@9"}
     assert "- trained with pool@4, evaluated with tome@9\n" in (out / "eval.md").read_text()
     # what the model's budget plans actually used: 9 tokens per frame, 36 // 9 = 4 frames
     assert saved["used"]["tokens_per_frame"] == [9] and saved["used"]["frames"] == 4
@@ -197,6 +220,12 @@ def test_transfer_sweep_writes_one_row_per_compressor(tmp_path, mc_file, pool_ck
     questions = len(mc_file.read_text().splitlines())
     for r in rows:
         assert 0.0 <= float(r["accuracy"]) <= 1.0 and int(r["questions"]) == questions
+        assert set(COST_COLUMNS) <= set(r) and float(r["flops_prefill"]) > 0 and float(r["kv_bytes"]) > 0
+        assert float(r["test_tokens_planned"]) == 32 and float(r["test_tokens_actual"]) > 0
+        saved = json.loads((folder / "points" / r["point"] / "eval.json").read_text())
+        # the ceiling the model logged from the frames it kept, not the N_max // M derivation
+        assert saved["ceilings"] and float(r["ceiling"]) == round(saved["ceilings"]["ceiling"], 4)
+        assert (r["trained_setting"] == "True") == (r["compressor"] == "pool")
         assert r["used_tokens_per_frame"] == "4" and r["trained_with"] == "pool@4"
         assert {f"acc/{c}" for c in categories(mc_file)} <= set(r)
         assert json.loads((folder / "points" / r["point"] / "eval.json").read_text())["evaluated_with"]["compressor"] == r["compressor"]
@@ -246,3 +275,27 @@ def test_setting_labels_name_the_budget():
     assert setting(cfg("tome", tokens_per_frame=16, policy={"name": "keyframes"}))["label"] == "tome@16 (keyframes)"
     assert setting(cfg("tome", unknown_old_key=1))["label"] == "tome@dynamic"  # an older checkpoint's config
     assert setting_line(None, tome36) == "weights from the config (no checkpoint), evaluated with tome@36"
+
+
+def test_setting_labels_read_the_budget_of_policy_keys():
+    def cfg(name, policy, **budget):
+        return {"model": {"compressor": {"name": name}}, "budget": {"tokens_per_frame": None, "policy": policy, **budget}}
+
+    fixed36 = setting(cfg("tome", {"name": "fixed", "tokens_per_frame": 36}))
+    fixed100 = setting(cfg("tome", {"name": "fixed", "tokens_per_frame": 100}))
+    assert fixed36["label"] == "tome@36 (fixed)" and fixed36["policy_keys"] == {"tokens_per_frame": 36}
+    assert setting_line(fixed36, fixed100) == "trained with tome@36 (fixed), evaluated with tome@100 (fixed)"
+    t8, t32 = setting(cfg("pool", {"name": "frames", "frames": 8})), setting(cfg("pool", {"name": "frames", "frames": 32}))
+    assert t8["label"] == "pool@T=8 (frames)"
+    assert setting_line(t8, t32) == "trained with pool@T=8 (frames), evaluated with pool@T=32 (frames)"
+    assert setting_line(t8, setting(cfg("pool", {"name": "frames", "frames": 8}))) == "trained and evaluated with pool@T=8 (frames)"
+    # the whole setting is compared: another N_max or another policy key is not "the same"
+    assert not same_setting(t8, setting(cfg("pool", {"name": "frames", "frames": 8}, max_tokens=64)))
+    assert same_setting(t8, setting(cfg("pool", {"name": "frames", "frames": 8}))) and not same_setting(None, t8)
+    other = setting(cfg("pool", {"name": "frames", "frames": 8, "stride": 2}))
+    assert other["label"] == t8["label"] and not same_setting(t8, other)
+    assert setting_line(t8, other) == ('trained with pool@T=8 (frames) {"frames": 8}, '
+                                       'evaluated with pool@T=8 (frames) {"frames": 8, "stride": 2}')
+    # folder names differ where the settings do, and are path-safe
+    assert setting_slug(fixed36) == "tome@36_fixed_N12000" and setting_slug(t8) != setting_slug(t32)
+    assert "/" not in setting_slug(t8) and " " not in setting_slug(t8)
