@@ -150,6 +150,7 @@ class _PartFlops:
         return hook
 
     def remove(self) -> None:
+        """Detach the forward hooks this counter registered, so the model runs unobserved again."""
         for h in self.handles:
             h.remove()
 

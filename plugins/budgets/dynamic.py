@@ -57,4 +57,5 @@ class DynamicPolicy(Policy):
 
 @hookimpl
 def register_budgets(register):
+    """Register :class:`DynamicPolicy` as the budget policy ``dynamic`` (``budget.policy: dynamic``)."""
     register("dynamic", DynamicPolicy)

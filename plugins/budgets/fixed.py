@@ -37,6 +37,7 @@ class FixedPolicy(Policy):
     """
 
     def __init__(self, tokens_per_frame: int | None = None) -> None:
+        """Keep ``tokens_per_frame`` (``M`` >= 1, or ``None`` for ``budget.tokens_per_frame``); raises ``ValueError`` otherwise."""
         if tokens_per_frame is not None and (isinstance(tokens_per_frame, bool) or int(tokens_per_frame) < 1):
             raise ValueError(f"budget.policy.tokens_per_frame must be an int >= 1, got {tokens_per_frame!r}")
         self.tokens_per_frame = None if tokens_per_frame is None else int(tokens_per_frame)
@@ -66,4 +67,5 @@ class FixedPolicy(Policy):
 
 @hookimpl
 def register_budgets(register):
+    """Register :class:`FixedPolicy` as the budget policy ``fixed`` (``budget.policy: fixed``)."""
     register("fixed", FixedPolicy)

@@ -19,6 +19,7 @@ class FramesPolicy(Policy):
     """
 
     def __init__(self, frames: int | None = None) -> None:
+        """Keep ``frames`` (``T``, an int >= 1; required); raises ``ValueError`` otherwise."""
         if frames is None or isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
             raise ValueError(f"budget.policy.frames: the frames policy needs an int T >= 1, got {frames!r} "
                              "(budget.policy: {name: frames, frames: T})")
@@ -46,4 +47,5 @@ class FramesPolicy(Policy):
 
 @hookimpl
 def register_budgets(register):
+    """Register :class:`FramesPolicy` as the budget policy ``frames`` (``budget.policy: frames``)."""
     register("frames", FramesPolicy)

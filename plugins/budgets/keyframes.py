@@ -48,6 +48,7 @@ class KeyframePolicy(DynamicPolicy):
     """
 
     def __init__(self, size: int = 32) -> None:
+        """Keep ``size`` (thumbnail side, an int >= 1); raises ``ValueError`` otherwise."""
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"budget.policy.size must be an int >= 1, got {size!r}")
         self.size = size
@@ -67,4 +68,5 @@ class KeyframePolicy(DynamicPolicy):
 
 @hookimpl
 def register_budgets(register):
+    """Register :class:`KeyframePolicy` as the budget policy ``keyframes`` (``budget.policy: keyframes``)."""
     register("keyframes", KeyframePolicy)
