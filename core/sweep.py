@@ -130,7 +130,11 @@ def result_row(slug: str, point: Mapping[str, Any], data: Mapping[str, Any], res
     """One CSV row: the point's keys, accuracy overall and per family, cost and provenance."""
     row: dict[str, Any] = {"point": slug, **{k: v for k, v in point.items()}}
     row["compressor"] = (data.get("model") or {}).get("compressor", {}).get("name", "")
-    row["tokens_per_frame"] = (data.get("budget") or {}).get("tokens_per_frame", "")
+    budget = data.get("budget") or {}
+    own = budget.get("policy") if isinstance(budget.get("policy"), Mapping) else {}
+    # the configured M: budget.tokens_per_frame, or the fixed policy's own key ("" for dynamic/frames)
+    m = budget.get("tokens_per_frame")
+    row["tokens_per_frame"] = m if m is not None else own.get("tokens_per_frame", "")
     row["seed"] = data.get("seed", 0)
     row["accuracy"] = result.get("test/acc", "")
     for key, value in sorted(result.items()):
@@ -168,6 +172,7 @@ class CostProbe(pl.Callback):
         self.cost: dict[str, Any] | None = None
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        """Measure the fitted model's prefill cost (:func:`point_cost`) into :attr:`cost`, while it is in memory."""
         self.cost = point_cost(pl_module, self.data)
 
 
@@ -275,12 +280,12 @@ def write_results(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 def write_summary(out: Path, rows: Sequence[Mapping[str, Any]], sweep_keys: Sequence[str]) -> dict[str, Any]:
     """``results.md``, ``accuracy_vs_tokens.png`` and ``accuracy_vs_prefill_flops.png`` from the rows;
     returns their paths (``None`` for a plot without data)."""
-    cells = _cells(rows)
+    cells = _cells(rows, sweep_keys)
     (out / "results.md").write_text(results_markdown(rows, cells, sweep_keys))
     plot = out / "accuracy_vs_tokens.png"
     if cells:
         plot_accuracy(cells, plot)
-    flops = _flops_cells(rows)
+    flops = _flops_cells(rows, sweep_keys)
     flops_plot = out / FLOPS_PLOT
     if flops:
         plot_accuracy_vs_flops(flops, flops_plot)
@@ -295,35 +300,79 @@ def _float(value: Any) -> float | None:
         return None
 
 
-def _cells(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], list[float]]:
-    """``(compressor, tokens per frame) -> accuracies`` over seeds."""
+#: swept keys a row's setting already shows (compressor, M, policy name) or that only repeat it (seed)
+_SHOWN_KEYS = ("seed", COMPRESSOR_KEY, TOKENS_KEY, "budget.policy.tokens_per_frame", "budget.policy.name")
+
+
+def row_policy(row: Mapping[str, Any]) -> str:
+    """The row's budget policy name (``dynamic`` when the row does not say)."""
+    return str(row.get("budget_policy") or "dynamic")
+
+
+def row_tokens(row: Mapping[str, Any]) -> int | None:
+    """The row's ``M``: the configured tokens per frame (``budget.tokens_per_frame`` or the policy's
+    own ``tokens_per_frame``), else the measured ``mean_tokens_per_frame`` rounded (``dynamic``
+    without ``M``, ``frames``); ``None`` when the row has neither."""
+    for value in (row.get("tokens_per_frame"), row.get("budget.policy.tokens_per_frame")):
+        m = _float(value)
+        if m is not None:
+            return int(m)
+    mean = _float(row.get("mean_tokens_per_frame"))
+    return None if mean is None else int(round(mean))
+
+
+def row_setting(row: Mapping[str, Any], sweep_keys: Sequence[str] = ()) -> tuple[str, int] | None:
+    """``(label, M)``: the cell a row's accuracy pools into, or ``None`` without an ``M``.
+
+    Rows share a cell only when they differ by ``seed`` alone: the label is the compressor, then
+    the budget policy when it is not ``dynamic`` (``pool (frames)``), then every other swept key
+    with its value (``pool lr=0.001``), so the seed spread never mixes settings.
+    """
+    m = row_tokens(row)
+    if m is None:
+        return None
+    label = str(row.get("compressor", ""))
+    if row_policy(row) != "dynamic":
+        label += f" ({row_policy(row)})"
+    for key in sweep_keys:
+        # a policy given by its name only is already in the label; a mapping (its own keys) is not
+        if key in _SHOWN_KEYS or (key == "budget.policy" and isinstance(row.get(key), str)
+                                  and row.get(key) == row_policy(row)):
+            continue
+        label += f" {key.removeprefix('model.').removeprefix('budget.')}={row.get(key, '')}"
+    return label, m
+
+
+def _cells(rows: Sequence[Mapping[str, Any]], sweep_keys: Sequence[str] = ()) -> dict[tuple[str, int], list[float]]:
+    """``(setting label, M) -> accuracies`` over seeds (:func:`row_setting`)."""
     cells: dict[tuple[str, int], list[float]] = {}
     for row in rows:
-        acc, tokens = _float(row.get("accuracy")), _float(row.get("tokens_per_frame"))
-        if acc is None or tokens is None:
+        acc, setting = _float(row.get("accuracy")), row_setting(row, sweep_keys)
+        if acc is None or setting is None:
             continue
-        cells.setdefault((str(row.get("compressor", "")), int(tokens)), []).append(acc)
+        cells.setdefault(setting, []).append(acc)
     return cells
 
 
-def _flops_cells(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], list[tuple[float, float]]]:
-    """``(compressor, tokens per frame) -> [(prefill FLOPs, accuracy)]`` over seeds (rows with both)."""
+def _flops_cells(rows: Sequence[Mapping[str, Any]], sweep_keys: Sequence[str] = ()) -> dict[tuple[str, int], list[tuple[float, float]]]:
+    """``(setting label, M) -> [(prefill FLOPs, accuracy)]`` over seeds (rows with both)."""
     cells: dict[tuple[str, int], list[tuple[float, float]]] = {}
     for row in rows:
-        acc, tokens, flops = _float(row.get("accuracy")), _float(row.get("tokens_per_frame")), _float(row.get("flops_prefill"))
-        if acc is None or tokens is None or not flops:
+        acc, setting, flops = _float(row.get("accuracy")), row_setting(row, sweep_keys), _float(row.get("flops_prefill"))
+        if acc is None or setting is None or not flops:
             continue
-        cells.setdefault((str(row.get("compressor", "")), int(tokens)), []).append((flops, acc))
+        cells.setdefault(setting, []).append((flops, acc))
     return cells
 
 
-def cost_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Markdown lines: per compressor and M, the measured prefill cost (means over seeds; empty when
-    no row has cost columns)."""
+def cost_table(rows: Sequence[Mapping[str, Any]], sweep_keys: Sequence[str] = ()) -> list[str]:
+    """Markdown lines: per setting (:func:`row_setting`) and M, the measured prefill cost (means over
+    seeds; empty when no row has cost columns)."""
     cells: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
     for row in rows:
-        if _float(row.get("flops_prefill")) and _float(row.get("tokens_per_frame")) is not None:
-            cells.setdefault((str(row.get("compressor", "")), int(float(row["tokens_per_frame"]))), []).append(row)
+        setting = row_setting(row, sweep_keys)
+        if _float(row.get("flops_prefill")) and setting is not None:
+            cells.setdefault(setting, []).append(row)
     if not cells:
         return []
 
@@ -357,7 +406,9 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], cells: Mapping[tuple[str
     if cells:
         compressors = sorted({c for c, _ in cells})
         tokens = sorted({t for _, t in cells})
-        lines += ["Accuracy (%) by compressor and tokens per frame; ± is the range across seeds.", ""]
+        lines += ["Accuracy (%) by setting and tokens per frame M; ± is the range across seeds. A setting is the "
+                  "compressor, its budget policy in parentheses when not `dynamic`, and any other swept key; M is "
+                  "the configured tokens per frame, else the measured mean.", ""]
         lines.append("| compressor | " + " | ".join(f"M={t}" for t in tokens) + " |")
         lines.append("|---|" + "---|" * len(tokens))
         for comp in compressors:
@@ -368,7 +419,7 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], cells: Mapping[tuple[str
             lines.append(f"| {comp} | " + " | ".join(vals) + " |")
         lines += ["", *findings(cells), ""]
         lines += ceiling_table(rows)
-    lines += cost_table(rows)
+    lines += cost_table(rows, sweep_keys)
     columns = [c for c in ("point", "seed", "accuracy", "ceiling", "visual_tokens_per_sample", "frames_per_sample", "step_time_s",
                            "peak_memory_mb", "flops_prefill", "prefill_ms") if any(c in r for r in rows)]
     if rows:
@@ -379,12 +430,13 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], cells: Mapping[tuple[str
 
 
 def ceiling_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Markdown lines: per tokens per frame, the coverage ceiling beside mean accuracy, per family
-    (empty when no row carries a ``ceiling``)."""
-    by_m: dict[int, list[Mapping[str, Any]]] = {}
+    """Markdown lines: per budget policy and tokens per frame (the frames kept follow from both), the
+    coverage ceiling beside mean accuracy, per family (empty when no row carries a ``ceiling``)."""
+    by_m: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
     for row in rows:
-        if _float(row.get("ceiling")) is not None and _float(row.get("tokens_per_frame")) is not None:
-            by_m.setdefault(int(float(row["tokens_per_frame"])), []).append(row)
+        m = row_tokens(row)
+        if _float(row.get("ceiling")) is not None and m is not None:
+            by_m.setdefault((row_policy(row), m), []).append(row)
     if not by_m:
         return []
     families = sorted({k.removeprefix("ceiling/") for r in rows for k in r if k.startswith("ceiling/")})
@@ -405,7 +457,8 @@ def ceiling_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
         frames = rs[0].get("frames_per_sample", "")
         cells = [pair("accuracy", "ceiling"), *(pair(f"acc/{f}", f"ceiling/{f}") for f in families)]
-        lines.append(f"| {m} | {frames} | " + " | ".join(cells) + " |")
+        label = str(m[1]) if m[0] == "dynamic" else f"{m[1]} ({m[0]})"
+        lines.append(f"| {label} | {frames} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 

@@ -149,3 +149,55 @@ def test_findings_compare_gap_to_seed_noise():
     assert "seed noise is not measured" in single
     noisy = "\n".join(findings({("pool", 1): [0.40, 0.46], ("pool", 4): [0.47, 0.49], ("pool", 16): [0.44, 0.45]}))
     assert "pool: highest at M=4, but no peak can be claimed (3.5 points above the ends, within twice the seed spread)" in noisy
+
+
+def _row(point: str, policy: str, seed: int, acc: float, m: object = "", mean_m: object = "", **extra) -> dict:
+    """A results.csv row as read back (strings where the CSV writes them), with a prefill cost."""
+    return {"point": point, "compressor": "pool", "budget_policy": policy, "seed": seed, "accuracy": acc,
+            "tokens_per_frame": m, "mean_tokens_per_frame": mean_m, "flops_prefill": 1e6 * (1 + acc),
+            "ceiling": 0.9, **extra}
+
+
+def test_summary_keeps_policies_and_swept_keys_apart(tmp_path):
+    rows = [
+        # dynamic with a configured M: the default format, seeds pooled
+        _row("a0", "dynamic", 0, 0.40, m=4), _row("a1", "dynamic", 1, 0.50, m=4),
+        # the fixed policy's own M (budget.policy.tokens_per_frame), budget.tokens_per_frame unset
+        _row("b0", "fixed", 0, 0.60, **{"budget.policy.tokens_per_frame": 4}),
+        # frames and dynamic without M: the measured mean, rounded
+        _row("c0", "frames", 0, 0.70, mean_m=15.6), _row("d0", "dynamic", 0, 0.30, mean_m=36.2),
+        # another swept key: its points must not pool with the lr=0.01 ones as if they were seeds
+        _row("e0", "dynamic", 0, 0.10, m=16, **{"optim.lr": 0.01}), _row("e1", "dynamic", 1, 0.20, m=16, **{"optim.lr": 0.01}),
+        _row("f0", "dynamic", 0, 0.90, m=16, **{"optim.lr": 0.001}),
+    ]
+    keys = ["model.compressor.name", "budget.tokens_per_frame", "budget.policy", "optim.lr", "seed"]
+    for r in rows[:5]:
+        r["optim.lr"] = 0.01
+    for r in rows:
+        r["budget.policy"] = r["budget_policy"]
+    cells = sweep._cells(rows, keys)
+    assert cells == {
+        ("pool optim.lr=0.01", 4): [0.40, 0.50],
+        ("pool (fixed) optim.lr=0.01", 4): [0.60],
+        ("pool (frames) optim.lr=0.01", 16): [0.70],
+        ("pool optim.lr=0.01", 36): [0.30],
+        ("pool optim.lr=0.01", 16): [0.10, 0.20],
+        ("pool optim.lr=0.001", 16): [0.90],
+    }
+    sweep.write_summary(tmp_path, rows, keys)
+    text = (tmp_path / "results.md").read_text()
+    assert "| pool (frames) optim.lr=0.01 | — | 70.0 | — |" in text  # columns M=4, 16, 36
+    assert "| pool optim.lr=0.01 | 45.0 ± 5.0 | 15.0 ± 5.0 | 30.0 |" in text
+    assert "| pool (fixed) optim.lr=0.01 | 4 |" in text and "| pool optim.lr=0.001 | 16 |" in text  # cost table
+    assert "| 16 (frames) |" in text and "| 4 (fixed) |" in text  # ceiling rows per policy and M
+    assert (tmp_path / "accuracy_vs_tokens.png").is_file() and (tmp_path / "accuracy_vs_prefill_flops.png").is_file()
+
+
+def test_summary_default_labels_are_the_compressor():
+    rows = [_row("a0", "dynamic", 0, 0.4, m=1), _row("a1", "dynamic", 1, 0.6, m=1), _row("b0", "frames", 0, 0.5, mean_m=1)]
+    keys = ["model.compressor.name", "budget.tokens_per_frame", "seed"]
+    cells = sweep._cells(rows, keys)
+    # two policies at the same M stay two cells: the frames point is not averaged in as a seed
+    assert cells == {("pool", 1): [0.4, 0.6], ("pool (frames)", 1): [0.5]}
+    text = sweep.results_markdown(rows, cells, keys)
+    assert "| pool | 50.0 ± 10.0 |" in text and "| pool (frames) | 50.0 |" in text and "M=1" in text
