@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from dynvlm.data import DataBatch, VideoDataModule
 from dynvlm.data.annotations import MC_INSTRUCTION, AnnotationError
-from dynvlm.data.questions import QTYPES
+from dynvlm.data.questions import DEFAULT_QTYPES
 from dynvlm.records import Batch, Sample
 from dynvlm.schema import BudgetConfig, DataConfig
 from dynvlm.video import VideoReadError
@@ -53,8 +53,8 @@ def test_training_batches_follow_the_contract(synth_dir):
             lengths.add(s.meta["duration"])
             human = [t for t in s.conversation if t.role == "human"]
             assert sum(t.value.count("<video>") for t in s.conversation) == 1 and human[0].value.startswith("<video>\n")
-            assert [t.role for t in s.conversation] == ["human", "gpt"] * len(QTYPES)  # all questions of the video
-            assert Path(s.source).is_file() and len(s.meta["questions"]) == len(QTYPES)
+            assert [t.role for t in s.conversation] == ["human", "gpt"] * len(DEFAULT_QTYPES)  # all questions of the video
+            assert Path(s.source).is_file() and len(s.meta["questions"]) == len(DEFAULT_QTYPES)
     assert len(lengths) > 1  # videos keep their own length
 
 
@@ -64,7 +64,7 @@ def test_mc_eval_samples_and_workers(synth_dir):
     dm.setup("test")
     assert dm.is_mc["test"]
     batches = list(dm.test_dataloader())
-    n = 2 * len(QTYPES)  # 2 videos x one question per type, in file order
+    n = 2 * len(DEFAULT_QTYPES)  # 2 videos x one question per type, in file order
     assert [len(b) for b in batches] == [5] * (n // 5) + [n % 5] * (n % 5 > 0)
     s = batches[0].samples[0]
     rec = json.loads((synth_dir / "test_mc.jsonl").read_text().splitlines()[0])

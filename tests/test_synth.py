@@ -116,6 +116,25 @@ def _check(q: dict, frames: np.ndarray, size: int) -> None:
             assert all(balls[t] is not None for t in group)
 
 
+def test_seen_questions_name_a_ball_and_only_absent_colours_as_wrong_options(tmp_path):
+    kw = dict(SMALL, symbols=2, max_visits=2, qtypes=["seen", "shape"], size=16)
+    out = synth.generate({"out": str(tmp_path / "seen"), **kw}, progress=False)
+    recs = _jsonl(out / "test_mc.jsonl")
+    seen = [r for r in recs if r["qtype"] == "seen"]
+    assert len(seen) == kw["test"] and {r["category"] for r in seen} == {"presence"}
+    scenes = {sc.id: sc for sc in synth.draw_scenes(synth.make_config({"out": str(out), **kw}))["test"]}
+    for rec in seen:
+        frames = read_video(out / rec["video"], fps=1.0, max_frames=None).frames
+        answer = rec["options"]["ABCD".index(rec["answer"])]
+        _check(dict(rec, answer_text=answer), frames, 16)  # the answer's ball is on screen, no wrong option's ball
+        symbols = {sym.colour for sym in scenes[Path(rec["video"]).stem].symbols}
+        assert len(symbols) == 2 and not (set(rec["options"]) - {answer}) & symbols  # nor any symbol's colour
+        for sym in symbols:  # the pixels agree: those are the symbols drawn
+            assert _symbol(frames[0], sym, 16)[1] in synth.SHAPES
+    with pytest.raises(synth.SynthError, match="symbols \\+ max_visits \\+ options - 1 must be <= 7"):
+        synth.make_config({"out": str(tmp_path / "x"), "qtypes": ["seen"], "symbols": 4, "max_visits": 3}).validate()
+
+
 def test_every_answer_matches_the_decoded_frames(ds):
     size = SMALL.get("size", 32)
     checked = Counter()
@@ -137,7 +156,7 @@ def test_every_answer_matches_the_decoded_frames(ds):
             assert (g == "ABCD"[q["options"].index(q["answer"])]) if q["format"] == "mc" else g == q["answer"]
             _check(dict(q, answer_text=q["answer"], question=h.split("\n")[1 if h.startswith("<video>") else 0]), frames, size)
             checked[q["qtype"]] += 1
-    assert set(checked) == set(synth.QTYPES) and sum(checked.values()) == (8 + 3 + 6) * len(synth.QTYPES)
+    assert set(checked) == set(synth.DEFAULT_QTYPES) and sum(checked.values()) == (8 + 3 + 6) * len(synth.DEFAULT_QTYPES)
 
 
 def test_answer_letters_are_balanced(ds):
@@ -198,7 +217,7 @@ def test_records_carry_ceiling_ground_truth(ds):
     assert synth.frame_times(r, 1.0, 8) == [0.0, 2.0, 5.0, 8.0, 10.0, 13.0, 16.0, 19.0]
     assert synth.frame_times(r, 1.0, 8, keep=3) == [0.0, 8.0, 19.0]
     table = synth.ceilings(recs, 1.0, 8, keep=2)
-    assert set(table) == {"overall", *synth.QTYPES.values()} and table["spatial"] == 1.0
+    assert set(table) == {"overall", *(synth.QTYPES[q] for q in synth.DEFAULT_QTYPES)} and table["spatial"] == 1.0
     assert table["overall"] < synth.ceilings(recs, 1.0, 8)["overall"]  # 2 frames miss balls 8 frames see
 
 

@@ -3,7 +3,8 @@
 Question types (``qtype`` -> family): ``shape`` (perception, needs detail), ``where`` (spatial,
 needs detail), ``colour_at`` (perception), ``when`` (temporal, "at what second"), ``order``
 (temporal: first/last ball), ``count`` (counting), ``seen`` (presence: which colour of ball
-appears; the wrong options never appear, so one kept frame of the ball's visit answers it). Each records ``evidence_groups``: the seconds
+appears; the wrong options are colours nowhere in the clip, so one kept frame of the ball's
+visit answers it). Each records ``evidence_groups``: the seconds
 at which its evidence is on screen; a set of frames can answer it when every group holds one of
 their timestamps (:func:`answerable`), which gives accuracy ceilings per budget (:func:`ceiling`).
 """
@@ -31,6 +32,8 @@ QTYPES: dict[str, str] = {
     "count": "counting",
     "seen": "presence",
 }
+#: the question types a dataset asks unless ``qtypes`` says otherwise
+DEFAULT_QTYPES = ("shape", "where", "colour_at", "when", "order", "count")
 TEMPLATES = {
     "shape": "What shape is the {colour} symbol?",
     "where": "Where is the {colour} symbol?",
@@ -110,7 +113,10 @@ def ask(rng: np.random.Generator, scene: Scene, qtypes: Sequence[str], options: 
             qs.append(Question(qtype, family, TEMPLATES[which], v.colour, dis, False, [v.seconds_visible()]))
         elif qtype == "seen":
             v = scene.visits[int(rng.integers(len(scene.visits)))]
-            absent = [c for c in colours if c not in ball_colours]
+            # wrong options are colours nowhere in the clip: naming a colour the kept frames show
+            # answers it, and a clip whose kept frames miss the ball leaves a guess
+            shown = set(ball_colours) | {sym.colour for sym in scene.symbols}
+            absent = [c for c in colours if c not in shown]
             dis = _distractors(rng, v.colour, (), absent, k)
             qs.append(Question(qtype, family, TEMPLATES[qtype], v.colour, dis, False, [v.seconds_visible()]))
         elif qtype == "count":

@@ -2,8 +2,8 @@
 
 A scene (``size`` x ``size`` px) holds up to four **symbols** -- small glyphs (square, circle,
 triangle, cross) of distinct colours, one per corner region, on screen the whole clip -- and a
-few **balls**: discs of distinct colours that slide across the middle band, one at a time, each
-for several seconds. Symbols never enter the band, so every question's evidence is unambiguous.
+few **balls**: discs of distinct colours, none a symbol's colour, that slide across the middle
+band, one at a time, each for several seconds. Symbols never enter the band, so every question's evidence is unambiguous.
 """
 
 from __future__ import annotations
@@ -127,7 +127,9 @@ def draw_scene(rng: np.random.Generator, cfg: SynthConfig, split: str, vid: str)
     slack = duration - sum(lengths) - (n - 1)
     cuts = np.sort(rng.integers(0, slack + 1, size=n))
     visits, t, prev = [], 0, 0
-    ball_colours = rng.permutation(len(colours))[:n]
+    # balls never share a symbol's colour: a ball's colour is on screen only while the ball is
+    used = {int(c) for c in sym_colours}
+    ball_colours = [int(c) for c in rng.permutation(len(colours)) if int(c) not in used][:n]
     for i in range(n):
         t += int(cuts[i] - prev) + (1 if i else 0)
         prev = int(cuts[i])

@@ -67,6 +67,7 @@ import numpy as np
 
 from .annotations import format_mc
 from .questions import (  # noqa: F401 - re-exported: the generator's public names live here too
+    DEFAULT_QTYPES,
     LETTERS,
     QTYPES,
     TEMPLATES,
@@ -97,7 +98,7 @@ from .scenes import (  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-VERSION = 3  # bump when the drawing or the questions change: old folders then regenerate
+VERSION = 4  # bump when the drawing or the questions change: old folders then regenerate
 
 SPLITS = ("train", "val", "test")
 INCOMPLETE = ".synth-incomplete"  # present while a generation runs (or after it crashed)
@@ -125,12 +126,13 @@ class SynthConfig:
     min_duration: int = 24  # seconds
     max_duration: int = 40
     min_visits: int = 1  # balls per video
-    max_visits: int = 4
+    max_visits: int = 3  # symbols + max_visits <= 7 colours (balls never share a symbol's colour)
     min_visit_seconds: int = 2  # several seconds: coverage falls gradually as frames get fewer
     max_visit_seconds: int = 5
     symbols: int = 4  # corner glyphs per video, 1..4
     equal_area: bool = True  # all symbol shapes light the same pixel count: pooling one glyph hides its shape
-    qtypes: list[str] = field(default_factory=lambda: list(QTYPES))
+    # `seen` is opt-in: its wrong options need colours absent from the clip (fewer symbols/balls)
+    qtypes: list[str] = field(default_factory=lambda: list(DEFAULT_QTYPES))
     mc_fraction: float = 0.5  # share of training turns asked as multiple choice
     options: int = 4  # options per multiple-choice question
     crf: int = 10  # x264 quality (0 = lossless)
@@ -169,9 +171,13 @@ class SynthConfig:
             bad("mc_fraction", "must be in [0, 1]")
         if not 2 <= self.options <= min(len(SHAPES), len(POSITIONS)):
             bad("options", f"must be in 2..{min(len(SHAPES), len(POSITIONS))}")
-        if "seen" in self.qtypes and self.max_visits > len(COLOURS) - (self.options - 1):
-            # `seen`'s wrong options are colours no ball has
-            bad("max_visits", f"at most {len(COLOURS) - (self.options - 1)} with qtype 'seen' and {self.options} options")
+        if self.symbols + self.max_visits > len(COLOURS):
+            bad("max_visits", f"symbols + max_visits must be <= {len(COLOURS)} (balls and symbols never share a colour)")
+        if "seen" in self.qtypes and self.symbols + self.max_visits + self.options - 1 > len(COLOURS):
+            # `seen`'s wrong options are colours nowhere in the clip
+            bad("max_visits", f"symbols + max_visits + options - 1 must be <= {len(COLOURS)} with qtype 'seen' "
+                f"(its wrong options are colours no symbol or ball has); got {self.symbols} + {self.max_visits} + "
+                f"{self.options} - 1")
 
     def content_key(self) -> dict[str, Any]:
         """The settings that decide the files (``out`` and ``workers`` do not)."""
