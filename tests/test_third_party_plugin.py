@@ -74,11 +74,15 @@ def installed_recent_policy(tmp_path):
         uninstall("dynvlm-recent", "dynvlm_recent")
 
 
-def test_third_party_compressor_end_to_end(installed_stride_plugin, tmp_path):
+def _listed(kind: str, name: str) -> list[str]:
+    """The ``dynvlm plugins`` row of ``kind``/``name`` after the kind and name: class, distribution, version."""
     listing = subprocess.run([str(BIN / "dynvlm"), "plugins"], capture_output=True, text=True, env=os.environ, timeout=120)
     assert listing.returncode == 0, listing.stderr
-    row = next(line.split() for line in listing.stdout.splitlines() if line.split()[:2] == ["compressor", "stride"])
-    assert row[2:] == ["dynvlm_stride.StrideCompressor", "dynvlm-stride", "0.1.0"]
+    return next(line.split()[2:] for line in listing.stdout.splitlines() if line.split()[:2] == [kind, name])
+
+
+def test_third_party_compressor_end_to_end(installed_stride_plugin, tmp_path):
+    assert _listed("compressor", "stride") == ["dynvlm_stride.StrideCompressor", "dynvlm-stride", "0.1.0"]
 
     registry = dynvlm.get_registry(refresh=True)
     assert registry.get("compressor", "stride").distribution == "dynvlm-stride"
@@ -102,10 +106,7 @@ def test_third_party_compressor_end_to_end(installed_stride_plugin, tmp_path):
 def test_third_party_budget_policy_end_to_end(installed_recent_policy, tmp_path):
     from dynvlm.budget import BudgetPolicy, VideoInfo
 
-    listing = subprocess.run([str(BIN / "dynvlm"), "plugins"], capture_output=True, text=True, env=os.environ, timeout=120)
-    assert listing.returncode == 0, listing.stderr
-    row = next(line.split() for line in listing.stdout.splitlines() if line.split()[:2] == ["budget", "recent"])
-    assert row[2:] == ["dynvlm_recent.RecentPolicy", "dynvlm-recent", "0.1.0"]
+    assert _listed("budget", "recent") == ["dynvlm_recent.RecentPolicy", "dynvlm-recent", "0.1.0"]
 
     registry = dynvlm.get_registry(refresh=True)
     assert registry.get("budget", "recent").distribution == "dynvlm-recent"

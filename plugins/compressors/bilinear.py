@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dynvlm import Compressed, Compressor, hookimpl
+from dynvlm import Compressed, hookimpl
 from dynvlm.interfaces import check_compressor_call
-from dynvlm.kernels.pool import pool_shape
+
+from ._grid import GridCompressor
 
 
 def grid_centres(grid: tuple[int, int], out: tuple[int, int], device: torch.device | None = None) -> Tensor:
@@ -30,7 +31,7 @@ def grid_centres(grid: tuple[int, int], out: tuple[int, int], device: torch.devi
     return (rows[:, None] * w + cols[None, :]).reshape(-1)
 
 
-class BilinearResize(Compressor):
+class BilinearResize(GridCompressor):
     """Bilinear resize of the token grid: ``[F, h*w, C]`` -> ``[F, a*b, C]``, ``(a, b) = pool_shape(tokens, (h, w))``.
 
     The tokens are viewed as an image ``[F, C, h, w]`` and resized with
@@ -49,20 +50,8 @@ class BilinearResize(Compressor):
     """
 
     def __init__(self, dim: int, antialias: bool = False, aspect_tolerance: float = 2.0) -> None:
-        super().__init__(dim)
-        if not aspect_tolerance >= 1.0:
-            raise ValueError(f"bilinear: aspect_tolerance must be >= 1, got {aspect_tolerance!r}")
+        super().__init__(dim, aspect_tolerance)
         self.antialias = bool(antialias)
-        self.aspect_tolerance = float(aspect_tolerance)
-
-    def output_grid(self, tokens: int, grid: tuple[int, int]) -> tuple[int, int]:
-        """``(a, b)``, ``a <= h``, ``b <= w``, ``a*b <= tokens``: the resized grid for ``tokens`` on ``grid`` ``(h, w)``."""
-        return pool_shape(int(tokens), (int(grid[0]), int(grid[1])), self.aspect_tolerance)
-
-    def achievable(self, tokens: int, grid: tuple[int, int]) -> int:
-        """``a*b`` of :meth:`output_grid`: the exact count this resize produces for ``tokens`` (never more)."""
-        a, b = self.output_grid(tokens, grid)
-        return a * b
 
     def forward(self, x: Tensor, grid: tuple[int, int], tokens: int) -> Compressed:
         """``x`` ``[F, h*w, C]`` -> ``Compressed(x [F, a*b, C], positions [F, a*b] float32, None)``."""

@@ -10,13 +10,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dynvlm import Compressed, Compressor, hookimpl
+from dynvlm import Compressed, hookimpl
 from dynvlm.interfaces import check_compressor_call
 from dynvlm.kernels._backend import BACKENDS
-from dynvlm.kernels.pool import adaptive_pool, pool_shape
+from dynvlm.kernels.pool import adaptive_pool
+
+from ._grid import GridCompressor
 
 
-class AdaptivePool(Compressor):
+class AdaptivePool(GridCompressor):
     """Adaptive average pooling: ``[F, h*w, C]`` -> ``[F, a*b, C]`` with ``(a, b) = pool_shape(tokens, grid)``.
 
     Windows follow ``adaptive_avg_pool2d`` (start ``floor(i*h/a)``, end ``ceil((i+1)*h/a)``);
@@ -33,22 +35,10 @@ class AdaptivePool(Compressor):
     """
 
     def __init__(self, dim: int, backend: str = "auto", aspect_tolerance: float = 2.0) -> None:
-        super().__init__(dim)
+        super().__init__(dim, aspect_tolerance)
         if backend not in BACKENDS:
             raise ValueError(f"pool: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        if not aspect_tolerance >= 1.0:
-            raise ValueError(f"pool: aspect_tolerance must be >= 1, got {aspect_tolerance!r}")
         self.backend = backend
-        self.aspect_tolerance = float(aspect_tolerance)
-
-    def output_grid(self, tokens: int, grid: tuple[int, int]) -> tuple[int, int]:
-        """``(a, b)``: the pooled grid for at most ``tokens`` tokens on ``grid`` ``(h, w)``."""
-        return pool_shape(int(tokens), (int(grid[0]), int(grid[1])), self.aspect_tolerance)
-
-    def achievable(self, tokens: int, grid: tuple[int, int]) -> int:
-        """``a*b`` of :meth:`output_grid`: the exact count pooling produces for ``tokens`` (never more)."""
-        a, b = self.output_grid(tokens, grid)
-        return a * b
 
     def forward(self, x: Tensor, grid: tuple[int, int], tokens: int) -> Compressed:
         """``x`` ``[F, h*w, C]`` -> ``Compressed(x [F, a*b, C], positions [F, a*b] float32, None)``."""
