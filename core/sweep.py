@@ -425,8 +425,16 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], cells: Mapping[tuple[str
     if rows:
         lines += ["## All points", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for row in rows:
-            lines.append("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+            lines.append("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    """A table cell: floats to 4 significant decimals (a CSV round trip gives 0.4625000059604645)."""
+    number = _float(value)
+    if number is None or isinstance(value, bool) or float(number).is_integer() and abs(number) >= 1e6:
+        return str(value)
+    return f"{number:.4g}" if abs(number) < 1e6 else f"{number:.4e}"
 
 
 def ceiling_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -522,13 +530,7 @@ def plot_accuracy(cells: Mapping[tuple[str, int], list[float]], path: Path) -> N
         hi = [100 * max(v) - y for y, (_, v) in zip(ys, series)]
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=comp)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("visual tokens per frame (M)")
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish_plot(fig, ax, "visual tokens per frame (M)", path)
 
 
 def plot_accuracy_vs_flops(cells: Mapping[tuple[str, int], list[tuple[float, float]]], path: Path) -> None:
@@ -550,7 +552,14 @@ def plot_accuracy_vs_flops(cells: Mapping[tuple[str, int], list[tuple[float, flo
         for x, y, (_, _, t) in zip(xs, ys, series):
             ax.annotate(f"M={t}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.set_xscale("log")
-    ax.set_xlabel("prefill FLOPs per sample (measured)")
+    _finish_plot(fig, ax, "prefill FLOPs per sample (measured)", path)
+
+
+def _finish_plot(fig: Any, ax: Any, xlabel: str, path: Path) -> None:
+    """Label an accuracy plot's axes, add the grid and legend, save it to ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend()
