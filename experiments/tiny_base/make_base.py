@@ -252,7 +252,7 @@ def _make(args: argparse.Namespace, todo: list[str], argv: Sequence[str] | None)
         "recipe": ["experiments/tiny_base/common.yaml", *(f"experiments/tiny_base/stage_{s}.yaml" for s in STAGES),
                    "experiments/tiny_base/make_base.py"],
         "trained_on": {"split": "train", "synth": synth,
-                       "note": "stage A asks [shape, where] and stage B [shape, seen] about the same scenes; val/test never trained on"},
+                       "note": "stage A asks [shape, where] and stage B [shape, seen] about the train split; val/test never trained on"},
         "machine": machine(),
         "made_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
