@@ -387,9 +387,11 @@ class VideoLLM(pl.LightningModule):
              "planned_tokens": planned, "actual_tokens": actual}
             for s, pred, text, (planned, actual) in zip(mc, preds, texts, counts)
         ]
+        from .data.questions import coverage_ceiling
+
         for r, s, times in zip(records, mc, self.kept_times):
             if s.meta.get("evidence_groups") is not None:
-                r["ceiling"] = _coverage_ceiling(s.meta["evidence_groups"], times, len(s.meta["options"]))
+                r["ceiling"] = coverage_ceiling(s.meta["evidence_groups"], times, len(s.meta["options"]))
         return records
 
     def _open_records(self, samples: Sequence[Sample]) -> list[dict[str, Any]]:
@@ -421,33 +423,33 @@ class VideoLLM(pl.LightningModule):
         # values are the same on every rank (gathered above), so no further sync
         scored = [r for r in records if r["kind"] == "mc" and r["answer"] is not None]
         if scored:
-            self.log(f"{split}/acc", sum(r["pred"] == r["answer"] for r in scored) / len(scored), sync_dist=False)
+            self._log_by_category(split, "acc", scored, lambda r: r["pred"] == r["answer"])
             self.log(f"{split}/n", float(len(scored)), sync_dist=False)
-            for cat in sorted({r["category"] for r in scored if r["category"]}):
-                rows = [r for r in scored if r["category"] == cat]
-                self.log(f"{split}/acc/{cat}", sum(r["pred"] == r["answer"] for r in rows) / len(rows), sync_dist=False)
         bounded = [r for r in scored if "ceiling" in r]
         if bounded:  # the best accuracy the frames the model really kept allow (synthetic evidence)
-            self.log(f"{split}/ceiling", sum(r["ceiling"] for r in bounded) / len(bounded), sync_dist=False)
-            for cat in sorted({r["category"] for r in bounded if r["category"]}):
-                rows = [r for r in bounded if r["category"] == cat]
-                self.log(f"{split}/ceiling/{cat}", sum(r["ceiling"] for r in rows) / len(rows), sync_dist=False)
+            self._log_by_category(split, "ceiling", bounded, lambda r: r["ceiling"])
         counted = [r for r in records if "planned_tokens" in r]
         if counted and split == "test":  # validation logs these per step, from every sample's forward
             self.log(f"{split}/tokens/planned", sum(r["planned_tokens"] for r in counted) / len(counted), sync_dist=False)
             self.log(f"{split}/tokens/actual", sum(r["actual_tokens"] for r in counted) / len(counted), sync_dist=False)
         opened = [r for r in records if r["kind"] == "open"]
         if opened:
-            self.log(f"{split}/exact_match", sum(r["correct"] for r in opened) / len(opened), sync_dist=False)
+            self._log_by_category(split, "exact_match", opened, lambda r: r["correct"])
             self.log(f"{split}/n_open", float(len(opened)), sync_dist=False)
-            for cat in sorted({r["category"] for r in opened if r["category"]}):
-                rows = [r for r in opened if r["category"] == cat]
-                self.log(f"{split}/exact_match/{cat}", sum(r["correct"] for r in rows) / len(rows), sync_dist=False)
         if records and write and self.predictions_path is not None and self.global_rank == 0:
             self.predictions_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.predictions_path, "w") as f:
                 for r in records:
                     f.write(json.dumps(r) + "\n")
+
+    def _log_by_category(self, split: str, name: str, records: Sequence[dict[str, Any]],
+                         value: Any) -> None:
+        """Log the mean of ``value(record)`` as ``{split}/{name}`` and per ``category`` as
+        ``{split}/{name}/{category}``. The records are already gathered from every rank, so no sync."""
+        self.log(f"{split}/{name}", sum(value(r) for r in records) / len(records), sync_dist=False)
+        for cat in sorted({r["category"] for r in records if r["category"]}):
+            rows = [r for r in records if r["category"] == cat]
+            self.log(f"{split}/{name}/{cat}", sum(value(r) for r in rows) / len(rows), sync_dist=False)
 
     # -- optimisation ------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
@@ -533,14 +535,6 @@ class VideoLLM(pl.LightningModule):
         if isinstance(batch, Batch) or (isinstance(batch, list) and batch and isinstance(batch[0], Sample)):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
-
-def _coverage_ceiling(evidence_groups: Sequence[Sequence[float]], kept: Sequence[float], options: int) -> float:
-    """1 when every evidence group (seconds at which a piece of the answer is on screen) holds a
-    kept frame's second, else chance (``1 / options``): what frame coverage allows one question."""
-    from .data.questions import answerable
-
-    return 1.0 if answerable(evidence_groups, kept) else 1.0 / options
 
 
 def _scoring_prompt(sample: Sample, cloze: bool) -> list[Turn]:

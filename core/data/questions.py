@@ -171,9 +171,13 @@ def ceiling(record: dict[str, Any], fps: float | None = 1.0, max_frames: int | N
 
     Coverage only: a detail question is always "seen"; what compression costs it is the model's.
     """
-    if answerable(record["evidence_groups"], frame_times(record, fps, max_frames, keep)):
-        return 1.0
-    return 1.0 / len(record["options"])
+    return coverage_ceiling(record["evidence_groups"], frame_times(record, fps, max_frames, keep), len(record["options"]))
+
+
+def coverage_ceiling(evidence_groups: Sequence[Sequence[float]], times: Iterable[float], options: int) -> float:
+    """Best expected accuracy on one question from frames at ``times`` (seconds): 1 when every
+    evidence group holds one of them (:func:`answerable`), else chance, ``1 / options``."""
+    return 1.0 if answerable(evidence_groups, times) else 1.0 / options
 
 
 def ceilings(records: Iterable[dict[str, Any]], fps: float | None = 1.0, max_frames: int | None = None,
