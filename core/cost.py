@@ -213,7 +213,9 @@ def _sync(device: torch.device) -> None:
 # -- memory ------------------------------------------------------------------------------------
 
 
-def _proc_status_bytes(field: str) -> int | None:
+def proc_status_bytes(field: str) -> int | None:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...) in bytes; ``None`` where
+    the file or field is absent (not Linux)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -238,10 +240,10 @@ def _peak_memory(run: Callable[[], Any], device: torch.device) -> tuple[int, int
         reset = True
     except OSError:
         reset = False
-    before = _proc_status_bytes("VmRSS") if reset else None
+    before = proc_status_bytes("VmRSS") if reset else None
     if reset and before is not None:
         run()
-        peak = _proc_status_bytes("VmHWM")
+        peak = proc_status_bytes("VmHWM")
         if peak is not None:
             return peak, max(0, peak - before), "cpu VmHWM (peak resident set, reset before the prefill)"
     # no resettable counter: the process's lifetime peak, the delta is a lower bound

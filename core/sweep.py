@@ -619,10 +619,7 @@ class RunStats(pl.Callback):
 
 
 def _vm_hwm_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    from .cost import proc_status_bytes
+
+    peak = proc_status_bytes("VmHWM")  # the process's peak resident set
+    return None if peak is None else peak / 2**20
