@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv-lmms (idempotent): lmms-eval 0.7.3 + dynvlm, keeping the torch you already have.
+# Creates .venv-lmms (idempotent): lmms-eval 0.7.3 + dynvlm, keeping the torch you already have,
+# with every other package at the version in constraints-lmms.txt (the set the suite passed with,
+# written by scripts/lock.sh; DYNVLM_NEWEST=1 installs the newest releases instead).
 #
 #   bash scripts/setup_lmms.sh          # then: .venv-lmms/bin/lmms-eval --model dynvlm ...
 #
@@ -26,8 +28,10 @@ if [ ! -x "$ENV/bin/python" ]; then
     "$PY" -m venv "$ENV"
 fi
 VPY=$ENV/bin/python
+NEWEST=${DYNVLM_NEWEST:-0}
+LOCK=constraints-lmms.txt
 stamp=$ENV/.dynvlm-lmms-installed
-hash=$(cat pyproject.toml setup.py scripts/setup_lmms.sh | sha256sum | cut -c1-16)
+hash=$(cat pyproject.toml setup.py scripts/setup_lmms.sh $(ls "$LOCK" 2>/dev/null) | sha256sum | cut -c1-12)-newest$NEWEST
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ]; then
     exit 0
 fi
@@ -44,6 +48,10 @@ vision_version=$("$VPY" -c "v = '$torch_version'.split('.'); print(f'0.{int(v[1]
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
 printf 'torch==%s\ntorchvision==%s\nfilelock<4\n' "$torch_version" "$vision_version" > "$constraints"
+if [ "$NEWEST" != 1 ] && [ -f "$LOCK" ]; then
+    # torch and its companions pair with the torch kept above, so the lock does not pin them
+    grep -viE '^(torch|torchvision|triton|nvidia-[a-z0-9-]+)==' "$LOCK" >> "$constraints"
+fi
 # dynvlm's dependencies, less Triton on a CPU torch (its kernels are optional: the torch path runs
 # without them), then dynvlm itself (editable, no dependencies) in a second step.
 deps=$("$VPY" - <<'PY'

@@ -244,6 +244,8 @@ def render(scene: Scene, t: float, background: np.ndarray | None = None) -> np.n
 
 def write_video(scene: Scene, path: Path, crf: int, pix_fmt: str) -> None:
     """Encode the scene to ``path`` (H.264 in MP4), one frame every ``1 / native_fps`` s."""
+    from fractions import Fraction
+
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,10 +255,18 @@ def write_video(scene: Scene, path: Path, crf: int, pix_fmt: str) -> None:
         s = c.add_stream("libx264", rate=scene.native_fps)
         s.width = s.height = scene.size
         s.pix_fmt = pix_fmt
-        # one thread and a fixed preset: the same seed gives byte-identical files
-        s.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+        # Byte-identical files for one seed need every stage single-threaded and every timestamp
+        # explicit: x264 (threads, lookahead), the codec context (PyAV opens it lazily, and before
+        # it is open its thread count is 0 = "one per core") and the RGB -> YUV conversion, which
+        # is done here with one thread instead of inside encode(), where it took the codec's count.
+        s.options = {"crf": str(crf), "preset": "veryfast", "threads": "1", "lookahead_threads": "1"}
+        s.codec_context.thread_count = 1
+        s.codec_context.thread_type = "NONE"
+        s.codec_context.time_base = Fraction(1, scene.native_fps)
         for i in range(scene.duration * scene.native_fps):
-            frame = av.VideoFrame.from_ndarray(render(scene, i / scene.native_fps, background), format="rgb24")
+            rgb = av.VideoFrame.from_ndarray(render(scene, i / scene.native_fps, background), format="rgb24")
+            frame = rgb.reformat(format=pix_fmt, threads=1)
+            frame.pts = i
             for p in s.encode(frame):
                 c.mux(p)
         for p in s.encode():
