@@ -53,10 +53,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import ConfigError, build_component, load_config
-    from .hookspecs import hookimpl, hookspec
-    from .interfaces import Compressed, Compressor, LanguageModel, VisionEncoder
-    from .registry import Component, PluginError, Registry, get_registry
+    from dynvlm.config import ConfigError, build_component, load_config
+    from dynvlm.hookspecs import hookimpl, hookspec
+    from dynvlm.interfaces import Compressed, Compressor, LanguageModel, VisionEncoder
+    from dynvlm.registry import Component, PluginError, Registry, get_registry
 
 
 def __getattr__(name: str) -> Any:

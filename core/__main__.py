@@ -1,6 +1,6 @@
 """``python -m dynvlm`` is the ``dynvlm`` command."""
 
-from .cli import main
+from dynvlm.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -19,7 +19,7 @@ Built-in policies (``dynvlm.plugins.budgets``):
 
 Where frames come from: the data side decodes every video at ``budget.fps`` (1 fps = the
 paper's timestamps) up to ``budget.max_frames`` (uniform thinning beyond it, see
-:func:`dynvlm.video.read_video`); a policy picks among those decoded frames. A policy that
+:func:`dynvlm.data.video.read_video`); a policy picks among those decoded frames. A policy that
 needs pixels (``keyframes``) therefore gets the decoded frames themselves, at no extra decode.
 
 Every plan is made exact with ``compressor.achievable(M, grid)`` (e.g. an ``a x b`` grid for
@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .schema import BudgetConfig, section
+from dynvlm.schema import BudgetConfig, section
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported by whoever passes pixels
     from torch import Tensor
 
-    from .records import Sample
-    from .registry import Registry
+    from dynvlm.records import Sample
+    from dynvlm.registry import Registry
 
 __all__ = [
     "Budget",
@@ -242,7 +242,7 @@ class BudgetPolicy:
     def __init__(self, budget: BudgetConfig | Mapping[str, Any] | None, grid: tuple[int, int],
                  achievable: Callable[[int, tuple[int, int]], int] | None = None,
                  registry: Registry | None = None) -> None:
-        from .config import ConfigError, build_component  # config pulls in omegaconf: only when a budget is built
+        from dynvlm.config import ConfigError, build_component  # config pulls in omegaconf: only when a budget is built
 
         self.cfg = budget_config(budget)
         self.grid = (int(grid[0]), int(grid[1]))

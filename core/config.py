@@ -29,8 +29,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from . import schema
-from .registry import PluginError, Registry, get_registry
+from dynvlm import schema
+from dynvlm.registry import PluginError, Registry, get_registry
 
 CLI = "the command line"
 HERE = "${here}"

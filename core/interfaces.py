@@ -1,6 +1,6 @@
 """The three component interfaces every plugin implements.
 
-Shapes used throughout (see DESIGN.md section 3):
+Shapes used throughout:
 
 - ``F``: frames in the batch (all videos flattened together)
 - ``N``: tokens per frame produced by the encoder, on an ``h x w`` grid (``N = h * w``)

@@ -25,6 +25,17 @@ class Turn:
     value: str
 
 
+@dataclass
+class VisualUsage:
+    """What the walk spent on one sample's video: the plan's visual tokens, the visual positions its
+    prompt really held (measured by ``VideoLLM.splice`` from the prompt's mask, 0 until a prompt of
+    the sample is spliced) and the timestamps (s) of the frames it kept."""
+
+    planned_tokens: int
+    kept_times: list[float]
+    actual_tokens: int = 0
+
+
 def question_turns(conversation: list[Turn]) -> list[Turn]:
     """``conversation`` up to its last question: a trailing gpt turn (the answer the model would
     generate or is scored on) is dropped; a copy of the list either way."""

@@ -27,7 +27,7 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
+from dynvlm import hookspecs
 
 ENTRY_POINT_GROUP = "dynvlm"
 LOAD_ENV = "DYNVLM_LOAD_PLUGINS"

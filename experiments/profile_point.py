@@ -15,39 +15,18 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
 HERE = Path(__file__).resolve().parent
 
 
-class Timers:
-    """Forward wall time per named module (hooks), accumulated."""
-
-    def __init__(self, modules: dict[str, torch.nn.Module]) -> None:
-        self.total: dict[str, float] = defaultdict(float)
-        self._start: dict[str, float] = {}
-        for name, mod in modules.items():
-            mod.register_forward_pre_hook(self._pre(name))
-            mod.register_forward_hook(self._post(name))
-
-    def _pre(self, name: str):
-        def hook(module: Any, args: Any) -> None:
-            self._start[name] = time.perf_counter()
-        return hook
-
-    def _post(self, name: str):
-        def hook(module: Any, args: Any, out: Any) -> None:
-            self.total[name] += time.perf_counter() - self._start.pop(name)
-        return hook
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line (see the module docstring)."""
     from dynvlm import load_config
-    from dynvlm.model import VideoLLM
-    from dynvlm.train import make_datamodule
+    from dynvlm.model.video_llm import VideoLLM
+    from dynvlm.run.train import make_datamodule
+    from dynvlm.util.timing import PartMeter
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default=str(HERE / "synthetic.yaml"))
@@ -66,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dm.prepare_data()
     dm.setup("fit")
     dm.setup("test")
-    timers = Timers({"encoder": model.encoder, "compressor": model.compressor, "projector": model.projector,
+    timers = PartMeter({"encoder": model.encoder, "compressor": model.compressor, "projector": model.projector,
                      "llm": model.llm})
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
     phases: dict[str, float] = defaultdict(float)
@@ -94,10 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     train_pass(2)  # warm-up: first batches decode and first shapes are slow
     phases.clear()
-    timers.total.clear()
+    timers.totals = dict.fromkeys(timers.totals, 0.0)
     train_pass(args.steps)
-    train_fwd = dict(timers.total)
-    timers.total.clear()
+    train_fwd = dict(timers.totals)
+    timers.totals = dict.fromkeys(timers.totals, 0.0)
     model.eval()
     seen = 0
     t0 = time.perf_counter()
@@ -114,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             phases["eval data"] += t2 - t1
             phases["eval scoring"] += time.perf_counter() - t2
             seen += len(batch.samples)
-    eval_fwd = dict(timers.total)
+    eval_fwd = dict(timers.totals)
     print(f"compressor {args.compressor}, M={args.tokens}, {args.steps} train steps "
           f"(batch {cfg.data.batch_size}), {seen} test questions, threads {torch.get_num_threads()}")
     print("| phase | total s | per step / question ms |")

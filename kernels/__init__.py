@@ -11,6 +11,17 @@ Every dispatcher takes ``backend: "auto" | "triton" | "torch"`` and decides at c
 (:func:`._backend.resolve_backend`); importing these modules needs neither a GPU nor Triton.
 """
 
+#: the values every dispatcher's ``backend`` argument (and a compressor's ``backend`` key) takes
+BACKENDS = ("auto", "triton", "torch")
+
+
+def check_backend(backend: str, op: str) -> str:
+    """``backend`` when it is one of :data:`BACKENDS`, else ``ValueError`` naming ``op`` and the choices."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return backend
+
+
 if __name__ == "kernels":
     # Imported as the top-level package "kernels": the checkout's root came first on sys.path
     # (`python -m ...` or `python -c` from the repository root). That name belongs to Hugging

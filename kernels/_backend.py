@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from dynvlm.kernels import BACKENDS
+
 try:  # Triton is optional: the torch path must keep working without it
     import triton
     import triton.language as tl
@@ -20,7 +22,6 @@ except Exception:  # noqa: BLE001 - any import failure (missing, broken driver s
 
 __all__ = ["BACKENDS", "HAS_TRITON", "interpreting", "next_pow2", "resolve_backend", "tl", "triton"]
 
-BACKENDS = ("auto", "triton", "torch")
 HAS_TRITON = triton is not None
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dynvlm.answers import exact_match, extract_choice, letters
+from dynvlm.scoring.answers import exact_match, extract_choice, letters
 
 OPTIONS = ["red circle", "blue square", "green triangle", "yellow star"]
 

@@ -124,7 +124,7 @@ def test_one_frame_thinning_rule_everywhere():
     import numpy as np
 
     from dynvlm.data.questions import frame_times
-    from dynvlm.video import sample_indices
+    from dynvlm.data.video import sample_indices
 
     for total in range(1, 80):
         for keep in range(1, total):
@@ -331,7 +331,7 @@ def test_a_budget_plugin_must_be_a_policy():
 def test_the_model_hands_each_samples_pixels_to_the_policy(tmp_path):
     from tiny_vlm import inline_model, run_config
 
-    from dynvlm.model import VideoLLM
+    from dynvlm.model.video_llm import VideoLLM
 
     cuts = (5, 11, 17)
     sample = Sample(_scene_video(cuts), [float(t) for t in range(20)], [Turn("human", "<video>"), Turn("gpt", "red")],

@@ -14,7 +14,7 @@ import torch
 
 import dynvlm
 from dynvlm.budget import BudgetPolicy, VideoInfo
-from dynvlm.video import sample_times
+from dynvlm.data.video import sample_times
 
 REGISTRY = dynvlm.get_registry()
 POLICIES = REGISTRY.names("budget")

@@ -1,4 +1,4 @@
-"""Contract every registered compressor must keep (DESIGN.md section 3), parametrised over the registry."""
+"""Contract every registered compressor must keep, parametrised over the registry."""
 
 import inspect
 

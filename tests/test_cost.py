@@ -1,4 +1,4 @@
-"""Measured cost (dynvlm.cost): FLOP counts against hand counts, KV bytes against the real cache,
+"""Measured cost (dynvlm.measure.cost): FLOP counts against hand counts, KV bytes against the real cache,
 building without weights, and ``dynvlm cost`` on the 7B recipe."""
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import torch
 from tiny_vlm import ENCODER, LLM, WORDS, colour_samples, run_config
 from torch import Tensor, nn
 
-from dynvlm.cli import main
+from dynvlm.cli.main import main
 from dynvlm.config import ConfigError
-from dynvlm.cost import (
+from dynvlm.interfaces import VisionEncoder
+from dynvlm.measure.cost import (
     KNOWN_CONFIGS,
     build_for_cost,
     count_flops,
@@ -26,8 +27,7 @@ from dynvlm.cost import (
     resolve_for_cost,
     synthetic_video,
 )
-from dynvlm.interfaces import VisionEncoder
-from dynvlm.model import VideoLLM
+from dynvlm.model.video_llm import VideoLLM
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_7B = ROOT / "experiments" / "dynamic_vlm_7b" / "video_sft.yaml"

@@ -15,9 +15,9 @@ from omegaconf import OmegaConf
 from dynvlm.data import DataBatch, VideoDataModule
 from dynvlm.data.annotations import MC_INSTRUCTION, AnnotationError
 from dynvlm.data.questions import DEFAULT_QTYPES
+from dynvlm.data.video import VideoReadError
 from dynvlm.records import Batch, Sample
 from dynvlm.schema import BudgetConfig, DataConfig
-from dynvlm.video import VideoReadError
 
 SYNTH = dict(seed=0, train=6, val=2, test=2, size=16, min_duration=12, max_duration=16, max_visits=2, max_visit_seconds=3)
 BUDGET = {"fps": 1.0, "max_frames": 8}

@@ -7,7 +7,7 @@ from tiny_vlm import colour_samples, inline_model, run_config, save_clip, save_q
 from transformers import CLIPVisionModel, SiglipVisionModel
 
 import dynvlm
-from dynvlm.model import VideoLLM
+from dynvlm.model.video_llm import VideoLLM
 
 HF = {"clip": CLIPVisionModel, "siglip": SiglipVisionModel}
 EXPECTED = {4: (2, 2), 16: (4, 4), 12: (3, 4)}  # on the tiny towers' 4x4 grid (pool's a x b rule)
@@ -80,8 +80,8 @@ def test_video_llm_encodes_each_frame_to_a_times_b_tokens(tokens, folders, sampl
     assert [len(p.indices) for p in plans] == [min(t, 64 // (a * b)) for t in (4, 5)]
     assert [p.tokens for p in full.plan(samples)] == [a * b] * 2  # bilinear's rule is the same one
     with torch.no_grad():
-        visual, aux = down.visual_features(samples, plans)
-        ref, _ = full.visual_features(samples, plans)
+        visual, aux, _ = down.visual_features(samples, plans)
+        ref, _, _ = full.visual_features(samples, plans)
     assert aux is None
     assert [v.shape for v in visual] == [(len(p.indices) * a * b, 32) for p in plans]
     if tokens == 16:  # the full grid: nothing resized, the same tokens as the full-resolution run
@@ -98,8 +98,8 @@ def test_dynamic_budget_groups_frames_by_their_own_grid(folders, samples, tmp_pa
     plans = m.plan(samples)
     assert [p.tokens for p in plans] == [16, 12]  # 64 // 4 = 16 -> 4x4; 64 // 5 = 12 -> 3x4
     with torch.no_grad():
-        both, _ = m.visual_features(samples, plans)
-        alone = [m.visual_features([s], [p])[0][0] for s, p in zip(samples, plans)]
+        both, _, _ = m.visual_features(samples, plans)
+        alone = [m.visual_features([s], [p]).tokens[0] for s, p in zip(samples, plans)]
     for x, y in zip(both, alone):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
     assert [x.shape[0] for x in both] == [4 * 16, 5 * 12]

@@ -12,21 +12,15 @@ import torch
 from omegaconf import OmegaConf
 from tiny_vlm import ENCODER, LLM
 
-from dynvlm import train
-from dynvlm.cli import main
+from dynvlm.cli.main import main
 from dynvlm.config import ConfigError, to_yaml
 from dynvlm.data.synth import generate, vocabulary
-from dynvlm.evaluate import (
-    CompressorWeightsError,
-    evaluate_cli,
-    same_setting,
-    setting,
-    setting_line,
-    setting_slug,
-    stale_compressor_weights,
-)
-from dynvlm.model import VideoLLM
-from dynvlm.sweep import COST_COLUMNS
+from dynvlm.evaluation.command import evaluate_cli
+from dynvlm.evaluation.evaluate import same_setting, setting, setting_line, setting_slug
+from dynvlm.model.checkpoint import CompressorWeightsError, stale_compressor_weights
+from dynvlm.model.video_llm import VideoLLM
+from dynvlm.run import train
+from dynvlm.run.sweep import COST_COLUMNS
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,7 @@ def test_real_checkpoint_recipes_need_only_their_paths(path, tiny_checkpoints):
     assert cfg.model.encoder.name == "clip" and cfg.model.llm.name == "hf"
     if path.stem != "pretrain":
         assert cfg.stage.resume_from.endswith("checkpoints/last.ckpt")
-    from dynvlm.model import VideoLLM
+    from dynvlm.model.video_llm import VideoLLM
 
     cfg.stage.resume_from = None
     cfg.model.encoder.dtype = cfg.model.llm.dtype = "float32"
@@ -95,8 +95,7 @@ def test_shipped_base_matches_its_manifest():
 
 
 def test_shipped_base_loads_by_path_and_answers(tmp_path):
-    from dynvlm import train
-
+    from dynvlm.run import train
     small = dict(train=0, val=0, test=2)
     cfg = load_config(EXPERIMENTS / "synthetic.yaml",
                       [f"output_dir={tmp_path / 'runs'}", f"data.synth.out={tmp_path / 'synth'}",
@@ -141,7 +140,7 @@ def test_no_test_clip_or_question_in_the_base_training_data():
 
 def test_transfer_yaml_asks_for_the_synthetic_model_first(tmp_path):
     from dynvlm.config import ConfigError
-    from dynvlm.evaluate import evaluate_cli
+    from dynvlm.evaluation.command import evaluate_cli
 
     cfg = load_config(TRANSFER, [f"output_dir={tmp_path / 'runs'}"])
     missing = tmp_path / "runs" / "synthetic" / "checkpoints" / "last.ckpt"
@@ -151,9 +150,9 @@ def test_transfer_yaml_asks_for_the_synthetic_model_first(tmp_path):
 
 
 def test_transfer_yaml_evaluates_the_synthetic_model_at_every_point(tmp_path):
-    from dynvlm import train
     from dynvlm.config import sweep_points
-    from dynvlm.evaluate import evaluate_cli
+    from dynvlm.evaluation.command import evaluate_cli
+    from dynvlm.run import train
 
     small = [f"output_dir={tmp_path / 'runs'}", f"data.synth.out={tmp_path / 'synth'}", "data.synth.train=2",
              "data.synth.test=1", "data.batch_size=2", "trainer.max_steps=1", "trainer.enable_progress_bar=false"]

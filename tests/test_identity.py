@@ -5,7 +5,7 @@ from tiny_vlm import colour_samples, inline_model, run_config
 
 import dynvlm
 from dynvlm.budget import BudgetPolicy
-from dynvlm.model import VideoLLM
+from dynvlm.model.video_llm import VideoLLM
 
 
 def _identity(dim=6):
@@ -55,7 +55,7 @@ def test_video_llm_reports_n_tokens_per_kept_frame(tmp_path):
     model = VideoLLM(cfg)
     plans = model.plan(samples)
     assert [(len(p.indices), p.tokens) for p in plans] == [(3, 16), (3, 16)]  # 48 // 16 frames, N = 4x4 tokens
-    visual, _ = model.visual_features(samples, plans)
+    visual, _, _ = model.visual_features(samples, plans)
     assert [v.shape[0] for v in visual] == [48, 48]
     out = model(samples)
     assert out["visual_tokens"].item() == 48 and out["tokens_per_frame"].item() == 16

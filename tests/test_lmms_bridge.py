@@ -43,7 +43,7 @@ def test_entry_point_is_declared_and_light():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny dynvlm run trained for a few steps on the colour task: ``(config dict, checkpoint path)``."""
-    from dynvlm.train import fit
+    from dynvlm.run.train import fit
 
     root = tmp_path_factory.mktemp("lmms_run")
     trainer = {"accelerator": "cpu", "devices": 1, "max_steps": 12, "enable_progress_bar": False,
@@ -119,7 +119,7 @@ def _dynvlm_eval(cfg: dict, ckpt: str, data: Path, out: Path, **sections) -> tup
     """``dynvlm eval`` (in process): accuracy and per-question predictions."""
     from omegaconf import OmegaConf
 
-    from dynvlm.evaluate import evaluate_cli
+    from dynvlm.evaluation.command import evaluate_cli
 
     conf = OmegaConf.create({**cfg, **sections})
     report = evaluate_cli(conf, checkpoint=ckpt, data=str(data), out=str(out))
@@ -220,7 +220,7 @@ def test_lmms_eval_accuracy_equals_dynvlm_eval(lmms_python, trained, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# answer extraction parity: dynvlm.answers.extract_choice vs each benchmark's lmms-eval scoring
+# answer extraction parity: dynvlm.scoring.answers.extract_choice vs each benchmark's lmms-eval scoring
 
 OPTIONS = ["red circle", "blue square", "green triangle", "yellow star", "white cross"]
 OUTPUTS = [
@@ -287,7 +287,7 @@ def test_answer_extraction_agrees_with_lmms_eval(lmms_probe, task):
     texts, so it is compared with them. A letter beyond the options (PerceptionTest reads A-D for
     three options) can never be right and counts as no option.
     """
-    from dynvlm.answers import extract_choice
+    from dynvlm.scoring.answers import extract_choice
 
     n = N_OPTIONS[task]
     rows = lmms_probe["readings"][task]
@@ -348,7 +348,7 @@ single = model.generate_until([Instance("generate_until", (None, doc_to_messages
 # the second round answers the whole conversation, first answer included
 frames, stamps, kind = model._read(video)
 conv = [Turn("human", "<video>\nwhat colour is the video ?"), Turn("gpt", rounds[0][0]), Turn("human", "answer with the letter .")]
-expected = model.model.generate([Sample(frames, stamps, conv, kind)], max_new_tokens=4)[0]
+expected = model.model.generate([Sample(frames, stamps, conv, kind)], max_new_tokens=4).texts[0]
 print(json.dumps({"rounds": rounds, "single": single, "seen": seen, "expected": expected, "missing": model.missing,
                   "load_error": load_error, "readings": rows}))
 '''

@@ -6,9 +6,10 @@ import pytest
 import torch
 from tiny_vlm import colour_samples, inline_model, run_config, save_clip, save_qwen
 
-from dynvlm.model import VideoLLM
-from dynvlm.prompt import IGNORE_INDEX
+from dynvlm.model.prompt import IGNORE_INDEX
+from dynvlm.model.video_llm import VideoLLM
 from dynvlm.records import Batch, Turn
+from dynvlm.scoring.records import mc_records, open_records
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_visual_tokens_land_in_the_visual_positions(path_model, samples):
     m = path_model
     plans = m.plan(samples)
     assert [p.tokens for p in plans] == [16, 12, 16, 12]  # 64 // 4 = 16; 64 // 5 = 12, pooled to 3x4 exactly
-    visual, aux = m.visual_features(samples, plans)
+    visual, aux, _ = m.visual_features(samples, plans)
     assert aux is None
     assert [v.shape for v in visual] == [(len(p.indices) * p.tokens, 32) for p in plans]
     with torch.no_grad():  # batched (grouped by M) == each sample on its own
@@ -63,13 +64,13 @@ def test_visual_tokens_land_in_the_visual_positions(path_model, samples):
 
 
 def test_evaluation_encodes_long_inputs_in_chunks(path_model, samples, monkeypatch):
-    import dynvlm.model
+    import dynvlm.model.video_llm
 
     plans = path_model.plan(samples)
     with torch.no_grad():
-        whole, _ = path_model.visual_features(samples, plans)
-        monkeypatch.setattr(dynvlm.model, "ENCODER_CHUNK", 3)
-        chunked, _ = path_model.visual_features(samples, plans)
+        whole, _, _ = path_model.visual_features(samples, plans)
+        monkeypatch.setattr(dynvlm.model.video_llm, "ENCODER_CHUNK", 3)
+        chunked, _, _ = path_model.visual_features(samples, plans)
     for a, b in zip(whole, chunked):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
@@ -77,22 +78,22 @@ def test_evaluation_encodes_long_inputs_in_chunks(path_model, samples, monkeypat
 def test_mismatched_visual_count_is_an_error(path_model, samples):
     m = path_model
     plans = m.plan(samples[:1])
-    visual, _ = m.visual_features(samples[:1], plans)
+    visual, _, _ = m.visual_features(samples[:1], plans)
     prompt = m.prompts.collate(m.encode_prompts(samples[:1], plans))
     with pytest.raises(RuntimeError, match="visual positions"):
         m.splice(prompt, [visual[0][:-1]])
 
 
 def test_option_scores_are_answer_log_likelihoods(path_model, samples, monkeypatch):
-    import dynvlm.model
+    import dynvlm.model.video_llm
 
     m = path_model.eval()
-    scores = m.score_options(samples[:2])
+    scores = m.score_options(samples[:2]).scores
     assert [len(s) for s in scores] == [3, 3]
-    full = m.score_options(samples[:2], shared_prompt=False)  # every (sample, option) sequence in full
-    monkeypatch.setattr(dynvlm.model, "SCORE_SEQUENCES", 2)  # 6 sequences in 3 LLM calls
-    chunked = m.score_options(samples[:2], shared_prompt=False)
-    shared_chunked = m.score_options(samples[:2])
+    full = m.score_options(samples[:2], shared_prompt=False).scores  # every (sample, option) sequence in full
+    monkeypatch.setattr(dynvlm.model.video_llm, "SCORE_SEQUENCES", 2)  # 6 sequences in 3 LLM calls
+    chunked = m.score_options(samples[:2], shared_prompt=False).scores
+    shared_chunked = m.score_options(samples[:2]).scores
     for other in (full, chunked, shared_chunked):
         assert [o == pytest.approx(s, rel=1e-4) for o, s in zip(other, scores)] == [True, True]
     # the shared prompt really runs once per sample: count the positions the LLM processes
@@ -110,7 +111,7 @@ def test_option_scores_are_answer_log_likelihoods(path_model, samples, monkeypat
     conv = [*s.conversation[:-1], Turn("gpt", "B")]
     plans = m.plan([s])
     prompt = m.prompts.collate(m.encode_prompts([s], plans, [conv]))
-    visual, _ = m.visual_features([s], plans)
+    visual, _, _ = m.visual_features([s], plans)
     out = m.llm(m.splice(prompt, visual), prompt.attention_mask, prompt.labels)
     n = (prompt.labels != IGNORE_INDEX).sum()
     assert scores[0][1] == pytest.approx(-(out.loss * n).item(), rel=1e-4)
@@ -120,11 +121,11 @@ def test_option_scores_are_answer_log_likelihoods(path_model, samples, monkeypat
 def test_cloze_scores_option_texts_after_the_bare_question(path_model, samples):
     m = path_model.eval()
     s = samples[1]
-    scores = m.score_options([s], cloze=True)[0]
-    assert scores == pytest.approx(m.score_options([s], cloze=True, shared_prompt=False)[0], rel=1e-4)
+    scores = m.score_options([s], cloze=True).scores[0]
+    assert scores == pytest.approx(m.score_options([s], cloze=True, shared_prompt=False).scores[0], rel=1e-4)
     # option k's score == -(summed LM loss of "<video>\n{question}" answered with option k's text)
     plans = m.plan([s])
-    visual, _ = m.visual_features([s], plans)
+    visual, _, _ = m.visual_features([s], plans)
     for k, option in enumerate(s.meta["options"]):
         conv = [Turn("human", f"<video>\n{s.meta['question']}"), Turn("gpt", option)]
         prompt = m.prompts.collate(m.encode_prompts([s], plans, [conv]))
@@ -140,8 +141,13 @@ def test_cloze_scores_option_texts_after_the_bare_question(path_model, samples):
 def test_generate_batch_matches_one_by_one(path_model, samples):
     m = path_model.eval()
     together = m.generate(samples[:2], max_new_tokens=3)
-    alone = [m.generate([s], max_new_tokens=3)[0] for s in samples[:2]]
-    assert together == alone
+    alone = [m.generate([s], max_new_tokens=3).texts[0] for s in samples[:2]]
+    assert together.texts == alone
+    # each sample's usage: its plan's tokens, all of them spliced, and the frames it kept
+    plans = m.plan(samples[:2])
+    assert [(u.planned_tokens, u.actual_tokens) for u in together.usage] == [(p.visual_tokens,) * 2 for p in plans]
+    assert [len(u.kept_times) for u in together.usage] == [len(p.indices) for p in plans]
+    together = together.texts
     assert all(isinstance(t, str) for t in together)
     m.train()
 
@@ -181,8 +187,7 @@ def test_bad_frames_name_the_sample(path_model, samples):
 def test_model_bench_measures_a_step(tmp_path):
     import yaml
 
-    from dynvlm import model_bench
-
+    from dynvlm.measure import model_bench
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(run_config(tmp_path)))
     args = model_bench._parser().parse_args(["--config", str(config), "--max-tokens", "32", "--steps", "1"])
@@ -201,7 +206,7 @@ def test_a_batch_whose_files_were_all_skipped_makes_no_step(path_model):
 
 def test_generate_mode_scores_parsed_letters(samples, tmp_path):
     m = VideoLLM(run_config(tmp_path, eval={"mode": "generate", "max_new_tokens": 2})).eval()
-    records = m._mc_records(samples[:3])
+    records = mc_records(m, samples[:3], m.eval_cfg.mode)
     assert [r["question_id"] for r in records] == ["q0", "q1", "q2"]
     assert all(isinstance(r["text"], str) and -1 <= r["pred"] < 3 for r in records)
     assert [r["answer"] for r in records] == [0, 1, 2]
@@ -238,8 +243,8 @@ def test_open_ended_answers_are_generated_and_exact_matched(samples, tmp_path):
     open_ended = [type(s)(s.frames, s.timestamps, [Turn("human", "<video> what colour is the video ?"),
                                                    Turn("gpt", "red")], id=f"o{i}", meta={"category": "colour"})
                   for i, s in enumerate(samples[:2])]
-    records = m._open_records(open_ended + samples[:1])  # the MC sample is left to _mc_records
+    records = open_records(m, open_ended + samples[:1])  # the MC sample is left to mc_records
     assert [r["question_id"] for r in records] == ["o0", "o1"]
-    generated = m.generate(open_ended, max_new_tokens=2)
+    generated = m.generate(open_ended, max_new_tokens=2).texts
     assert [r["text"] for r in records] == generated
     assert [r["correct"] for r in records] == [g == "red" for g in generated]

@@ -2,8 +2,8 @@
 
 import pytest
 
+from dynvlm.model.prompt import IGNORE_INDEX, IMAGE_TOKEN_ID, PromptBuilder, format_seconds, video_text
 from dynvlm.plugins.llms.hf import DEFAULT_SYSTEM_PROMPT, build_word_tokenizer
-from dynvlm.prompt import IGNORE_INDEX, IMAGE_TOKEN_ID, PromptBuilder, format_seconds, video_text
 from dynvlm.records import Turn
 
 TOK = build_word_tokenizer(["what", "colour", "is", "it", "red", "and", "now", "blue", "describe"])

@@ -4,9 +4,9 @@ import pytest
 import torch
 from tiny_vlm import ListDataModule, colour_samples, inline_model, run_config
 
-from dynvlm.model import VideoLLM
-from dynvlm.stages import read_weights
-from dynvlm.train import fit
+from dynvlm.model.checkpoint import read_weights
+from dynvlm.model.video_llm import VideoLLM
+from dynvlm.run.train import fit
 
 
 @pytest.fixture(scope="module")

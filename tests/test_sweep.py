@@ -12,11 +12,12 @@ import torch
 import yaml
 from tiny_vlm import ENCODER, LLM
 
-from dynvlm import sweep
 from dynvlm.config import apply_point, load_config
 from dynvlm.data.synth import vocabulary
-from dynvlm.model import config_dict
-from dynvlm.sweep import findings, point_slug, read_results, run, write_results
+from dynvlm.run import sweep
+from dynvlm.run.sweep import findings, point_slug, run
+from dynvlm.util.configs import config_dict
+from dynvlm.util.tables import read_csv_rows, write_csv_rows
 
 SYNTH = dict(seed=0, train=4, val=0, test=3, size=16, min_duration=12, max_duration=14, max_visits=2, max_visit_seconds=3)
 
@@ -75,7 +76,7 @@ def test_interrupted_sweep_resumes_without_rerunning_points(tmp_path, monkeypatc
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(cfg, callbacks=[counter, Crash(second, step=2)])
     out = tmp_path / "runs" / "mini"
-    rows = read_results(out / "results.csv")
+    rows = read_csv_rows(out / "results.csv")
     assert [r["point"] for r in rows] == [point_slug({"budget.tokens_per_frame": 1})]
     assert counter.fits == [("tokens_per_frame=1", 0), ("tokens_per_frame=4", 0)]
 
@@ -132,10 +133,10 @@ def test_interrupted_sweep_resumes_without_rerunning_points(tmp_path, monkeypatc
 
 def test_results_csv_is_replaced_atomically(tmp_path):
     path = tmp_path / "results.csv"
-    write_results(path, [{"point": "a", "accuracy": 0.5}])
-    write_results(path, [{"point": "a", "accuracy": 0.5}, {"point": "b", "accuracy": 0.7, "extra": 1}])
-    assert [r["point"] for r in read_results(path)] == ["a", "b"]
-    assert read_results(path)[0]["extra"] == ""
+    write_csv_rows(path, [{"point": "a", "accuracy": 0.5}])
+    write_csv_rows(path, [{"point": "a", "accuracy": 0.5}, {"point": "b", "accuracy": 0.7, "extra": 1}])
+    assert [r["point"] for r in read_csv_rows(path)] == ["a", "b"]
+    assert read_csv_rows(path)[0]["extra"] == ""
     assert list(tmp_path.iterdir()) == [path]  # no temp files left behind
 
 
@@ -199,5 +200,5 @@ def test_summary_default_labels_are_the_compressor():
     cells = sweep._cells(rows, keys)
     # two policies at the same M stay two cells: the frames point is not averaged in as a seed
     assert cells == {("pool", 1): [0.4, 0.6], ("pool (frames)", 1): [0.5]}
-    text = sweep.results_markdown(rows, cells, keys)
+    text = sweep.sweep_markdown(rows, cells, keys)
     assert "| pool | 50.0 ± 10.0 |" in text and "| pool (frames) | 50.0 |" in text and "M=1" in text

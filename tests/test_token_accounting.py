@@ -13,8 +13,9 @@ from tiny_vlm import ENCODER, LLM, QUESTION, WORDS, run_config
 from torch.utils.data import DataLoader
 
 import dynvlm
-from dynvlm.model import VideoLLM
+from dynvlm.model.video_llm import VideoLLM
 from dynvlm.records import Batch, Sample, Turn
+from dynvlm.scoring.records import mc_records
 
 NAMES = dynvlm.get_registry().names("compressor")
 GRIDS = [(24, 24), (27, 27), (16, 9)]
@@ -121,19 +122,20 @@ def test_actual_tokens_are_measured_not_copied_from_the_plan(tmp_path):
     batch = [short, *samples[:2]]
     plans = model.plan(batch)
     with torch.no_grad():
-        visual, _ = model.visual_features(batch, plans)
+        visual, _, usage = model.visual_features(batch, plans)
     assert [v.shape[0] for v in visual] == [120, 240, 240]
-    assert model.token_counts == [(120, 0), (240, 0), (240, 0)]  # nothing spliced yet
+    counts = lambda: [(u.planned_tokens, u.actual_tokens) for u in usage]  # noqa: E731
+    assert counts() == [(120, 0), (240, 0), (240, 0)]  # nothing spliced yet
     # prompts built for the wrong plans (rows 0 and 1 swapped): the totals agree, so the splice
     # goes through, but each row holds the other's count of visual positions
     swapped = model.prompts.collate(model.encode_prompts([batch[1], batch[0], batch[2]],
                                                          [plans[1], plans[0], plans[2]]), "right")
     with torch.no_grad():
-        model.splice(swapped, visual)
-    assert model.token_counts == [(120, 240), (240, 120), (240, 240)]
+        model.splice(swapped, visual, usage=usage)
+    assert counts() == [(120, 240), (240, 120), (240, 240)]
     with torch.no_grad():
-        model.splice(model.prompts.collate(model.encode_prompts(batch, plans), "right"), visual)
-    assert model.token_counts == [(120, 120), (240, 240), (240, 240)]
+        model.splice(model.prompts.collate(model.encode_prompts(batch, plans), "right"), visual, usage=usage)
+    assert counts() == [(120, 120), (240, 240), (240, 240)]
     with torch.no_grad():
-        records = model._mc_records(batch)
+        records = mc_records(model, batch, model.eval_cfg.mode)
     assert [(r["planned_tokens"], r["actual_tokens"]) for r in records] == [(120, 120), (240, 240), (240, 240)]

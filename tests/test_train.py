@@ -13,7 +13,7 @@ import yaml
 from tiny_vlm import ListDataModule, colour_samples, inline_model, run_config
 
 from dynvlm.config import load_config, to_yaml
-from dynvlm.train import fit, test, validate
+from dynvlm.run.train import fit, test, validate
 
 TESTS = Path(__file__).parent
 
@@ -52,7 +52,7 @@ def test_fit_lowers_the_loss_and_writes_the_run(tmp_path, samples):
     assert ckpt["hyper_parameters"]["config"]["model"]["compressor"] == {"name": "pool"}
     assert set(ckpt["state_dict"]) and all(k.split(".")[0] in ("encoder", "projector", "llm") for k in ckpt["state_dict"])
     # the checkpoint alone rebuilds the model: config from its hparams, weights from its state dict
-    from dynvlm.model import VideoLLM
+    from dynvlm.model.video_llm import VideoLLM
 
     restored = VideoLLM.load_from_checkpoint(result["checkpoint"])
     for key in ("projector.net.0.weight", "llm.model.lm_head.weight", "encoder.model.embeddings.patch_embedding.weight"):
@@ -67,10 +67,10 @@ def test_fit_lowers_the_loss_and_writes_the_run(tmp_path, samples):
 
 def test_fit_and_test_on_the_synthetic_data_module(tmp_path):
     from dynvlm.data import VideoDataModule
-    from dynvlm.model import VideoLLM
+    from dynvlm.model.video_llm import VideoLLM
 
     model = inline_model()
-    del model["llm"]["vocabulary"]  # the word-level tokenizer takes the synthetic task's word list
+    model["llm"]["vocabulary"] = "synthetic"  # the word-level tokenizer takes the synthetic task's word list
     synth = {"out": str(tmp_path / "synth"), "train": 4, "val": 2, "test": 4, "size": 16, "min_duration": 6,
              "max_duration": 8, "max_visits": 2, "max_visit_seconds": 2}
     cfg = _yaml_config(tmp_path, model=model, data={"synth": synth, "batch_size": 2},
@@ -162,7 +162,7 @@ from pathlib import Path
 sys.path.insert(0, {tests!r})
 from tiny_vlm import ListDataModule, colour_samples, inline_model, run_config
 import pytorch_lightning as pl
-from dynvlm.train import fit
+from dynvlm.run.train import fit
 
 
 class Losses(pl.Callback):

@@ -1,4 +1,4 @@
-"""dynvlm.video: real files written with PyAV, decoded with decord and PyAV.
+"""dynvlm.data.video: real files written with PyAV, decoded with decord and PyAV.
 
 Every test frame carries its own index as 8 black/white stripes, so a decoded frame says which
 source frame it is and timestamps can be checked against it exactly.
@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 
-from dynvlm.video import VideoReadError, read_video, sample_indices, sample_times
+from dynvlm.data.video import VideoReadError, read_video, sample_indices, sample_times
 
 STRIPE = 4  # px per bit; 8 bits need a width of at least 32
 

@@ -2,7 +2,7 @@
 
 Models are the real ``transformers`` classes with tiny configs, saved with ``save_pretrained``
 and loaded back through the plugins by ``path:``. Videos are written with PyAV (H.264) and
-decoded with :func:`dynvlm.video.read_video`. The task: "what colour is the video?" — the
+decoded with :func:`dynvlm.data.video.read_video`. The task: "what colour is the video?" — the
 whole frame is one of three colours, so a few steps of training lower the loss.
 """
 
@@ -84,7 +84,7 @@ def write_video(path: Path, rgb: tuple[int, int, int], seconds: int, rate: int =
 
 def colour_samples(folder: Path, n: int, seconds: int = 4, max_frames: int = 16) -> list[Sample]:
     """``n`` decoded videos cycling through the colours, as MC-capable samples (answer = the colour's letter)."""
-    from dynvlm.video import read_video
+    from dynvlm.data.video import read_video
 
     folder.mkdir(parents=True, exist_ok=True)
     names = list(COLOURS)

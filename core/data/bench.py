@@ -2,7 +2,7 @@
 
 Generates (or reuses) a synthetic folder, then measures on its training clips:
 
-- **decode**: frames/s returned by :func:`dynvlm.video.read_video` per backend, for every frame
+- **decode**: frames/s returned by :func:`dynvlm.data.video.read_video` per backend, for every frame
   of each clip and for the 1-fps sampling the DataModule uses;
 - **loading**: training samples/s of :class:`~dynvlm.data.VideoDataModule` with 0 and 2
   workers (steady state: the second epoch, workers already up).
@@ -27,7 +27,7 @@ def _clips(folder: Path) -> list[Path]:
 
 def bench_decode(clips: list[Path], backend: str, fps: float | None, max_frames: int | None, repeat: int) -> dict[str, float]:
     """Best of ``repeat`` passes over ``clips``: ``{"frames_per_s", "clips_per_s", "frames"}``."""
-    from ..video import read_video
+    from dynvlm.data.video import read_video
 
     best = float("inf")
     frames = 0
@@ -41,7 +41,7 @@ def bench_decode(clips: list[Path], backend: str, fps: float | None, max_frames:
 def bench_loader(folder: Path, synth_kwargs: dict[str, Any], workers: int, batch_size: int, max_frames: int,
                  cache: bool = False) -> dict[str, float]:
     """Training samples/s of the DataModule over its second epoch (and the first, start-up included)."""
-    from .datamodule import VideoDataModule
+    from dynvlm.data.datamodule import VideoDataModule
 
     dm = VideoDataModule(
         {"synth": {"out": str(folder), **synth_kwargs}, "batch_size": batch_size, "num_workers": workers, "cache": cache},
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", help="also write the table to this file")
     args = p.parse_args(argv)
 
-    from . import synth
+    from dynvlm.data import synth
 
     kwargs = {"seed": 0, "train": args.videos, "val": 0, "test": 0, "size": args.size}
     with tempfile.TemporaryDirectory() as tmp:

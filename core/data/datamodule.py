@@ -10,16 +10,16 @@ from typing import Any
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from ..schema import BudgetConfig, DataConfig, section
-from ..video import VideoReadError
-from .annotations import MC_INSTRUCTION, Item, read_items
-from .dataset import DataBatch, VideoQADataset, collate
+from dynvlm.data.annotations import MC_INSTRUCTION, Item, read_items
+from dynvlm.data.dataset import DataBatch, VideoQADataset, collate
+from dynvlm.data.video import VideoReadError
+from dynvlm.schema import BudgetConfig, DataConfig, section
+from dynvlm.util.paths import synth_file
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 # where each split comes from in a generated synthetic folder when data.<split> is not set
-SYNTH_FILES = {"train": "train.jsonl", "val": "val_mc.jsonl", "test": "test_mc.jsonl"}
 
 
 @dataclass
@@ -84,13 +84,13 @@ class VideoDataModule(pl.LightningDataModule):
         if explicit:
             return Path(explicit).expanduser()
         if self.data.synth and self.data.synth.get(split, 1) != 0:
-            return Path(str(self.data.synth["out"])).expanduser() / SYNTH_FILES[split]
+            return synth_file(self.data.synth, split)
         return None
 
     def prepare_data(self) -> None:
         """Generate ``data.synth`` if set and not already there (idempotent, keyed by its settings)."""
         if self.data.synth:
-            from . import synth
+            from dynvlm.data import synth
 
             settings = dict(self.data.synth)
             if "out" not in settings:

@@ -2,7 +2,7 @@
 
 A dataset item is decoded in whichever process asks for it (a DataLoader worker opens its own
 reader per item). A file that fails is either raised (``on_error="raise"``: the
-:class:`~dynvlm.video.VideoReadError` names it) or skipped: training substitutes the next
+:class:`~dynvlm.data.video.VideoReadError` names it) or skipped: training substitutes the next
 readable item so batches keep their size; evaluation drops it (substituting would count another
 question twice). Skips travel with the batch to the main process in :attr:`DataBatch.skipped`.
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from ..records import Batch, Sample
-from ..video import VideoReadError, read_video
-from .annotations import Item
+from dynvlm.data.annotations import Item
+from dynvlm.data.video import VideoReadError, read_video
+from dynvlm.records import Batch, Sample
 
 MAX_SUBSTITUTES = 16  # training: how many following items to try in place of a broken one
 
@@ -56,7 +56,7 @@ class VideoQADataset(Dataset):
     Args:
         items: records from :func:`dynvlm.data.annotations.read_items`.
         root: folder relative media paths are resolved against.
-        fps, max_frames, backend: passed to :func:`dynvlm.video.read_video`.
+        fps, max_frames, backend: passed to :func:`dynvlm.data.video.read_video`.
         on_error: ``"raise"`` or ``"skip"``.
         substitute: on skip, return the next readable item instead (training) or nothing (eval).
         cache: keep decoded frames in memory (per process) so later epochs skip decoding; for

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from ..budget import uniform_indices
-from ..video import sample_times
-from .annotations import MC_INSTRUCTION
-from .scenes import COLOURS, POSITIONS, SHAPES, Scene
+from dynvlm.budget import uniform_indices
+from dynvlm.data.annotations import MC_INSTRUCTION
+from dynvlm.data.scenes import COLOURS, POSITIONS, SHAPES, Scene
+from dynvlm.data.video import sample_times
 
 QTYPES: dict[str, str] = {
     "shape": "perception",
@@ -157,7 +157,7 @@ def answerable(evidence_groups: Sequence[Sequence[float]], times: Iterable[float
 def frame_times(record: dict[str, Any], fps: float | None = 1.0, max_frames: int | None = None,
                 keep: int | None = None) -> list[float]:
     """Timestamps a model sees of a record's clip: decoded at ``fps`` up to ``max_frames``
-    (:func:`dynvlm.video.sample_times`), then ``keep`` of them by truncated linspace (the budget
+    (:func:`dynvlm.data.video.sample_times`), then ``keep`` of them by truncated linspace (the budget
     policy's second cap, ``N_max // M``)."""
     times = sample_times(record["duration"], record["native_fps"], fps, max_frames)
     if keep is not None and 0 < keep < len(times):

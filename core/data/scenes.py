@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .synth import SynthConfig
+    from dynvlm.data.synth import SynthConfig
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),

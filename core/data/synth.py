@@ -65,8 +65,8 @@ from typing import Any
 
 import numpy as np
 
-from .annotations import format_mc
-from .questions import (  # noqa: F401 - re-exported: the generator's public names live here too
+from dynvlm.data.annotations import format_mc
+from dynvlm.data.questions import (  # noqa: F401 - re-exported: the generator's public names live here too
     DEFAULT_QTYPES,
     LETTERS,
     QTYPES,
@@ -82,7 +82,7 @@ from .questions import (  # noqa: F401 - re-exported: the generator's public nam
     vocabulary,
     words,
 )
-from .scenes import (  # noqa: F401
+from dynvlm.data.scenes import (  # noqa: F401
     COLOURS,
     POSITIONS,
     SHAPES,

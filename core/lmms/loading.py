@@ -10,10 +10,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 
-from ..model import VideoLLM, config_dict
+from dynvlm.model.checkpoint import read_checkpoint
+from dynvlm.model.restore import restore
+from dynvlm.model.video_llm import VideoLLM
+from dynvlm.util.configs import config_dict
 
 log = logging.getLogger("dynvlm.lmms")
 
@@ -62,13 +64,12 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu", **settings: Any
     Raises:
         CheckpointError: naming ``path`` when it is missing or not a dynvlm checkpoint.
     """
-    import pytorch_lightning as pl
 
     p = Path(str(path)).expanduser()
     if not p.is_file():
         raise CheckpointError(f"dynvlm checkpoint {str(path)!r}: no such file")
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=False)
+        ckpt = read_checkpoint(p, map_location)
     except Exception as exc:  # noqa: BLE001 - torch raises several types for a corrupt file
         raise CheckpointError(f"dynvlm checkpoint {str(p)!r}: not a readable checkpoint ({exc})") from exc
     saved = (ckpt.get("hyper_parameters") or {}).get("config") if isinstance(ckpt, dict) else None
@@ -81,15 +82,8 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu", **settings: Any
         # the checkpoint carries every weight it loaded from the previous stage
         log.info("stage.resume_from %s is not here; its weights come from the checkpoint", resume)
         cfg["stage"]["resume_from"] = None
-    state = dict(ckpt["state_dict"])
-    if cfg["model"]["compressor"] != saved["model"]["compressor"]:
-        state = {k: v for k, v in state.items() if not k.startswith("compressor.")}
-        ckpt = {**ckpt, "state_dict": state}
-    pl.seed_everything(int(cfg.get("seed") or 0), verbose=False)  # the same frozen random weights as dynvlm eval
     try:
-        model = VideoLLM(cfg)
-        model.on_load_checkpoint(ckpt)
-        model.load_state_dict(state, strict=False)
+        model, _ = restore(cfg, ckpt, source=str(p))
     except Exception as exc:
         raise CheckpointError(f"dynvlm checkpoint {str(p)!r}: cannot rebuild its model ({exc})") from exc
     return model.eval()

@@ -22,7 +22,7 @@ So one checkpoint is evaluated at several budgets by changing ``model_args`` onl
 Prompts: each lmms-eval message becomes one dynvlm human turn, a video (or image) part becoming
 the ``<video>`` (``<image>``) placeholder and text parts joined by new lines, so a task whose
 text is ``"{question}\\nA. ...\\n{instruction}"`` sees exactly the prompt ``dynvlm eval`` builds.
-Videos are decoded by :func:`dynvlm.video.read_video` with the run's ``budget.fps`` and
+Videos are decoded by :func:`dynvlm.data.video.read_video` with the run's ``budget.fps`` and
 ``budget.max_frames``.
 
 A video that cannot be read is logged by name and its request answered with
@@ -45,9 +45,9 @@ from lmms_eval.api.model import lmms
 from lmms_eval.protocol import ChatMessages
 from tqdm import tqdm
 
-from ..records import Sample, Turn
-from ..video import VideoReadError, read_video
-from .loading import load_checkpoint
+from dynvlm.data.video import VideoReadError, read_video
+from dynvlm.lmms.loading import load_checkpoint
+from dynvlm.records import Sample, Turn
 
 log = logging.getLogger("dynvlm.lmms")
 
@@ -154,7 +154,7 @@ class DynVLM(lmms):
         """Greedy answers, cut at the first of ``gen_kwargs["until"]``."""
         max_new = int(gen_kwargs.get("max_new_tokens") or self.max_new_tokens)
         with self._autocast():
-            texts = self.model.generate(list(samples), max_new_tokens=max_new)
+            texts = self.model.generate(list(samples), max_new_tokens=max_new).texts
         return [_cut(t, gen_kwargs.get("until")) for t in texts]
 
     def _inputs(self, req: Instance) -> tuple[str, list[Any], dict[str, Any], Any]:
@@ -235,7 +235,7 @@ class DynVLM(lmms):
                     continue
                 plan = self.model.plan([sample])[0]
                 with self._autocast():
-                    visual = self.model.visual_features([sample], [plan])[0][0]
+                    visual = self.model.visual_features([sample], [plan]).tokens[0]
                 visual_cache[key] = (sample, plan, visual)
             sample, plan, visual = visual_cache[key]
             out.append(self._score(sample, plan, visual, str(continuation).strip()))

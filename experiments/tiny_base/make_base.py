@@ -107,8 +107,7 @@ def stage_config(stage: str, runs: Path | None, steps: int | None, overrides: Se
 def run_stage(stage: str, runs: Path | None, steps: int | None, overrides: Sequence[str],
               data: Path | None = None) -> dict[str, Any]:
     """Fit one stage (resuming its own ``last.ckpt`` if interrupted); returns steps and wall time."""
-    from dynvlm import train
-
+    from dynvlm.run import train
     cfg = stage_config(stage, runs, steps, overrides, data)
     callbacks = [] if stage == "a" else [RandomCompressor(seed=int(cfg.seed))]
     t0 = time.perf_counter()
@@ -125,7 +124,7 @@ def export(runs: Path | None, weights: Path, overrides: Sequence[str], data: Pat
     """Write the HF folders and safetensors of the last stage's final weights into ``weights``; return the files."""
     from safetensors.torch import save_file
 
-    from dynvlm.model import VideoLLM
+    from dynvlm.model.video_llm import VideoLLM
 
     cfg = stage_config(STAGES[-1], runs, None, overrides, data)
     last = Path(str(cfg.output_dir)) / "tiny_base" / f"stage_{STAGES[-1]}" / "checkpoints" / "last.ckpt"
@@ -151,8 +150,8 @@ def evaluate(weights: Path, runs: Path | None, split: str = "val", compressors: 
     """Accuracy per family of the exported base on the synthetic ``split`` at each compressor and M."""
     from omegaconf import OmegaConf
 
-    from dynvlm import train
     from dynvlm.data.synth import ceilings
+    from dynvlm.run import train
 
     base = OmegaConf.to_container(stage_config(STAGES[-1], runs, None, overrides, data), resolve=True)
     data_dir = Path(base["data"]["synth"]["out"])

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from dynvlm import Compressed, hookimpl
 from dynvlm.interfaces import check_compressor_call
-from dynvlm.kernels._backend import BACKENDS
+from dynvlm.kernels import check_backend
 from dynvlm.kernels.pool import adaptive_pool
 
 from ._grid import GridCompressor
@@ -36,8 +36,7 @@ class AdaptivePool(GridCompressor):
 
     def __init__(self, dim: int, backend: str = "auto", aspect_tolerance: float = 2.0) -> None:
         super().__init__(dim, aspect_tolerance)
-        if backend not in BACKENDS:
-            raise ValueError(f"pool: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        check_backend(backend, "pool")
         self.backend = backend
 
     def forward(self, x: Tensor, grid: tuple[int, int], tokens: int) -> Compressed:

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from dynvlm import Compressed, Compressor, hookimpl
 from dynvlm.interfaces import check_compressor_call
-from dynvlm.kernels._backend import BACKENDS
+from dynvlm.kernels import check_backend
 from dynvlm.kernels.prune import gumbel_noise, gumbel_topk
 
 AUX_LOSSES = ("none", "keep_ratio", "entropy")
@@ -51,8 +51,7 @@ class GumbelPrune(Compressor):
         super().__init__(dim)
         if aux_loss not in AUX_LOSSES:
             raise ValueError(f"prune: aux_loss must be one of {', '.join(AUX_LOSSES)}, got {aux_loss!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"prune: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        check_backend(backend, "prune")
         if tau <= 0:
             raise ValueError(f"prune: tau must be positive, got {tau!r}")
         if noise < 0:

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from dynvlm import Compressed, Compressor, hookimpl
 from dynvlm.interfaces import check_compressor_call
-from dynvlm.kernels._backend import BACKENDS
+from dynvlm.kernels import check_backend
 from dynvlm.kernels.tome import tome_merge
 
 KEYS = ("tokens", "proj")
@@ -34,8 +34,7 @@ class ToMe(Compressor):
         super().__init__(dim)
         if key not in KEYS:
             raise ValueError(f"tome: key must be one of {', '.join(KEYS)}, got {key!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"tome: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        check_backend(backend, "tome")
         if key_dim is not None and (key != "proj" or key_dim < 1):
             raise ValueError(f"tome: key_dim={key_dim!r} needs key='proj' and a positive width")
         self.key = key

@@ -5,8 +5,8 @@ Two ways to get one:
 - ``path:`` a local folder with model and tokenizer saved by ``save_pretrained`` (Qwen2.5 is the
   reference); loaded with ``local_files_only=True``. The tokenizer's own chat template is used.
 - ``config:`` inline Qwen2 config keywords for a randomly initialised model, with a word-level
-  tokenizer built in-project (:func:`build_word_tokenizer`) from ``vocabulary`` (or, when absent,
-  the synthetic task's word list) or loaded from a ``tokenizer:`` folder.
+  tokenizer built in-project (:func:`build_word_tokenizer`) from ``vocabulary`` or loaded from a
+  ``tokenizer:`` folder.
 
 Visual positions never go through the tokenizer: the prompt builder marks them with a sentinel
 id and the model splices projected visual embeddings there, so real tokenizers need no new tokens.
@@ -104,18 +104,6 @@ def build_word_tokenizer(words: Iterable[str], system_prompt: str = DEFAULT_SYST
     return fast
 
 
-def synthetic_vocabulary() -> list[str]:
-    """The synthetic task's closed word list (``dynvlm.data.synth.vocabulary()``); a clear error if absent."""
-    try:
-        from dynvlm.data.synth import vocabulary
-    except ImportError as exc:
-        raise ValueError(
-            "llm 'hf': an inline config without 'vocabulary' or 'tokenizer' needs the synthetic task's word list "
-            f"(dynvlm.data.synth.vocabulary), which cannot be imported: {exc}"
-        ) from None
-    return list(vocabulary())
-
-
 class HFCausalLM(LanguageModel):
     """A causal LM taking input embeddings: ``[B, L, D]`` -> logits ``[B, L, V]`` (+ loss).
 
@@ -125,7 +113,9 @@ class HFCausalLM(LanguageModel):
             tokenizer; ``initializer_range`` defaults to ``1/sqrt(hidden_size)``, which lets tiny
             models leave the answer-prior plateau).
         tokenizer: local tokenizer folder for an inline model (default: a word-level tokenizer).
-        vocabulary: words for the built word-level tokenizer (default: the synthetic task's list).
+        vocabulary: words for the built word-level tokenizer of an inline model (required unless
+            ``tokenizer`` is given; in a dynvlm run config ``synthetic`` names the synthetic task's
+            word list, which the model builder puts here).
         system_prompt: the system turn of every conversation; ``None`` or ``""`` leaves it out.
         trust_remote_code: allow code shipped in ``path`` to run (off by default).
         dtype: ``float32``, ``bfloat16`` or ``float16``.
@@ -138,7 +128,7 @@ class HFCausalLM(LanguageModel):
         path: str | None = None,
         config: dict[str, Any] | None = None,
         tokenizer: str | None = None,
-        vocabulary: list[str] | None = None,
+        vocabulary: list[str] | str | None = None,
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         trust_remote_code: bool = False,
         dtype: str = "float32",
@@ -167,8 +157,11 @@ class HFCausalLM(LanguageModel):
             if tokenizer is not None:
                 self.tokenizer = _load_tokenizer(_folder(tokenizer, "tokenizer"), False)
             else:
-                words = vocabulary if vocabulary is not None else synthetic_vocabulary()
-                self.tokenizer = build_word_tokenizer(words, system_prompt or DEFAULT_SYSTEM_PROMPT)
+                if vocabulary is None or isinstance(vocabulary, str):
+                    raise ValueError(
+                        "llm 'hf': an inline config needs 'vocabulary' (a list of words; 'synthetic' in a dynvlm "
+                        f"run config) or 'tokenizer' (a folder); got vocabulary={vocabulary!r}")
+                self.tokenizer = build_word_tokenizer(vocabulary, system_prompt or DEFAULT_SYSTEM_PROMPT)
             kwargs = dict(config)
             if "vocab_size" in kwargs and kwargs["vocab_size"] < len(self.tokenizer):
                 raise ValueError(f"llm 'hf': config vocab_size={kwargs['vocab_size']} is smaller than the tokenizer's "

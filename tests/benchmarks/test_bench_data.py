@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dynvlm.data import VideoDataModule, synth
-from dynvlm.video import read_video
+from dynvlm.data.video import read_video
 
 KW = {"seed": 0, "train": 8, "val": 0, "test": 0}
 

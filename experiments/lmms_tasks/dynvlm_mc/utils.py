@@ -1,7 +1,7 @@
 """dynvlm's own multiple-choice files (any shape ``dynvlm eval --data`` reads) through lmms-eval.
 
 The prompt is the one ``dynvlm eval`` builds (:func:`dynvlm.data.annotations.format_mc`), the
-answer is read with :func:`dynvlm.answers.extract_choice` (generation) or picked by the highest
+answer is read with :func:`dynvlm.scoring.answers.extract_choice` (generation) or picked by the highest
 log-likelihood of the option letters (``dynvlm_mc_ppl``, ``--force_simple``), so the accuracy
 equals ``dynvlm eval`` on the same file and checkpoint. ``lmms_eval_accuracy`` also reports the
 letters lmms-eval's own extraction (``extract_mcq_answer``, used by VideoMME/MLVU) reads.
@@ -14,9 +14,9 @@ default: dynvlm's).
 import os
 from pathlib import Path
 
-from dynvlm.answers import extract_choice, letters
 from dynvlm.data.annotations import MC_INSTRUCTION, format_mc, mc_question
 from dynvlm.lmms.tasks import annotations_loader, env_path, video_missing
+from dynvlm.scoring.answers import extract_choice, letters
 
 VARIABLE = "DYNVLM_MC_ANNOTATIONS"
 process_docs = annotations_loader(VARIABLE)
@@ -57,7 +57,7 @@ def _row(doc, pred, lmms_pred):
 
 
 def process_results(doc, results):
-    """Generation: the option ``dynvlm.answers.extract_choice`` reads (-1: none, or the video is missing)."""
+    """Generation: the option ``dynvlm.scoring.answers.extract_choice`` reads (-1: none, or the video is missing)."""
     from lmms_eval.tasks._task_utils.mcq_extract import extract_mcq_answer
 
     q = _question(doc)

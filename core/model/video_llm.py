@@ -1,6 +1,6 @@
 """``VideoLLM``: encoder -> compressor -> projector -> splice into the LLM, as a LightningModule.
 
-One step (DESIGN.md section 4): the budget policy plans frames and tokens per frame ``M`` for
+One step: the budget policy plans frames and tokens per frame ``M`` for
 each sample; all kept frames go through the encoder at once (``[F, N, C]``), the compressor
 (``[F, M, C]``, one call per distinct ``M``), the projector (``[F, M, D]``); the prompt builder
 tokenises the conversations with ``M`` visual positions per ``<image>``, and the projected
@@ -20,34 +20,63 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor
 
-from .budget import BudgetPolicy, FramePlan, VideoInfo
-from .config import build_component, provenance_record
-from .projector import Projector
-from .prompt import Encoded, PromptBatch, PromptBuilder
-from .records import Batch, Sample, Turn, question_turns
-from .schema import EvalConfig, OptimConfig, ProjectorConfig, section
-from .stages import apply_stage, load_weights, read_weights, stage_config
+from dynvlm.budget import BudgetPolicy, FramePlan, VideoInfo
+from dynvlm.config import build_component, provenance_record
+from dynvlm.data.questions import vocabulary
+from dynvlm.model.checkpoint import CKPT_KEY, load_weights, read_weights, stale_compressor_weights
+from dynvlm.model.projector import Projector
+from dynvlm.model.prompt import Encoded, PromptBatch, PromptBuilder
+from dynvlm.model.stages import apply_stage, stage_config
+from dynvlm.records import Batch, Sample, Turn, VisualUsage, question_turns
+from dynvlm.schema import EvalConfig, OptimConfig, ProjectorConfig, section
+from dynvlm.scoring.records import accuracy_metrics, mc_records, open_records, unique_records
+from dynvlm.util.configs import config_dict
 
-CKPT_KEY = "dynvlm"  # our entry in a Lightning checkpoint: trainable/carried key lists
 ENCODER_CHUNK = 256  # frames per encoder call when no gradient is needed
 SCORE_SEQUENCES = 16  # (sample, option) sequences per LLM forward in MC scoring: bounds the [B, L, V] logits
 
 
-def config_dict(config: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """A resolved, plain-``dict`` copy of a run config."""
-    if isinstance(config, DictConfig):
-        out = OmegaConf.to_container(config, resolve=True)
-    else:
-        out = OmegaConf.to_container(OmegaConf.create(dict(config)), resolve=True)
-    assert isinstance(out, dict)
-    return out
+#: ``model.llm.vocabulary`` naming the synthetic task's word list
+SYNTHETIC_VOCABULARY = "synthetic"
+
+
+def with_named_vocabulary(llm_spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``llm_spec`` with ``vocabulary: synthetic`` replaced by the synthetic task's word list
+    (:func:`dynvlm.data.questions.vocabulary`), so LLM plugins need not know the data side."""
+    spec = dict(llm_spec)
+    if spec.get("vocabulary") == SYNTHETIC_VOCABULARY:
+        spec["vocabulary"] = vocabulary()
+    return spec
+
+
+class VisualFeatures(NamedTuple):
+    """:meth:`VideoLLM.visual_features`: projected visual tokens ``[T_i * M_i, D]`` per sample, the
+    compressors' summed aux loss (``None`` when none has one) and each sample's usage."""
+
+    tokens: list[Tensor]
+    aux_loss: Tensor | None
+    usage: list[VisualUsage]
+
+
+class Generated(NamedTuple):
+    """:meth:`VideoLLM.generate`: one answer text and one :class:`~dynvlm.records.VisualUsage` per sample."""
+
+    texts: list[str]
+    usage: list[VisualUsage]
+
+
+class Scored(NamedTuple):
+    """:meth:`VideoLLM.score_options`: ``[B][options]`` log-likelihoods and one usage per sample."""
+
+    scores: list[list[float]]
+    usage: list[VisualUsage]
 
 
 class VideoLLM(pl.LightningModule):
@@ -71,7 +100,7 @@ class VideoLLM(pl.LightningModule):
                 raise ValueError(f"model.{key}: missing; a run config needs model.encoder, model.compressor and model.llm")
         self.encoder = build_component("encoder", model_cfg["encoder"])
         self.compressor = build_component("compressor", model_cfg["compressor"], dim=self.encoder.width)
-        self.llm = build_component("llm", model_cfg["llm"])
+        self.llm = build_component("llm", with_named_vocabulary(model_cfg["llm"]))
         proj = section(ProjectorConfig, model_cfg.get("projector"), "model.projector")
         if getattr(self.encoder, "downsample", False) and not self.compressor.keeps_all:
             # refused here, not at the first batch: a misconfigured run must not start training
@@ -93,12 +122,8 @@ class VideoLLM(pl.LightningModule):
         self.save_hyperparameters(
             {"config": cfg, "provenance": provenance_record(self.encoder, self.compressor, self.llm, self.budget.policy)}
         )
-        self.predictions_path: Path | None = None  # set by dynvlm.train.test to write per-question results
+        self.predictions_path: Path | None = None  # set by dynvlm.run.train.test to write per-question results
         self._eval_records: list[dict[str, Any]] = []
-        # (planned, actual) visual tokens per sample of the last visual_features call
-        self.token_counts: list[tuple[int, int]] = []
-        # timestamps (s) of the frames each sample of the last visual_features call kept
-        self.kept_times: list[list[float]] = []
 
     # -- visual path ------------------------------------------------------------------------
     def _achievable(self, tokens: int, grid: tuple[int, int]) -> int:
@@ -120,8 +145,10 @@ class VideoLLM(pl.LightningModule):
                 raise ValueError(f"sample {s.id!r}: {len(s.timestamps)} timestamps for {s.frames.shape[0]} frames")
         return self.budget.plan_batch([VideoInfo.from_sample(s) for s in samples], training=training)
 
-    def visual_features(self, samples: Sequence[Sample], plans: Sequence[FramePlan]) -> tuple[list[Tensor], Tensor | None]:
-        """Kept frames of each sample -> projected visual tokens ``[T_i * M_i, D]`` per sample, and the aux loss.
+    def visual_features(self, samples: Sequence[Sample], plans: Sequence[FramePlan]) -> VisualFeatures:
+        """Kept frames of each sample -> projected visual tokens ``[T_i * M_i, D]`` per sample, the aux
+        loss, and each sample's :class:`~dynvlm.records.VisualUsage` (planned tokens, kept timestamps;
+        :meth:`splice` fills in the actual tokens).
 
         All frames are encoded together (``[F, N, C]``); the compressor runs once per distinct ``M``.
         With the encoder's ``downsample`` option each ``M`` group is instead encoded at its own
@@ -169,23 +196,21 @@ class VideoLLM(pl.LightningModule):
             group = outputs[p.tokens]
             per_sample.append(group[cursor[p.tokens] : cursor[p.tokens] + c].reshape(-1, group.shape[-1]))
             cursor[p.tokens] += c
-        # what the plan promised; the actual count is measured by splice() from the prompt's visual
-        # positions each sample really fills (0 until a prompt of that sample is spliced)
-        self.token_counts = [(p.visual_tokens, 0) for p in plans]
-        self.kept_times = [[s.timestamps[i] for i in p.indices] for s, p in zip(samples, plans)]
-        return per_sample, aux
+        usage = [VisualUsage(p.visual_tokens, [s.timestamps[i] for i in p.indices]) for s, p in zip(samples, plans)]
+        return VisualFeatures(per_sample, aux, usage)
 
-    def splice(self, batch: PromptBatch, visual: Sequence[Tensor], owners: Sequence[int] | None = None) -> Tensor:
+    def splice(self, batch: PromptBatch, visual: Sequence[Tensor], owners: Sequence[int] | None = None,
+               usage: Sequence[VisualUsage] | None = None) -> Tensor:
         """LLM input embeddings ``[B, L, D]`` with the visual tokens scattered into the visual positions.
 
         Args:
             batch: ``B`` collated prompts; ``visual_mask`` ``[B, L]`` marks the visual positions.
             visual: ``B`` tensors ``[V_b, D]``, row ``b``'s visual tokens in order.
-            owners: for each row, the index of its sample in the last :meth:`visual_features` call
-                (default: row ``b`` is sample ``b``; MC scoring repeats a sample once per option).
-
-        Also records, as the ``actual`` half of :attr:`token_counts`, how many visual positions
-        each owner's prompt row really holds, measured from the mask independently of the plan.
+            owners: for each row, the index of its sample in ``usage`` (default: row ``b`` is sample
+                ``b``; MC scoring repeats a sample once per option).
+            usage: the :meth:`visual_features` call's usage records: each owner's ``actual_tokens``
+                is set to the visual positions its prompt row really holds, measured from the mask
+                independently of the plan.
         """
         embeds = self.llm.embed(batch.input_ids.to(self.device))
         vis = torch.cat(list(visual)).to(embeds.dtype)
@@ -193,9 +218,9 @@ class VideoLLM(pl.LightningModule):
         filled = [int(n) for n in mask.sum(1).tolist()]  # [B]: visual positions per prompt row
         if sum(filled) != vis.shape[0]:
             raise RuntimeError(f"{sum(filled)} visual positions in the prompt but {vis.shape[0]} visual tokens")
-        for row, owner in enumerate(owners if owners is not None else range(len(filled))):
-            if 0 <= owner < len(self.token_counts):
-                self.token_counts[owner] = (self.token_counts[owner][0], filled[row])
+        if usage is not None:
+            for row, owner in enumerate(owners if owners is not None else range(len(filled))):
+                usage[owner].actual_tokens = filled[row]
         return embeds.masked_scatter(mask.unsqueeze(-1), vis)
 
     def encode_prompts(self, samples: Sequence[Sample], plans: Sequence[FramePlan],
@@ -215,8 +240,8 @@ class VideoLLM(pl.LightningModule):
         samples = _samples(samples)
         plans = self.plan(samples, training=training)
         prompt = self.prompts.collate(self.encode_prompts(samples, plans), "right")
-        visual, aux = self.visual_features(samples, plans)
-        embeds = self.splice(prompt, visual)
+        visual, aux, usage = self.visual_features(samples, plans)
+        embeds = self.splice(prompt, visual, usage=usage)
         out = self.llm(embeds, prompt.attention_mask.to(self.device), prompt.labels.to(self.device))
         lm_loss = out.loss
         aux_loss = aux if aux is not None else lm_loss.new_zeros(())
@@ -227,7 +252,7 @@ class VideoLLM(pl.LightningModule):
             "tokens_per_frame": torch.tensor(float(sum(p.tokens for p in plans)) / len(plans)),
             "frames": torch.tensor(float(sum(len(p.indices) for p in plans)) / len(plans)),
             "visual_tokens": torch.tensor(float(sum(p.visual_tokens for p in plans)) / len(plans)),
-            "actual_tokens": torch.tensor(float(sum(a for _, a in self.token_counts)) / len(plans)),
+            "actual_tokens": torch.tensor(float(sum(u.actual_tokens for u in usage)) / len(plans)),
         }
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
@@ -250,13 +275,13 @@ class VideoLLM(pl.LightningModule):
         # puts them on the module's device, which a distributed sync needs)
         self.log("val/tokens/planned", float(out["visual_tokens"]), batch_size=len(samples), sync_dist=True)
         self.log("val/tokens/actual", float(out["actual_tokens"]), batch_size=len(samples), sync_dist=True)
-        self._eval_records.extend(self._mc_records(samples))
+        self._eval_records.extend(mc_records(self, samples, self.eval_cfg.mode))
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         if not _has_samples(batch):
             return
         samples = _samples(batch)
-        self._eval_records.extend(self._mc_records(samples) + self._open_records(samples))
+        self._eval_records.extend(mc_records(self, samples, self.eval_cfg.mode) + open_records(self, samples))
 
     def on_validation_epoch_start(self) -> None:
         self._eval_records = []
@@ -272,26 +297,28 @@ class VideoLLM(pl.LightningModule):
 
     # -- multiple choice and generation ---------------------------------------------------------
     @torch.no_grad()
-    def generate(self, samples: Batch | Sequence[Sample], max_new_tokens: int | None = None) -> list[str]:
-        """Open-ended answers to each sample's last human turn (a trailing gpt turn is dropped)."""
+    def generate(self, samples: Batch | Sequence[Sample], max_new_tokens: int | None = None) -> Generated:
+        """Open-ended answers to each sample's last human turn (a trailing gpt turn is dropped):
+        ``Generated(texts, usage)``, one stripped text and one :class:`~dynvlm.records.VisualUsage` per sample."""
         samples = _samples(samples)
         plans = self.plan(samples)
         convs = [question_turns(s.conversation) for s in samples]
         prompt = self.prompts.collate(self.encode_prompts(samples, plans, convs, generation_prompt=True), "left")
-        visual, _ = self.visual_features(samples, plans)
-        embeds = self.splice(prompt, visual)
+        visual, _, usage = self.visual_features(samples, plans)
+        embeds = self.splice(prompt, visual, usage=usage)
         new = self.llm.generate(embeds, prompt.attention_mask.to(self.device),
                                 max_new_tokens=max_new_tokens or self.eval_cfg.max_new_tokens)
         if hasattr(self.llm, "decode"):
             texts = self.llm.decode(new)
         else:
             texts = self.llm.tokenizer.batch_decode(new, skip_special_tokens=True)
-        return [t.strip() for t in texts]
+        return Generated([t.strip() for t in texts], usage)
 
     @torch.no_grad()
     def score_options(self, samples: Batch | Sequence[Sample], shared_prompt: bool = True,
-                      cloze: bool = False) -> list[list[float]]:
-        """Per-option log-likelihood for multiple-choice samples: ``[B][options]`` floats.
+                      cloze: bool = False) -> Scored:
+        """Per-option log-likelihood for multiple-choice samples: ``Scored(scores, usage)``, ``scores``
+        being ``[B][options]`` floats and ``usage`` one :class:`~dynvlm.records.VisualUsage` per sample.
 
         Each sample needs ``meta["options"]``; its final gpt turn is replaced by each answer in
         turn and the summed log-probability of that answer's tokens (incl. end of turn) is scored.
@@ -307,7 +334,7 @@ class VideoLLM(pl.LightningModule):
         """
         samples = _samples(samples)
         plans = self.plan(samples)
-        visual, _ = self.visual_features(samples, plans)
+        visual, _, usage = self.visual_features(samples, plans)
         fulls: list[list[Encoded]] = []
         bases: list[list[Turn]] = []
         for s, p in zip(samples, plans):
@@ -320,19 +347,20 @@ class VideoLLM(pl.LightningModule):
             bases.append(base)
             fulls.append(self.encode_prompts([s] * len(convs), [p] * len(convs), convs))
         if shared_prompt and hasattr(self.llm, "continuation_logprobs"):
-            scores = self._score_shared(samples, plans, visual, fulls, bases)
+            scores = self._score_shared(samples, plans, visual, fulls, bases, usage)
             if scores is not None:
-                return scores
-        return self._score_full(visual, fulls)
+                return Scored(scores, usage)
+        return Scored(self._score_full(visual, fulls, usage), usage)
 
-    def _score_full(self, visual: list[Tensor], fulls: list[list[Encoded]]) -> list[list[float]]:
+    def _score_full(self, visual: list[Tensor], fulls: list[list[Encoded]],
+                    usage: list[VisualUsage]) -> list[list[float]]:
         items = [e for per in fulls for e in per]
         vis = [visual[i] for i, per in enumerate(fulls) for _ in per]
         owner = [i for i, per in enumerate(fulls) for _ in per]
         scores: list[list[float]] = [[] for _ in fulls]
         for lo in range(0, len(items), SCORE_SEQUENCES):
             prompt = self.prompts.collate(items[lo : lo + SCORE_SEQUENCES], "right")
-            embeds = self.splice(prompt, vis[lo : lo + SCORE_SEQUENCES], owner[lo : lo + SCORE_SEQUENCES])
+            embeds = self.splice(prompt, vis[lo : lo + SCORE_SEQUENCES], owner[lo : lo + SCORE_SEQUENCES], usage)
             logits = self.llm(embeds, prompt.attention_mask.to(self.device)).logits
             targets = prompt.labels.to(self.device)
             for row, i in enumerate(owner[lo : lo + SCORE_SEQUENCES]):
@@ -343,7 +371,8 @@ class VideoLLM(pl.LightningModule):
         return scores
 
     def _score_shared(self, samples: list[Sample], plans: list[FramePlan], visual: list[Tensor],
-                      fulls: list[list[Encoded]], bases: list[list[Turn]]) -> list[list[float]] | None:
+                      fulls: list[list[Encoded]], bases: list[list[Turn]],
+                      usage: list[VisualUsage]) -> list[list[float]] | None:
         """Scores with one prompt pass per sample, or ``None`` when an answer does not directly follow
         the generation prompt (a template that renders assistant turns differently)."""
         prompts = [self.prompts.encode(base, [s.timestamps[i] for i in p.indices], p.tokens, s.kind, True)
@@ -361,95 +390,22 @@ class VideoLLM(pl.LightningModule):
         scores: list[list[float]] = []
         for lo in range(0, len(prompts), per_chunk):
             batch = self.prompts.collate(prompts[lo : lo + per_chunk], "left")
-            embeds = self.splice(batch, visual[lo : lo + per_chunk], range(lo, lo + len(prompts[lo : lo + per_chunk])))
+            embeds = self.splice(batch, visual[lo : lo + per_chunk], range(lo, lo + len(prompts[lo : lo + per_chunk])), usage)
             scores += self.llm.continuation_logprobs(embeds, batch.attention_mask.to(self.device),
                                                      continuations[lo : lo + per_chunk])
         return scores
 
-    def _mc_records(self, samples: Sequence[Sample]) -> list[dict[str, Any]]:
-        mc = [s for s in samples if s.meta.get("options")]
-        if not mc:
-            return []
-        if self.eval_cfg.mode == "generate":
-            from .answers import extract_choice
-
-            texts = self.generate(mc)
-            preds = [extract_choice(t, len(s.meta["options"]), s.meta["options"]) for t, s in zip(texts, mc)]
-            preds = [-1 if p is None else p for p in preds]  # unparseable answers count as wrong
-        else:
-            scores = self.score_options(mc, cloze=self.eval_cfg.mode == "cloze")
-            texts = [None] * len(mc)
-            preds = [max(range(len(sc)), key=sc.__getitem__) for sc in scores]
-        counts = self.token_counts  # set by the visual_features call of generate / score_options
-        records = [
-            {"kind": "mc", "question_id": s.meta.get("question_id", s.id), "category": s.meta.get("category", ""),
-             "pred": pred, "answer": s.meta.get("answer"), "text": text,
-             "planned_tokens": planned, "actual_tokens": actual}
-            for s, pred, text, (planned, actual) in zip(mc, preds, texts, counts)
-        ]
-        from .data.questions import coverage_ceiling
-
-        for r, s, times in zip(records, mc, self.kept_times):
-            if s.meta.get("evidence_groups") is not None:
-                r["ceiling"] = coverage_ceiling(s.meta["evidence_groups"], times, len(s.meta["options"]))
-        return records
-
-    def _open_records(self, samples: Sequence[Sample]) -> list[dict[str, Any]]:
-        """Open-ended samples (no options, ending with a gpt answer): generate and exact-match the last answer."""
-        from .answers import exact_match
-
-        todo = [s for s in samples if not s.meta.get("options") and s.conversation[-1].role == "gpt"]
-        if not todo:
-            return []
-        texts = self.generate(todo)
-        counts = self.token_counts  # set by generate's visual_features call
-        return [
-            {"kind": "open", "question_id": s.meta.get("question_id", s.id), "category": s.meta.get("category", ""),
-             "text": text, "answer_text": s.conversation[-1].value, "correct": exact_match(text, s.conversation[-1].value),
-             "planned_tokens": planned, "actual_tokens": actual}
-            for s, text, (planned, actual) in zip(todo, texts, counts)
-        ]
-
     def _log_accuracy(self, split: str, write: bool) -> None:
-        records, seen = [], set()
-        for r in _gather(self._eval_records):
-            # a distributed sampler repeats a few samples so every rank gets the same count
-            qid = r["question_id"]
-            if qid and qid in seen:
-                continue
-            seen.add(qid)
-            records.append(r)
+        records = unique_records(_gather(self._eval_records))
         self._eval_records = []
         # values are the same on every rank (gathered above), so no further sync
-        scored = [r for r in records if r["kind"] == "mc" and r["answer"] is not None]
-        if scored:
-            self._log_by_category(split, "acc", scored, lambda r: r["pred"] == r["answer"])
-            self.log(f"{split}/n", float(len(scored)), sync_dist=False)
-        bounded = [r for r in scored if "ceiling" in r]
-        if bounded:  # the best accuracy the frames the model really kept allow (synthetic evidence)
-            self._log_by_category(split, "ceiling", bounded, lambda r: r["ceiling"])
-        counted = [r for r in records if "planned_tokens" in r]
-        if counted and split == "test":  # validation logs these per step, from every sample's forward
-            self.log(f"{split}/tokens/planned", sum(r["planned_tokens"] for r in counted) / len(counted), sync_dist=False)
-            self.log(f"{split}/tokens/actual", sum(r["actual_tokens"] for r in counted) / len(counted), sync_dist=False)
-        opened = [r for r in records if r["kind"] == "open"]
-        if opened:
-            self._log_by_category(split, "exact_match", opened, lambda r: r["correct"])
-            self.log(f"{split}/n_open", float(len(opened)), sync_dist=False)
+        for name, value in accuracy_metrics(split, records).items():
+            self.log(name, value, sync_dist=False)
         if records and write and self.predictions_path is not None and self.global_rank == 0:
             self.predictions_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.predictions_path, "w") as f:
                 for r in records:
                     f.write(json.dumps(r) + "\n")
-
-    def _log_by_category(self, split: str, name: str, records: Sequence[dict[str, Any]],
-                         value: Any) -> None:
-        """Log the mean of ``value(record)`` as ``{split}/{name}`` and per ``category`` as
-        ``{split}/{name}/{category}``. The records are already gathered from every rank, so no sync."""
-        self.log(f"{split}/{name}", sum(value(r) for r in records) / len(records), sync_dist=False)
-        for cat in sorted({r["category"] for r in records if r["category"]}):
-            rows = [r for r in records if r["category"] == cat]
-            self.log(f"{split}/{name}/{cat}", sum(value(r) for r in rows) / len(rows), sync_dist=False)
 
     # -- optimisation ------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
@@ -505,12 +461,10 @@ class VideoLLM(pl.LightningModule):
                                 "stage": self.stage.name}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from .evaluate import stale_compressor_weights
-
         sd = checkpoint.get("state_dict") or {}
         # evaluated with another compressor than the trained one (training-free transfer): the
         # trained compressor's own weights are dropped with a notice, and only those; a new
-        # compressor with parameters the checkpoint lacks raises (see dynvlm.evaluate)
+        # compressor with parameters the checkpoint lacks raises (see dynvlm.evaluation.evaluate)
         spec = self.hparams["config"]["model"]["compressor"]
         fitting = self._trainer is not None and self._trainer.state.fn == "fit"
         stale = stale_compressor_weights(checkpoint, spec, self.compressor, fitting=fitting)

@@ -10,7 +10,7 @@ encoder's grows with ``T``. Each ``T`` runs in a fresh process so peak memory is
 - per-component activation memory: bytes of tensors autograd saves for backward inside the
   encoder, compressor + projector, and LLM (parameters excluded), and the LLM's share.
 
-Usage: ``python -m dynvlm.model_bench [--frames 8 32 128] [--max-tokens 512] [--steps 3]
+Usage: ``python -m dynvlm.measure.model_bench [--frames 8 32 128] [--max-tokens 512] [--steps 3]
 [--device cpu|cuda] [--config RUN.yaml] [--json]``.
 """
 
@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,9 @@ import time
 from typing import Any
 
 import torch
+
+from dynvlm.util.memory import peak_bytes, reset_peak
+from dynvlm.util.timing import PartMeter
 
 DEFAULT_MODEL: dict[str, Any] = {
     # 16 x 16 grid (N = 256) so that M = N_max // T spans 256 -> 16 over T = 8 -> 128
@@ -40,7 +42,7 @@ DEFAULT_MODEL: dict[str, Any] = {
 }
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "100000000000",
               "MALLOC_TOP_PAD_": "1000000000"}
-PARTS = ("encoder", "compressor", "projector", "llm")
+BENCH_PARTS = ("encoder", "compressor", "projector", "llm")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _model_config(args: argparse.Namespace) -> dict[str, Any]:
     if args.config:
-        from .config import load_config
-        from .model import config_dict
+        from dynvlm.config import load_config
+        from dynvlm.util.configs import config_dict
 
         cfg = config_dict(load_config(args.config))
     else:
@@ -75,35 +77,21 @@ class _SavedBytes:
     """Bytes autograd saves for backward while each top-level component runs (parameters excluded)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.bytes = dict.fromkeys(PARTS, 0)
-        self.current: list[str] = []
+        self.bytes = dict.fromkeys(BENCH_PARTS, 0)
         self.params = {p.data_ptr() for p in model.parameters()}
-        self.handles = []
-        for name in PARTS:
-            mod = getattr(model, name)
-            self.handles.append(mod.register_forward_pre_hook(self._enter(name)))
-            self.handles.append(mod.register_forward_hook(self._leave))
+        self.parts = PartMeter({name: getattr(model, name) for name in BENCH_PARTS}, time.perf_counter)
         self.hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
-    def _enter(self, name: str):
-        def hook(module, args) -> None:
-            self.current.append(name)
-
-        return hook
-
-    def _leave(self, module, args, output) -> None:  # returns None: the output is left as it is
-        self.current.pop()
-
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        if self.current and t.data_ptr() not in self.params:
-            self.bytes[self.current[-1]] += t.numel() * t.element_size()
+        if self.parts.active and t.data_ptr() not in self.params:
+            self.bytes[self.parts.active[-1]] += t.numel() * t.element_size()
         return t
 
 
 def measure(frames: int, args: argparse.Namespace) -> dict[str, Any]:
     """One ``T``: build the model, run warm-up + timed training steps, report time and memory."""
-    from .model import VideoLLM
-    from .records import Sample, Turn
+    from dynvlm.model.video_llm import VideoLLM
+    from dynvlm.records import Sample, Turn
 
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -135,13 +123,9 @@ def measure(frames: int, args: argparse.Namespace) -> dict[str, Any]:
 
     step(record=True)  # warm-up (first steps at a new shape are slower) + activation accounting
     step(record=False)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak(device)
     times, cpu = zip(*(step(record=False) for _ in range(args.steps)))
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = peak_bytes(device)[0] / 2**20
     act = {k: v / 2**20 for k, v in saved.bytes.items()}
     total = sum(act.values())
     return {
@@ -154,7 +138,7 @@ def measure(frames: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _child(frames: int, argv: list[str]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "dynvlm.model_bench", *argv, "--one", str(frames)]
+    cmd = [sys.executable, "-m", "dynvlm.measure.model_bench", *argv, "--one", str(frames)]
     # glibc malloc settings must be set before a process starts; on CPU they keep freed
     # activation memory in the heap instead of returning it each step (measured ~2x faster steps)
     env = {**MALLOC_ENV, **os.environ}

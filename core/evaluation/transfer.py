@@ -11,13 +11,13 @@ of evaluation-time settings::
 (or a list of such grids, whose points are joined).
 
 Each point is the config with the point's keys set (:func:`dynvlm.config.apply_point`), evaluated
-by :func:`dynvlm.evaluate.evaluate` on the same checkpoint (default: the run's ``last.ckpt``).
+by :func:`dynvlm.evaluation.evaluate.evaluate` on the same checkpoint (default: the run's ``last.ckpt``).
 Every point's compressor is checked against the checkpoint before anything is evaluated, so a
 compressor whose weights the checkpoint lacks fails at once. Results go to ``--out`` (default:
 ``<checkpoint's run>/transfer``): ``points/<slug>/`` holds each point's ``eval.json``, ``eval.md``
 and ``predictions.jsonl``; ``results.csv`` one row per point (accuracy overall and per category,
 tokens per frame the model used, frames, planned and actual visual tokens per sample, the accuracy
-ceiling of the frames the model kept, the measured cost: ``dynvlm.sweep.COST_COLUMNS``) and
+ceiling of the frames the model kept, the measured cost: ``dynvlm.run.sweep.COST_COLUMNS``) and
 ``results.md`` the table with the trained-with line.
 
 ``dynvlm run`` on such a file would *train* every point (an ablation); use ``dynvlm eval``.
@@ -31,20 +31,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, apply_point, build_component, sweep_points
-from .evaluate import (
-    checkpoint_run,
-    evaluate,
-    read_checkpoint,
-    same_setting,
-    setting,
-    stale_compressor_weights,
-    trained_config,
-)
-from .model import config_dict
-from .sweep import COST_COLUMNS
-
-RESULTS = "results.csv"
+from dynvlm.config import ConfigError, apply_point, build_component, sweep_points
+from dynvlm.evaluation.evaluate import evaluate, same_setting, setting
+from dynvlm.model.checkpoint import checkpoint_run, read_checkpoint, stale_compressor_weights, trained_config
+from dynvlm.run.sweep import COST_COLUMNS
+from dynvlm.util.configs import config_dict
+from dynvlm.util.paths import RESULTS_CSV, last_checkpoint
 
 
 def run_transfer(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None = None, out: str | None = None,
@@ -62,16 +54,16 @@ def run_transfer(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None = N
 
     Raises:
         ConfigError: no checkpoint (naming the command that trains it), or a point's compressor
-            needs weights the checkpoint lacks (:class:`dynvlm.evaluate.CompressorWeightsError`).
+            needs weights the checkpoint lacks (:class:`dynvlm.model.checkpoint.CompressorWeightsError`).
     """
-    from . import train
-    from .sweep import point_slug, test_ceilings, write_results
+    from dynvlm.run.sweep import point_slug, test_ceilings
+    from dynvlm.util.tables import write_csv_rows
 
     data = config_dict(cfg)
     base = {k: v for k, v in data.items() if k != "sweep"}
     points = sweep_points(data["sweep"])
     if checkpoint is None:
-        last = train.run_dir(base) / "checkpoints" / train.LAST
+        last = last_checkpoint(base)
         if not last.is_file():
             raise ConfigError(f"no checkpoint to evaluate: {last} does not exist. Train the model first "
                               f"({_fit_hint(config_path)}) or pass --checkpoint CKPT")
@@ -96,12 +88,12 @@ def run_transfer(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None = N
             used = (report.get("used") or {}).get("tokens_per_frame") or []
             at = apply_point(point_cfg, {"budget.tokens_per_frame": used[0]}) if len(used) == 1 else point_cfg
             ceilings = test_ceilings(at)
-        row = result_row(slug, point, report, ceilings)
+        row = transfer_row(slug, point, report, ceilings)
         row["trained_setting"] = same_setting(trained_with, report["evaluated_with"])
         rows.append(row)
-        write_results(folder / RESULTS, rows)  # after every point: an interrupted sweep keeps what it measured
-    (folder / "results.md").write_text(results_markdown(rows, checkpoint, trained_with, report["data"]))
-    return {"results": str(folder / RESULTS), "results_md": str(folder / "results.md"), "points": len(rows),
+        write_csv_rows(folder / RESULTS_CSV, rows)  # after every point: an interrupted sweep keeps what it measured
+    (folder / "results.md").write_text(transfer_markdown(rows, checkpoint, trained_with, report["data"]))
+    return {"results": str(folder / RESULTS_CSV), "results_md": str(folder / "results.md"), "points": len(rows),
             "checkpoint": checkpoint, "trained_with": trained_with}
 
 
@@ -138,17 +130,17 @@ def _check_compressors(ckpt: Mapping[str, Any], checkpoint: str, configs: Sequen
         stale_compressor_weights(ckpt, spec, compressor, source=f"checkpoint {checkpoint!r}")
 
 
-def result_row(slug: str, point: Mapping[str, Any], report: Mapping[str, Any],
+def transfer_row(slug: str, point: Mapping[str, Any], report: Mapping[str, Any],
                ceilings: Mapping[str, float] | None = None) -> dict[str, Any]:
     """One ``results.csv`` row: the point's keys, the evaluated setting, what the model used (planned
     and actual visual tokens per sample), accuracy overall and per category, the accuracy ceiling
-    where the data defines one, and the measured cost (:data:`dynvlm.sweep.COST_COLUMNS`, empty
+    where the data defines one, and the measured cost (:data:`dynvlm.run.sweep.COST_COLUMNS`, empty
     cells when not measured).
 
     Args:
         slug: the point's folder name.
         point: the point's dotted keys and values.
-        report: the point's :func:`dynvlm.evaluate.summarise` report.
+        report: the point's :func:`dynvlm.evaluation.evaluate.summarise` report.
         ceilings: ``{"ceiling", "ceiling/<family>"}``.
 
     Returns:
@@ -178,7 +170,7 @@ def result_row(slug: str, point: Mapping[str, Any], report: Mapping[str, Any],
     return row
 
 
-def results_markdown(rows: Sequence[Mapping[str, Any]], checkpoint: str, trained_with: Mapping[str, Any] | None,
+def transfer_markdown(rows: Sequence[Mapping[str, Any]], checkpoint: str, trained_with: Mapping[str, Any] | None,
                      data: str) -> str:
     """``results.md``: the checkpoint, what it was trained with, and one table row per evaluated point."""
     cats = sorted({k.removeprefix("acc/") for r in rows for k in r if k.startswith("acc/")})

@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lightning`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if is_dynvlm_command(argv):
-        from .cli import main as dynvlm_main
+        from dynvlm.cli.main import main as dynvlm_main
 
         return dynvlm_main(["run", *argv[1:]])
     for ep in other_lightning_entry_points():

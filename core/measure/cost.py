@@ -1,4 +1,4 @@
-"""Measured inference cost of a :class:`~dynvlm.model.VideoLLM`: FLOPs per part, prefill latency, KV cache, memory.
+"""Measured inference cost of a :class:`~dynvlm.model.video_llm.VideoLLM`: FLOPs per part, prefill latency, KV cache, memory.
 
 :func:`measure_cost` runs the prefill of each sample alone (batch of one, no padding) -- the
 visual path (encoder ``[F, N, C]`` -> compressor ``[F, M, C]`` -> projector ``[F, M, D]``), the
@@ -43,7 +43,6 @@ import contextlib
 import inspect
 import json
 import math
-import resource
 import statistics
 import sys
 import time
@@ -54,11 +53,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .budget import FramePlan, uniform_indices
-from .records import Batch, Sample, Turn, question_turns
+from dynvlm.budget import FramePlan, uniform_indices
+from dynvlm.records import Batch, Sample, Turn, question_turns
+from dynvlm.util.memory import measure_peak
+from dynvlm.util.tables import format_table
+from dynvlm.util.timing import PartMeter
 
 #: the parts whose FLOPs are reported, in pipeline order
-PARTS = ("encoder", "compressor", "projector", "llm_prefill")
+FLOP_PARTS = ("encoder", "compressor", "projector", "llm_prefill")
 #: the question of the synthetic sample of ``dynvlm cost``
 COST_QUESTION = "<video>\nWhat happens in the video?"
 
@@ -125,36 +127,6 @@ def count_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
     return int(counter.get_total_flops())
 
 
-class _PartFlops:
-    """Attributes the FLOPs a counter sees to the top-level modules that ran them (forward hooks)."""
-
-    def __init__(self, counter: Any, modules: Mapping[str, nn.Module]) -> None:
-        self.counter = counter
-        self.flops = dict.fromkeys(modules, 0)
-        self._start: dict[str, int] = {}
-        self.handles = []
-        for name, mod in modules.items():
-            self.handles.append(mod.register_forward_pre_hook(self._enter(name)))
-            self.handles.append(mod.register_forward_hook(self._leave(name)))
-
-    def _enter(self, name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any) -> None:
-            self._start[name] = int(self.counter.get_total_flops())
-
-        return hook
-
-    def _leave(self, name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:  # returns None: output unchanged
-            self.flops[name] += int(self.counter.get_total_flops()) - self._start.pop(name)
-
-        return hook
-
-    def remove(self) -> None:
-        """Detach the forward hooks this counter registered, so the model runs unobserved again."""
-        for h in self.handles:
-            h.remove()
-
-
 # -- one prefill -----------------------------------------------------------------------------
 
 
@@ -190,7 +162,7 @@ def _prefill(model: Any, sample: Sample, plan: FramePlan, tick: Callable[[str], 
 
     Returns ``(prompt_tokens, lm_head_positions)``.
     """
-    visual, _ = model.visual_features([sample], [plan])  # [T * M, D]
+    visual = model.visual_features([sample], [plan]).tokens  # [T * M, D]
     tick("visual")
     encoded = model.encode_prompts([sample], [plan], [_prompt_turns(sample)], generation_prompt=True)
     batch = model.prompts.collate(encoded, "left")
@@ -208,49 +180,6 @@ def _prefill(model: Any, sample: Sample, plan: FramePlan, tick: Callable[[str], 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-# -- memory ------------------------------------------------------------------------------------
-
-
-def proc_status_bytes(field: str) -> int | None:
-    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...) in bytes; ``None`` where
-    the file or field is absent (not Linux)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024  # kB
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _peak_memory(run: Callable[[], Any], device: torch.device) -> tuple[int, int, str]:
-    """``(peak bytes, peak - bytes in use before, source)`` of one call of ``run``."""
-    if device.type == "cuda":
-        _sync(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        run()
-        _sync(device)
-        peak = torch.cuda.max_memory_allocated(device)
-        return peak, peak - before, "cuda max_memory_allocated"
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
-        reset = True
-    except OSError:
-        reset = False
-    before = proc_status_bytes("VmRSS") if reset else None
-    if reset and before is not None:
-        run()
-        peak = proc_status_bytes("VmHWM")
-        if peak is not None:
-            return peak, max(0, peak - before), "cpu VmHWM (peak resident set, reset before the prefill)"
-    # no resettable counter: the process's lifetime peak, the delta is a lower bound
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    run()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return after, after - before, "cpu ru_maxrss (process lifetime peak; delta is a lower bound)"
 
 
 # -- KV cache ----------------------------------------------------------------------------------
@@ -286,7 +215,7 @@ def measure_cost(model: Any, samples: Batch | Sequence[Sample], repeats: int = 5
     """Prefill cost of ``model`` on ``samples``, each run alone (batch of one); means per sample.
 
     Args:
-        model: a :class:`~dynvlm.model.VideoLLM` (any device, including ``meta``); put in eval mode
+        model: a :class:`~dynvlm.model.video_llm.VideoLLM` (any device, including ``meta``); put in eval mode
             while measuring (its mode is restored after).
         samples: :class:`Sample` s with uint8 ``[T, H, W, 3]`` frames; the budget's evaluation plan
             picks frames and ``M``; a trailing answer turn is dropped (it is what the model would say).
@@ -298,7 +227,7 @@ def measure_cost(model: Any, samples: Batch | Sequence[Sample], repeats: int = 5
     Returns:
         a dict (see the module docstring for each key): ``samples``, ``device``, ``frames``,
         ``tokens_per_frame``, ``visual_tokens``, ``prompt_tokens``, ``flops_<part>`` for each of
-        :data:`PARTS`, ``flops_other``, ``flops_prefill``, ``lm_head_positions``, ``prefill_ms``,
+        :data:`FLOP_PARTS`, ``flops_other``, ``flops_prefill``, ``lm_head_positions``, ``prefill_ms``,
         ``visual_ms``, ``llm_prefill_ms``, ``kv_bytes``, ``kv_source``, ``peak_mem_bytes``,
         ``peak_mem_delta_bytes``, ``peak_mem_source``. Counts are ints when every sample
         agrees (one sample), else float means.
@@ -321,7 +250,7 @@ def measure_cost(model: Any, samples: Batch | Sequence[Sample], repeats: int = 5
         model.train(was_training)
     out: dict[str, Any] = {"samples": len(rows), "device": "meta" if meta else str(device)}
     for key in ("frames", "tokens_per_frame", "visual_tokens", "prompt_tokens",
-                *(f"flops_{p}" for p in PARTS), "flops_other", "flops_prefill", "kv_bytes",
+                *(f"flops_{p}" for p in FLOP_PARTS), "flops_other", "flops_prefill", "kv_bytes",
                 "prefill_ms", "visual_ms", "llm_prefill_ms"):
         out[key] = _mean([r[key] for r in rows])
     out["lm_head_positions"] = rows[0]["lm_head_positions"]
@@ -362,8 +291,8 @@ def _measure_one(model: Any, sample: Sample, plan: FramePlan, repeats: int, warm
     """FLOPs, latency, memory and KV bytes of one sample's prefill."""
     # FLOPs: one pass under the counter, attributed to the parts by forward hooks
     with _reference_kernels(model), flop_counter() as counter:
-        parts = _PartFlops(counter, {"encoder": model.encoder, "compressor": model.compressor,
-                                     "projector": model.projector})
+        parts = PartMeter({"encoder": model.encoder, "compressor": model.compressor, "projector": model.projector},
+                          counter.get_total_flops)
         marks: dict[str, int] = {}
         try:
             positions, where = _prefill(model, sample, plan,
@@ -371,10 +300,10 @@ def _measure_one(model: Any, sample: Sample, plan: FramePlan, repeats: int, warm
         finally:
             parts.remove()
     total = int(counter.get_total_flops())
-    row: dict[str, Any] = {f"flops_{k}": v for k, v in parts.flops.items()}
+    row: dict[str, Any] = {f"flops_{k}": int(v) for k, v in parts.totals.items()}
     row["flops_llm_prefill"] = marks["llm"] - marks["visual"]
     row["flops_prefill"] = total
-    row["flops_other"] = total - sum(row[f"flops_{p}"] for p in PARTS)
+    row["flops_other"] = total - sum(row[f"flops_{p}"] for p in FLOP_PARTS)
     row.update(frames=len(plan.indices), tokens_per_frame=plan.tokens, visual_tokens=plan.visual_tokens,
                prompt_tokens=positions, lm_head_positions=where)
     row["kv_bytes"], row["kv_source"] = kv_cache_bytes(model.llm, positions)
@@ -398,7 +327,7 @@ def _measure_one(model: Any, sample: Sample, plan: FramePlan, repeats: int, warm
         row["prefill_ms"], row["visual_ms"], row["llm_prefill_ms"] = (
             round(1000 * statistics.median(r[i] for r in runs), 3) for i in range(3))
     if memory:
-        row["peak_mem_bytes"], row["peak_mem_delta_bytes"], row["peak_mem_source"] = _peak_memory(
+        row["peak_mem_bytes"], row["peak_mem_delta_bytes"], row["peak_mem_source"] = measure_peak(
             lambda: _prefill(model, sample, plan, lambda name: None), device)
     return row
 
@@ -438,11 +367,11 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        from .config import ConfigError
+        from dynvlm.config import ConfigError
 
         raise ConfigError(f"cannot read model config {str(path)!r}: {exc}") from None
     if not isinstance(data, dict):
-        from .config import ConfigError
+        from dynvlm.config import ConfigError
 
         raise ConfigError(f"{str(path)!r}: expected a JSON object")
     return data
@@ -481,9 +410,10 @@ def resolve_for_cost(cfg: Mapping[str, Any], meta: bool = False,
         one line per decision for the progress output, and the ``model_type`` each part's source
         names (to check the built model against, :func:`check_architectures`).
     """
-    from .config import ConfigError, constructor_params
-    from .model import config_dict
-    from .registry import get_registry
+    from dynvlm.config import ConfigError, constructor_params
+    from dynvlm.model.video_llm import SYNTHETIC_VOCABULARY
+    from dynvlm.registry import get_registry
+    from dynvlm.util.configs import config_dict
 
     data = config_dict(cfg)
     model_cfg = data.setdefault("model", {})
@@ -512,7 +442,7 @@ def resolve_for_cost(cfg: Mapping[str, Any], meta: bool = False,
             sources[part] = (f"{folder / 'config.json'} (no weights loaded)", arch, mtype, folder)
         elif folder is not None and folder.name in KNOWN_CONFIGS:
             arch, mtype = _architecture(KNOWN_CONFIGS[folder.name], part)
-            sources[part] = (f"built-in config of {folder.name!r} (dynvlm.cost.KNOWN_CONFIGS; {folder} is absent)",
+            sources[part] = (f"built-in config of {folder.name!r} (dynvlm.measure.cost.KNOWN_CONFIGS; {folder} is absent)",
                              arch, mtype, folder)
         else:
             raise ConfigError(
@@ -540,6 +470,7 @@ def resolve_for_cost(cfg: Mapping[str, Any], meta: bool = False,
                     spec["tokenizer"] = str(folder)
                     how += "; tokenizer from the folder"
                 else:
+                    spec["vocabulary"] = SYNTHETIC_VOCABULARY
                     how += "; text positions counted with the word-level stand-in tokenizer (the real one is absent)"
             if mtype:
                 types[part] = mtype
@@ -558,7 +489,7 @@ def resolve_for_cost(cfg: Mapping[str, Any], meta: bool = False,
 def check_architectures(model: Any, types: Mapping[str, str]) -> None:
     """Raise when a part built from a config is another architecture than its source names
     (e.g. a Llama ``config.json`` built by a plugin whose inline configs are Qwen2)."""
-    from .config import ConfigError
+    from dynvlm.config import ConfigError
 
     for part, wanted in types.items():
         built = getattr(getattr(getattr(model, part, None), "model", None), "config", None)
@@ -571,11 +502,11 @@ def check_architectures(model: Any, types: Mapping[str, str]) -> None:
 def build_for_cost(cfg: Mapping[str, Any], meta: bool = False, device: str | None = None,
                    config_files: Mapping[str, str | None] | None = None,
                    log: Callable[[str], None] = lambda s: None) -> Any:
-    """A :class:`~dynvlm.model.VideoLLM` of ``cfg`` for :func:`measure_cost` (see :func:`resolve_for_cost`).
+    """A :class:`~dynvlm.model.video_llm.VideoLLM` of ``cfg`` for :func:`measure_cost` (see :func:`resolve_for_cost`).
 
     On meta every parameter is a shape without storage: building a 7B model takes seconds and no memory.
     """
-    from .model import VideoLLM
+    from dynvlm.model.video_llm import VideoLLM
 
     data, meta, notes, types = resolve_for_cost(cfg, meta=meta, config_files=config_files)
     for line in notes:
@@ -618,11 +549,10 @@ def _mib(n: float | None) -> str:
 
 def cost_table(cost: Mapping[str, Any]) -> str:
     """The per-part FLOPs table and the other measurements of :func:`measure_cost`, as plain text."""
-    from .cli import format_table
 
     total = cost["flops_prefill"] or 0
     rows = [(p, human(cost[f"flops_{p}"], "FLOP"), f"{cost[f'flops_{p}']:.0f}",
-             f"{100 * cost[f'flops_{p}'] / total:.1f} %" if total else "-") for p in PARTS]
+             f"{100 * cost[f'flops_{p}'] / total:.1f} %" if total else "-") for p in FLOP_PARTS]
     if cost.get("flops_other"):
         rows.append(("other", human(cost["flops_other"], "FLOP"), f"{cost['flops_other']:.0f}",
                      f"{100 * cost['flops_other'] / total:.1f} %"))
@@ -661,7 +591,7 @@ def cost_cli(cfg: Mapping[str, Any], *, config_path: str | None = None, meta: bo
         print(f"dynvlm cost: {line}", file=sys.stderr, flush=True)
 
     if device == "cuda" and not torch.cuda.is_available():
-        from .config import ConfigError
+        from dynvlm.config import ConfigError
 
         raise ConfigError("--device cuda but no CUDA device is available")
     if cfg.get("sweep"):

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .records import Turn
+from dynvlm.records import Turn
 
 IMAGE_TOKEN_ID = -200  # never a real token id: marks one visual position
 IGNORE_INDEX = -100  # label value the loss skips

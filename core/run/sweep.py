@@ -12,7 +12,7 @@ Each point fits (in ``<output_dir>/<name>/points/<slug>/``), is tested, and appe
 to ``<output_dir>/<name>/results.csv``. The CSV is rewritten atomically after every point, a
 point whose row is already there is skipped on re-run, and an interrupted point resumes from
 its ``last.ckpt``. After each fit the point's inference cost is measured on the first
-:data:`COST_SAMPLES` test samples with the fitted model (:func:`dynvlm.cost.measure_cost`: FLOPs
+:data:`COST_SAMPLES` test samples with the fitted model (:func:`dynvlm.measure.cost.measure_cost`: FLOPs
 per part, prefill latency, KV-cache bytes, peak memory; the ``COST_COLUMNS`` of the row). At the
 end ``results.md`` (a compressor x tokens table with the seed spread, and the cost table),
 ``accuracy_vs_tokens.png`` and ``accuracy_vs_prefill_flops.png`` are written beside it.
@@ -20,12 +20,9 @@ end ``results.md`` (a compressor x tokens table with the seed spread, and the co
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import re
 import statistics
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,10 +31,13 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from .config import apply_point, sweep_keys, sweep_points
-from .schema import BudgetConfig
+from dynvlm.config import apply_point, sweep_keys, sweep_points
+from dynvlm.schema import BudgetConfig
+from dynvlm.util.labels import setting_label
+from dynvlm.util.memory import peak_bytes, reset_peak
+from dynvlm.util.paths import RESULTS_CSV, test_file
+from dynvlm.util.tables import read_csv_rows, write_csv_rows
 
-RESULTS = "results.csv"
 FLOPS_PLOT = "accuracy_vs_prefill_flops.png"
 COMPRESSOR_KEY = "model.compressor.name"
 TOKENS_KEY = "budget.tokens_per_frame"
@@ -45,7 +45,7 @@ TOKENS_KEY = "budget.tokens_per_frame"
 #: a second per point for the tiny base on CPU
 COST_SAMPLES = 2
 COST_REPEATS = 3
-#: results.csv columns from :func:`dynvlm.cost.measure_cost` (means per test sample; peak = max)
+#: results.csv columns from :func:`dynvlm.measure.cost.measure_cost` (means per test sample; peak = max)
 COST_COLUMNS = ("prompt_tokens", "flops_encoder", "flops_compressor", "flops_projector", "flops_llm_prefill",
                 "flops_prefill", "prefill_ms", "kv_bytes", "peak_mem_bytes")
 
@@ -54,12 +54,11 @@ def run(cfg: DictConfig | Mapping[str, Any], config_path: str | None = None, cal
     """Fit then test ``cfg``; or, when it has ``sweep:``, every point of its grid (see module doc).
 
     On CPU, oneDNN is turned off while it runs: for the small models a CPU sweep trains it is
-    slower than torch's own kernels (measured: 0.37 -> 0.22 s per step of the tiny base,
-    docs/benchmarks.md, Experiments).
+    slower than torch's own kernels (docs/benchmarks.md, Experiments, has the measurement).
     """
     import torch
 
-    from .model import config_dict
+    from dynvlm.util.configs import config_dict
 
     data = config_dict(cfg)
     mkldnn = torch.backends.mkldnn.enabled
@@ -75,7 +74,7 @@ def run(cfg: DictConfig | Mapping[str, Any], config_path: str | None = None, cal
 
 def run_point(data: Mapping[str, Any], callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Fit and test one config; returns fit results, test metrics and timing."""
-    from . import train
+    from dynvlm.run import train
 
     stats = RunStats()
     t0 = time.perf_counter()
@@ -106,7 +105,7 @@ def run_sweep(data: Mapping[str, Any], callbacks: Sequence[Any] = ()) -> dict[st
     out = Path(str(base.get("output_dir") or "runs")) / name
     out.mkdir(parents=True, exist_ok=True)
     points = sweep_points(data["sweep"])
-    rows = read_results(out / RESULTS)
+    rows = read_csv_rows(out / RESULTS_CSV)
     done = {r["point"] for r in rows}
     todo = [p for p in points if point_slug(p) not in done]
     bar = tqdm(points, desc=f"sweep {name}", unit="point", initial=len(points) - len(todo))
@@ -118,15 +117,15 @@ def run_sweep(data: Mapping[str, Any], callbacks: Sequence[Any] = ()) -> dict[st
         probe = CostProbe(point_data)
         result = run_point(point_data, callbacks=[*callbacks, probe])
         cost = probe.cost if probe.cost is not None else checkpoint_cost(point_data, result.get("checkpoint"))
-        rows.append(result_row(slug, point, point_data, {**result, **cost}))
-        write_results(out / RESULTS, rows)
+        rows.append(sweep_row(slug, point, point_data, {**result, **cost}))
+        write_csv_rows(out / RESULTS_CSV, rows)
         bar.update(1)
     bar.close()
     summary = write_summary(out, rows, sweep_keys(data["sweep"]))
-    return {"results": str(out / RESULTS), "points": len(points), "ran": len(todo), **summary}
+    return {"results": str(out / RESULTS_CSV), "points": len(points), "ran": len(todo), **summary}
 
 
-def result_row(slug: str, point: Mapping[str, Any], data: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
+def sweep_row(slug: str, point: Mapping[str, Any], data: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
     """One CSV row: the point's keys, accuracy overall and per family, cost and provenance."""
     row: dict[str, Any] = {"point": slug, **{k: v for k, v in point.items()}}
     row["compressor"] = (data.get("model") or {}).get("compressor", {}).get("name", "")
@@ -179,8 +178,8 @@ class CostProbe(pl.Callback):
 def point_cost(model: Any, data: Mapping[str, Any]) -> dict[str, Any]:
     """:data:`COST_COLUMNS` of ``model`` on the first :data:`COST_SAMPLES` test samples of ``data``
     (``{}`` when the config has no test split)."""
-    from .cost import measure_cost
-    from .train import make_datamodule
+    from dynvlm.measure.cost import measure_cost
+    from dynvlm.run.train import make_datamodule
 
     dm = make_datamodule(data)
     if dm.source("test") is None:
@@ -201,12 +200,10 @@ def checkpoint_cost(data: Mapping[str, Any], checkpoint: str | None) -> dict[str
     """:func:`point_cost` of the model ``data`` builds with ``checkpoint``'s weights (when given)."""
     import torch
 
-    from .model import VideoLLM
+    from dynvlm.model.checkpoint import read_checkpoint
+    from dynvlm.model.restore import restore
 
-    model = VideoLLM(data)
-    if checkpoint:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False).get("state_dict") or {}
-        model.load_state_dict(state, strict=False)  # checkpoints hold only the trainable weights
+    model, _ = restore(data, read_checkpoint(checkpoint) if checkpoint else None, source=checkpoint)
     if torch.cuda.is_available():
         model = model.cuda()
     return point_cost(model, data)
@@ -221,11 +218,11 @@ def test_ceilings(data: Mapping[str, Any]) -> dict[str, float]:
 
     Empty when the file has no ``evidence_groups`` (real benchmarks) or ``tokens_per_frame`` is unset.
     """
-    from .data.synth import ceilings
+    from dynvlm.data.synth import ceilings
 
-    budget, d = data.get("budget") or {}, data.get("data") or {}
+    budget = data.get("budget") or {}
     m = budget.get("tokens_per_frame")
-    path = d.get("test") or (Path(str(d["synth"]["out"])) / "test_mc.jsonl" if d.get("synth") else None)
+    path = test_file(data)
     if not m or path is None or not Path(str(path)).is_file():
         return {}
     records = [json.loads(line) for line in Path(str(path)).read_text().splitlines() if line.strip()]
@@ -250,38 +247,11 @@ def _provenance(run_dir: str | None) -> dict[str, str]:
 # -- results files ---------------------------------------------------------------------------
 
 
-def read_results(path: Path) -> list[dict[str, Any]]:
-    """Rows of a results CSV (empty when it does not exist)."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def write_results(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write ``rows`` to ``path`` atomically (a temp file in the same folder, then rename)."""
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_summary(out: Path, rows: Sequence[Mapping[str, Any]], sweep_keys: Sequence[str]) -> dict[str, Any]:
     """``results.md``, ``accuracy_vs_tokens.png`` and ``accuracy_vs_prefill_flops.png`` from the rows;
     returns their paths (``None`` for a plot without data)."""
     cells = _cells(rows, sweep_keys)
-    (out / "results.md").write_text(results_markdown(rows, cells, sweep_keys))
+    (out / "results.md").write_text(sweep_markdown(rows, cells, sweep_keys))
     plot = out / "accuracy_vs_tokens.png"
     if cells:
         plot_accuracy(cells, plot)
@@ -331,16 +301,14 @@ def row_setting(row: Mapping[str, Any], sweep_keys: Sequence[str] = ()) -> tuple
     m = row_tokens(row)
     if m is None:
         return None
-    label = str(row.get("compressor", ""))
-    if row_policy(row) != "dynamic":
-        label += f" ({row_policy(row)})"
+    extras = {}
     for key in sweep_keys:
         # a policy given by its name only is already in the label; a mapping (its own keys) is not
         if key in _SHOWN_KEYS or (key == "budget.policy" and isinstance(row.get(key), str)
                                   and row.get(key) == row_policy(row)):
             continue
-        label += f" {key.removeprefix('model.').removeprefix('budget.')}={row.get(key, '')}"
-    return label, m
+        extras[key.removeprefix("model.").removeprefix("budget.")] = row.get(key, "")
+    return setting_label(row.get("compressor", ""), row_policy(row), extras=extras), m
 
 
 def _cells(rows: Sequence[Mapping[str, Any]], sweep_keys: Sequence[str] = ()) -> dict[tuple[str, int], list[float]]:
@@ -365,7 +333,7 @@ def _flops_cells(rows: Sequence[Mapping[str, Any]], sweep_keys: Sequence[str] = 
     return cells
 
 
-def cost_table(rows: Sequence[Mapping[str, Any]], sweep_keys: Sequence[str] = ()) -> list[str]:
+def cost_table_lines(rows: Sequence[Mapping[str, Any]], sweep_keys: Sequence[str] = ()) -> list[str]:
     """Markdown lines: per setting (:func:`row_setting`) and M, the measured prefill cost (means over
     seeds; empty when no row has cost columns)."""
     cells: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
@@ -385,7 +353,7 @@ def cost_table(rows: Sequence[Mapping[str, Any]], sweep_keys: Sequence[str] = ()
 
     lines = ["## Cost", "",
              f"Prefill cost per test sample (mean of the first {COST_SAMPLES} test samples, seeds averaged), "
-             "measured after the fit (`dynvlm.cost.measure_cost`): FLOPs counted by torch's FlopCounterMode "
+             "measured after the fit (`dynvlm.measure.cost.measure_cost`): FLOPs counted by torch's FlopCounterMode "
              "(matmuls, convolutions, attention; pooling counts 0), latency the median of timed prefills, KV "
              "cache computed from the LLM config and the prompt length. Accuracy against prefill FLOPs: "
              f"`{FLOPS_PLOT}`.", "",
@@ -400,7 +368,7 @@ def cost_table(rows: Sequence[Mapping[str, Any]], sweep_keys: Sequence[str] = ()
     return [*lines, ""]
 
 
-def results_markdown(rows: Sequence[Mapping[str, Any]], cells: Mapping[tuple[str, int], list[float]], sweep_keys: Sequence[str]) -> str:
+def sweep_markdown(rows: Sequence[Mapping[str, Any]], cells: Mapping[tuple[str, int], list[float]], sweep_keys: Sequence[str]) -> str:
     """A compressor x tokens-per-frame accuracy table (mean ± seed spread), then every row."""
     lines = ["# Results", ""]
     if cells:
@@ -419,7 +387,7 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], cells: Mapping[tuple[str
             lines.append(f"| {comp} | " + " | ".join(vals) + " |")
         lines += ["", *findings(cells), ""]
         lines += ceiling_table(rows)
-    lines += cost_table(rows, sweep_keys)
+    lines += cost_table_lines(rows, sweep_keys)
     columns = [c for c in ("point", "seed", "accuracy", "ceiling", "visual_tokens_per_sample", "frames_per_sample", "step_time_s",
                            "peak_memory_mb", "flops_prefill", "prefill_ms") if any(c in r for r in rows)]
     if rows:
@@ -584,15 +552,7 @@ class RunStats(pl.Callback):
         self.peak_mb: float | None = None
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            try:
-                Path("/proc/self/clear_refs").write_text("5")
-            except OSError:
-                pass
+        reset_peak(pl_module.device)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._t = time.perf_counter()
@@ -602,12 +562,7 @@ class RunStats(pl.Callback):
             self.step_times.append(time.perf_counter() - self._t)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        import torch
-
-        if torch.cuda.is_available():
-            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            self.peak_mb = _vm_hwm_mb()
+        self.peak_mb = peak_bytes(pl_module.device)[0] / 2**20
 
     def summary(self) -> dict[str, Any]:
         """Median step time (first steps, which warm up kernels, excluded when there are many)."""
@@ -616,10 +571,3 @@ class RunStats(pl.Callback):
             "step_time_s": round(statistics.median(times), 4) if times else "",
             "peak_memory_mb": round(self.peak_mb, 1) if self.peak_mb is not None else "",
         }
-
-
-def _vm_hwm_mb() -> float | None:
-    from .cost import proc_status_bytes
-
-    peak = proc_status_bytes("VmHWM")  # the process's peak resident set
-    return None if peak is None else peak / 2**20

@@ -23,10 +23,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dynvlm.util.tables import format_table
+
 #: ``dynvlm bench TARGET`` -> "module:function" taking argv and returning an exit code
 BENCH_TARGETS = {
     "kernels": "dynvlm.kernels.bench:main",
-    "model": "dynvlm.model_bench:main",
+    "model": "dynvlm.measure.model_bench:main",
     "data": "dynvlm.data.bench:main",
 }
 #: ``dynvlm data ACTION``
@@ -90,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dynvlm`` console script; returns the exit code."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    from .config import ConfigError
-    from .registry import PluginError
+    from dynvlm.config import ConfigError
+    from dynvlm.registry import PluginError
 
     try:
         return _dispatch(args)
@@ -108,28 +110,28 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "data":
         return int(_resolve(DATA_ACTIONS[args.action])(args.args) or 0)
 
-    from .config import load_config, to_yaml
+    from dynvlm.config import load_config, to_yaml
 
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
     if args.command == "run":
-        from .sweep import run
+        from dynvlm.run.sweep import run
 
         result = run(cfg, config_path=args.config)
     elif args.command == "cost":
-        from .cost import cost_cli
+        from dynvlm.measure.cost import cost_cli
 
         return cost_cli(cfg, config_path=args.config, meta=args.meta, duration=args.duration, repeats=args.repeats,
                         device=args.device, as_json=args.json, encoder_config=args.encoder_config,
                         llm_config=args.llm_config)
     elif args.command == "eval":
-        from .evaluate import evaluate_cli
+        from dynvlm.evaluation.command import evaluate_cli
 
         result = evaluate_cli(cfg, checkpoint=args.checkpoint, data=args.data, out=args.out, config_path=args.config)
     else:
-        from . import train
+        from dynvlm.run import train
 
         if args.command == "fit":
             result = train.fit(cfg)
@@ -141,7 +143,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _plugins(as_json: bool = False) -> int:
-    from .registry import get_registry
+    from dynvlm.registry import get_registry
 
     reg = get_registry()
     rows = [(c.kind, c.name, c.qualname, c.distribution, c.version) for c in reg.table()]
@@ -156,15 +158,6 @@ def _plugins(as_json: bool = False) -> int:
     for f in reg.failures:
         print(f"\nFAILED: {f.describe()}", file=sys.stderr)
     return 0
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table with aligned columns."""
-    cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

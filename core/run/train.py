@@ -18,20 +18,15 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import to_yaml
-from .model import VideoLLM, config_dict
-
-LAST = "last.ckpt"
-
-
-def run_dir(cfg: DictConfig | Mapping[str, Any]) -> Path:
-    """``<output_dir>/<name>`` of a run (defaults ``runs`` and ``run``)."""
-    return Path(cfg.get("output_dir") or "runs") / str(cfg.get("name") or "run")
+from dynvlm.config import to_yaml
+from dynvlm.model.video_llm import VideoLLM
+from dynvlm.util.configs import config_dict
+from dynvlm.util.paths import LAST_CHECKPOINT, last_checkpoint, run_dir
 
 
 def make_datamodule(cfg: DictConfig | Mapping[str, Any]) -> pl.LightningDataModule:
     """The data side's ``VideoDataModule(data, budget)`` (imported on use)."""
-    from .data import VideoDataModule
+    from dynvlm.data import VideoDataModule
 
     return VideoDataModule(cfg.get("data") or {}, cfg.get("budget") or {})
 
@@ -54,7 +49,7 @@ def make_trainer(cfg: DictConfig | Mapping[str, Any], callbacks: Sequence[pl.Cal
             dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0,
             every_n_train_steps=stage.get("checkpoint_every_n_steps"),
         ))
-        cbs.append(SaveOnInterrupt(out / "checkpoints" / LAST))
+        cbs.append(SaveOnInterrupt(out / "checkpoints" / LAST_CHECKPOINT))
     elif not fit:
         kwargs["enable_checkpointing"] = False
     return pl.Trainer(callbacks=cbs, **kwargs)
@@ -100,7 +95,7 @@ def fit(cfg: DictConfig | Mapping[str, Any], datamodule: pl.LightningDataModule 
     """
     cfg = _prepare(cfg)
     out = run_dir(cfg)
-    last = out / "checkpoints" / LAST
+    last = out / "checkpoints" / LAST_CHECKPOINT
     resume = str(last) if last.is_file() else None
     model = VideoLLM(cfg)
     trainer = make_trainer(cfg, callbacks, fit=True)
@@ -127,7 +122,7 @@ def _evaluate(kind: str, cfg: DictConfig | Mapping[str, Any], checkpoint: str | 
     model = VideoLLM(cfg)
     ckpt = checkpoint
     if ckpt is None:
-        last = run_dir(cfg) / "checkpoints" / LAST
+        last = last_checkpoint(cfg)
         ckpt = str(last) if last.is_file() else None
     if kind == "test":
         model.predictions_path = Path(predictions) if predictions else run_dir(cfg) / "predictions.jsonl"

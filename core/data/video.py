@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .budget import uniform_indices
+from dynvlm.budget import uniform_indices
 
 log = logging.getLogger(__name__)
 
