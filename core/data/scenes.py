@@ -138,6 +138,14 @@ def draw_scene(rng: np.random.Generator, cfg: SynthConfig, split: str, vid: str)
     return Scene(vid, split, duration, cfg.size, cfg.native_fps, symbols, visits, cfg.equal_area)
 
 
+def _distance(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Euclidean length of ``(dx, dy)``, bit-reproducible: the squares of these half-integer offsets
+    are exact and ``sqrt`` is correctly rounded, where ``np.hypot``'s vectorised and scalar paths
+    differ in the last bit depending on memory alignment, which flipped ties between pixels and
+    so changed glyph shapes (and the clips' bytes) from one process to another."""
+    return np.sqrt(dx * dx + dy * dy)
+
+
 @functools.lru_cache(maxsize=64)
 def glyph_mask(shape: str, g: int, equal_area: bool = True) -> np.ndarray:
     """``[g, g]`` bool mask of a glyph (or ``"disc"``, the ball).
@@ -150,13 +158,13 @@ def glyph_mask(shape: str, g: int, equal_area: bool = True) -> np.ndarray:
     yy, xx = np.mgrid[0:g, 0:g] + 0.5
     c = g / 2
     if shape == "disc":
-        m = np.hypot(xx - c, yy - c) <= c + 0.1
+        m = _distance(xx - c, yy - c) <= c + 0.1
     elif shape == "square":
         m = np.ones((g, g), bool)
         if equal_area:
             m[1:-1, 1:-1] = False
     elif shape == "circle":  # a ring: its hollow centre separates it from a filled square
-        r = np.hypot(xx - c, yy - c)
+        r = _distance(xx - c, yy - c)
         widths = [1.6] if not equal_area else [0.8 + 0.05 * i for i in range(60)]
         # the ring width whose pixel count is nearest the common area: little left to equalise
         m = min(((r <= c + 0.1) & (r >= max(c - w, 0.75)) for w in widths), key=lambda k: abs(int(k.sum()) - (4 * g - 4)))
@@ -196,7 +204,7 @@ def _equalise(m: np.ndarray, target: int, along_radius: bool = False) -> np.ndar
     m = m.copy()
     g = m.shape[0]
     yy, xx = np.mgrid[0:g, 0:g] + 0.5
-    dist = np.hypot(xx - g / 2, yy - g / 2)
+    dist = _distance(xx - g / 2, yy - g / 2)
     while m.sum() > target:
         ys, xs = np.nonzero(m)
         k = max(range(len(ys)), key=lambda i: (dist[ys[i], xs[i]], -ys[i], -xs[i]))
@@ -255,10 +263,10 @@ def write_video(scene: Scene, path: Path, crf: int, pix_fmt: str) -> None:
         s = c.add_stream("libx264", rate=scene.native_fps)
         s.width = s.height = scene.size
         s.pix_fmt = pix_fmt
-        # Byte-identical files for one seed need every stage single-threaded and every timestamp
-        # explicit: x264 (threads, lookahead), the codec context (PyAV opens it lazily, and before
-        # it is open its thread count is 0 = "one per core") and the RGB -> YUV conversion, which
-        # is done here with one thread instead of inside encode(), where it took the codec's count.
+        # Byte-identical files for one seed (with bit-reproducible pixels, see _distance) need every
+        # stage single-threaded and every timestamp explicit: x264 (threads, lookahead), the codec
+        # context (PyAV opens it lazily, and before it is open its thread count is 0 = "one per
+        # core") and the RGB -> YUV conversion, done here with one thread instead of inside encode().
         s.options = {"crf": str(crf), "preset": "veryfast", "threads": "1", "lookahead_threads": "1"}
         s.codec_context.thread_count = 1
         s.codec_context.thread_type = "NONE"
