@@ -46,6 +46,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
+def _add_rerun_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="when a run or sweep point was made with another config, set its folder aside and run it "
+                        "again (default: refuse, naming the changed keys)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``dynvlm``."""
     parser = argparse.ArgumentParser(prog="dynvlm", description="Visual-token compressors for video LLMs.")
@@ -57,10 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         p = sub.add_parser(name, help=help_)
         _add_config_args(p)
-        if name != "fit":
+        if name == "fit":
+            _add_rerun_arg(p)
+        else:
             p.add_argument("--checkpoint", help="checkpoint to load (default: the run's last)")
     p = sub.add_parser("run", help="fit and test a config, or run its sweep (same as `lightning run`)")
     _add_config_args(p)
+    _add_rerun_arg(p)
     p = sub.add_parser("eval", help="evaluate a checkpoint on a multiple-choice file")
     _add_config_args(p)
     p.add_argument("--checkpoint", help="checkpoint to evaluate (default: the run's last.ckpt); the overrides may "
@@ -119,7 +128,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from dynvlm.run.sweep import run
 
-        result = run(cfg, config_path=args.config)
+        result = run(cfg, config_path=args.config, rerun_changed=args.rerun_changed)
     elif args.command == "cost":
         from dynvlm.measure.cost import cost_cli
 
@@ -134,7 +143,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from dynvlm.run import train
 
         if args.command == "fit":
-            result = train.fit(cfg)
+            result = train.fit(cfg, rerun_changed=args.rerun_changed)
         else:
             result = getattr(train, args.command)(cfg, checkpoint=args.checkpoint)
     if result:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -86,18 +87,83 @@ def stale_compressor_weights(checkpoint: Mapping[str, Any], compressor_spec: Map
     return [k for k in state if k.startswith(COMPRESSOR_PREFIX) and k not in own]
 
 
-def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
-    """A Lightning checkpoint file as a dict, memory-mapped where the format allows (big checkpoints
-    are read lazily), else read in full.
+class CheckpointRefused(ConfigError):
+    """A checkpoint or weights file holds something a weights-only load does not allow (code, or an
+    object of a type outside the allow-list); the message names the file and the type."""
+
+
+#: the non-tensor types a dynvlm checkpoint may hold besides containers, numbers and strings; empty:
+#: Lightning's loop and callback state and dynvlm's hparams (a plain config dict) need nothing more
+ALLOWED_TYPES: tuple[type, ...] = ()
+
+
+def _load_weights_only(path: Path, map_location: str = "cpu") -> Any:
+    """``torch.load`` with the weights-only unpickler (tensors, containers, numbers, strings and
+    :data:`ALLOWED_TYPES`), memory-mapped where the format allows; never runs code from the file."""
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals(list(ALLOWED_TYPES)):
+            try:
+                return torch.load(str(path), map_location=map_location, weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc) and "zip" not in str(exc).lower():
+                    raise
+                # the legacy (non-zip) format cannot be memory-mapped
+                return torch.load(str(path), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc)) or re.search(r"global:? ([\w.]+)", str(exc))
+        what = f"the Python global {found.group(1)}" if found else "an object outside the allowed types"
+        raise CheckpointRefused(
+            f"{path}: refused: it holds {what}, which a weights-only load does not allow. dynvlm never runs "
+            "code from a checkpoint; a checkpoint written by dynvlm holds only tensors, numbers, strings and "
+            "containers. Re-save the weights as .safetensors, or as a plain state dict from code you trust"
+        ) from None
+
+
+class IncompleteCheckpoint(ConfigError):
+    """A checkpoint that lacks weights the model needs from it, or holds weights the model does not have."""
+
+
+def check_checkpoint_fits(model: nn.Module, checkpoint: Mapping[str, Any], source: str = "the checkpoint") -> None:
+    """Refuse a checkpoint whose ``state_dict`` does not fit ``model``.
+
+    A checkpoint must hold every parameter the model's stage trains (``requires_grad``): those come
+    from training and nowhere else; and every weight its own ``dynvlm`` entry says it carries (the
+    frozen weights it loaded from a previous stage). It must not hold weights the model lacks.
+    The one documented exception is the compressor swap of a training-free evaluation: the trained
+    compressor's weights are dropped before this check (:func:`stale_compressor_weights`), and a
+    parameter-free compressor needs nothing from the checkpoint.
 
     Raises:
+        IncompleteCheckpoint: naming ``source`` and the missing or unknown keys.
+    """
+    state = checkpoint.get("state_dict") or {}
+    own = model.state_dict()
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise IncompleteCheckpoint(
+            f"{source} holds {len(unknown)} weights this model does not have, e.g. {unknown[:3]}; "
+            "was it saved from a different model config?")
+    needed = [n for n, p in model.named_parameters() if p.requires_grad]
+    needed += [k for k in (checkpoint.get(CKPT_KEY) or {}).get("carried", []) if k not in needed]
+    missing = [k for k in needed if k not in state]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise IncompleteCheckpoint(
+            f"{source} lacks {len(missing)} of the {len(needed)} weights this model needs from it ({shown}): "
+            "the parameters its stage trains and the weights the checkpoint says it carries. It is empty, "
+            "partial, or from a run whose stage trained other modules; evaluate it with that run's config")
+
+
+def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
+    """A Lightning checkpoint file as a dict, loaded weights-only (:func:`_load_weights_only`).
+
+    Raises:
+        CheckpointRefused: the file holds code or a type outside the allow-list.
         ConfigError: the file holds no ``state_dict`` mapping (not a Lightning checkpoint).
     """
-    # dynvlm checkpoints hold hparams and loop state (plain Python objects): not weights-only
-    try:
-        data = torch.load(str(path), map_location=map_location, weights_only=False, mmap=True)
-    except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
-        data = torch.load(str(path), map_location=map_location, weights_only=False)
+    data = _load_weights_only(Path(path), map_location)
     if not isinstance(data, dict) or not isinstance(data.get("state_dict"), dict):
         raise ConfigError(f"--checkpoint {str(path)!r}: not a Lightning checkpoint (no state_dict)")
     return data
@@ -123,7 +189,8 @@ def checkpoint_run(path: str | Path) -> Path:
 
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:
-    """The state dict held by a Lightning ``.ckpt`` (its ``state_dict``), a ``.pt`` state dict or a ``.safetensors`` file."""
+    """The state dict held by a Lightning ``.ckpt`` (its ``state_dict``), a ``.pt`` state dict or a
+    ``.safetensors`` file, loaded without running code (:class:`CheckpointRefused` otherwise)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"stage.resume_from: checkpoint {str(path)!r} does not exist")
@@ -131,13 +198,19 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    # A Lightning checkpoint also stores loop and hparam state (plain Python objects), so the
-    # weights-only unpickler cannot read it; checkpoints are files this project wrote.
-    data = torch.load(str(path), map_location="cpu", weights_only=False)
+    data = _load_weights_only(path)
+    record = data.get(CKPT_KEY) if isinstance(data, dict) else None
     if isinstance(data, dict) and "state_dict" in data:
         data = data["state_dict"]
     if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
         raise ValueError(f"{path}: not a checkpoint or state dict (expected a mapping of tensors)")
+    if not data:
+        raise IncompleteCheckpoint(f"{path}: holds no weights")
+    # a dynvlm checkpoint names the modules its stage trained: each must have its weights in the file
+    empty = [m for m in (record or {}).get("trainable", []) if not any(k.startswith(f"{m}.") for k in data)]
+    if empty:
+        raise IncompleteCheckpoint(f"{path}: its stage trained {', '.join(empty)} but it holds none of their weights "
+                                   "(a partial or damaged checkpoint)")
     return data
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from dynvlm.model.checkpoint import stale_compressor_weights
+from dynvlm.model.checkpoint import IncompleteCheckpoint, stale_compressor_weights
 from dynvlm.model.video_llm import VideoLLM
 from dynvlm.util.configs import config_dict
 
@@ -23,6 +23,8 @@ def restore(cfg: DictConfig | Mapping[str, Any], checkpoint: Mapping[str, Any] |
     initialisation in every caller. The checkpoint is checked against the compressor swap rule
     (:func:`~dynvlm.model.checkpoint.stale_compressor_weights`) before anything loads, naming
     ``source`` in errors; ``dropped`` lists the trained compressor's weights the model does not use.
+    A checkpoint that lacks weights the model needs, or holds weights it does not have, is refused
+    (:func:`~dynvlm.model.checkpoint.check_checkpoint_fits`).
 
     Args:
         cfg: the evaluation-time run config (its compressor and budget may differ from the trained ones).
@@ -40,7 +42,11 @@ def restore(cfg: DictConfig | Mapping[str, Any], checkpoint: Mapping[str, Any] |
     # a shallow copy: on_load_checkpoint drops the old compressor's keys from its state_dict, and a
     # sweep reuses the checkpoint for its next point
     ckpt = {**checkpoint, "state_dict": dict(checkpoint["state_dict"])}
-    model.on_load_checkpoint(ckpt)
+    try:
+        model.on_load_checkpoint(ckpt)
+    except IncompleteCheckpoint as exc:
+        raise IncompleteCheckpoint(str(exc).replace("the checkpoint", f"checkpoint {source!r}", 1)
+                                   if source else str(exc)) from None
     dropped = sorted(set(checkpoint["state_dict"]) - set(ckpt["state_dict"]))
     model.load_state_dict(ckpt["state_dict"], strict=False)  # checkpoints hold only the trained weights
     return model, dropped

@@ -30,7 +30,13 @@ from torch import Tensor
 from dynvlm.budget import BudgetPolicy, FramePlan, VideoInfo
 from dynvlm.config import build_component, provenance_record
 from dynvlm.data.questions import vocabulary
-from dynvlm.model.checkpoint import CKPT_KEY, load_weights, read_weights, stale_compressor_weights
+from dynvlm.model.checkpoint import (
+    CKPT_KEY,
+    check_checkpoint_fits,
+    load_weights,
+    read_weights,
+    stale_compressor_weights,
+)
 from dynvlm.model.projector import Projector
 from dynvlm.model.prompt import Encoded, PromptBatch, PromptBuilder
 from dynvlm.model.stages import apply_stage, stage_config
@@ -464,7 +470,7 @@ class VideoLLM(pl.LightningModule):
         sd = checkpoint.get("state_dict") or {}
         # evaluated with another compressor than the trained one (training-free transfer): the
         # trained compressor's own weights are dropped with a notice, and only those; a new
-        # compressor with parameters the checkpoint lacks raises (see dynvlm.evaluation.evaluate)
+        # compressor with parameters the checkpoint lacks raises (dynvlm.model.checkpoint)
         spec = self.hparams["config"]["model"]["compressor"]
         fitting = self._trainer is not None and self._trainer.state.fn == "fit"
         stale = stale_compressor_weights(checkpoint, spec, self.compressor, fitting=fitting)
@@ -477,11 +483,7 @@ class VideoLLM(pl.LightningModule):
                            f"{spec['name']!r} and were dropped")
             for key in stale:
                 del sd[key]
-        own = self.state_dict()
-        unknown = [k for k in sd if k not in own]
-        if unknown:
-            raise ValueError(f"checkpoint holds {len(unknown)} weights this model does not have, e.g. {unknown[:3]}; "
-                             "was it saved from a different model config?")
+        check_checkpoint_fits(self, checkpoint)
         self.carried |= set(checkpoint.get(CKPT_KEY, {}).get("carried", []))
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:

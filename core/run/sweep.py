@@ -33,9 +33,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from dynvlm.config import apply_point, sweep_keys, sweep_points
 from dynvlm.schema import BudgetConfig
+from dynvlm.util.fingerprint import changed_keys, config_fingerprint, read_fingerprint
 from dynvlm.util.labels import setting_label
 from dynvlm.util.memory import peak_bytes, reset_peak
-from dynvlm.util.paths import RESULTS_CSV, test_file
+from dynvlm.util.paths import RESULTS_CSV, run_dir, shown, test_file
 from dynvlm.util.tables import read_csv_rows, write_csv_rows
 
 FLOPS_PLOT = "accuracy_vs_prefill_flops.png"
@@ -50,8 +51,12 @@ COST_COLUMNS = ("prompt_tokens", "flops_encoder", "flops_compressor", "flops_pro
                 "flops_prefill", "prefill_ms", "kv_bytes", "peak_mem_bytes")
 
 
-def run(cfg: DictConfig | Mapping[str, Any], config_path: str | None = None, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+def run(cfg: DictConfig | Mapping[str, Any], config_path: str | None = None, callbacks: Sequence[Any] = (),
+        rerun_changed: bool = False) -> dict[str, Any]:
     """Fit then test ``cfg``; or, when it has ``sweep:``, every point of its grid (see module doc).
+
+    A run or point made with another config is refused, or with ``rerun_changed`` run again
+    (:func:`dynvlm.run.train.check_run_folder`, :func:`run_sweep`).
 
     On CPU, oneDNN is turned off while it runs: for the small models a CPU sweep trains it is
     slower than torch's own kernels (docs/benchmarks.md, Experiments, has the measurement).
@@ -66,19 +71,20 @@ def run(cfg: DictConfig | Mapping[str, Any], config_path: str | None = None, cal
         torch.backends.mkldnn.enabled = False
     try:
         if data.get("sweep"):
-            return run_sweep(data, callbacks=callbacks)
-        return run_point(data, callbacks=callbacks)
+            return run_sweep(data, callbacks=callbacks, rerun_changed=rerun_changed)
+        return run_point(data, callbacks=callbacks, rerun_changed=rerun_changed)
     finally:
         torch.backends.mkldnn.enabled = mkldnn
 
 
-def run_point(data: Mapping[str, Any], callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """Fit and test one config; returns fit results, test metrics and timing."""
+def run_point(data: Mapping[str, Any], callbacks: Sequence[Any] = (), rerun_changed: bool = False) -> dict[str, Any]:
+    """Fit and test one config; returns fit results, test metrics and timing (``rerun_changed``: see
+    :func:`dynvlm.run.train.fit`)."""
     from dynvlm.run import train
 
     stats = RunStats()
     t0 = time.perf_counter()
-    fitted = train.fit(OmegaConf.create(dict(data)), callbacks=[stats, *callbacks])
+    fitted = train.fit(OmegaConf.create(dict(data)), callbacks=[stats, *callbacks], rerun_changed=rerun_changed)
     if fitted.get("interrupted"):
         raise KeyboardInterrupt(f"fit of {fitted['run_dir']} was interrupted; re-run to resume from its last checkpoint")
     t1 = time.perf_counter()
@@ -96,8 +102,53 @@ def point_slug(point: Mapping[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", ",".join(parts))
 
 
-def run_sweep(data: Mapping[str, Any], callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """Run every point of ``data['sweep']`` not yet in ``results.csv``; write the summary files."""
+def _point_config(base: Mapping[str, Any], name: str, point: Mapping[str, Any]) -> dict[str, Any]:
+    """The run config of one sweep point: ``base`` with the point's keys, run in ``<name>/points/<slug>``."""
+    data = apply_point(base, point)
+    data["name"] = f"{name}/points/{point_slug(point)}"
+    return data
+
+
+def _drop_stale_rows(out: Path, rows: list[dict[str, Any]], configs: Mapping[str, Mapping[str, Any]],
+                     rerun_changed: bool) -> list[dict[str, Any]]:
+    """``rows`` less those of points whose config changed since they ran (their ``fingerprint`` differs
+    from the point's config now, or a row has none), when ``rerun_changed``; their run folders are set
+    aside. Without it a changed point is refused, so results.csv never mixes two configs.
+
+    Raises:
+        StaleRunError: naming the changed points and keys.
+    """
+    from dynvlm.run.train import StaleRunError, set_aside
+
+    stale = [r for r in rows if r["point"] in configs and r.get("fingerprint") != config_fingerprint(configs[r["point"]])]
+    if not stale:
+        return rows
+    if not rerun_changed:
+        lines = []
+        for r in stale[:5]:
+            recorded = read_fingerprint(run_dir(configs[r["point"]]))
+            what = "; ".join(changed_keys(recorded[1], configs[r["point"]])[:4]) if recorded else "no fingerprint recorded"
+            lines.append(f"  {r['point']}: {what}")
+        raise StaleRunError(
+            f"{shown(out / RESULTS_CSV)} holds {len(stale)} point(s) run with another config than the sweep's now:\n"
+            + "\n".join(lines) + ("\n  ..." if len(stale) > 5 else "")
+            + "\nResults would mix the two. Re-run with --rerun-changed to run those points again (their old "
+            "folders are set aside, nothing is deleted), or give the sweep another name")
+    for r in stale:
+        folder = run_dir(configs[r["point"]])
+        if folder.exists():
+            set_aside(folder, r.get("fingerprint") or "unknown")
+    gone = {r["point"] for r in stale}
+    kept = [r for r in rows if r["point"] not in gone]
+    write_csv_rows(out / RESULTS_CSV, kept)
+    return kept
+
+
+def run_sweep(data: Mapping[str, Any], callbacks: Sequence[Any] = (), rerun_changed: bool = False) -> dict[str, Any]:
+    """Run every point of ``data['sweep']`` not yet in ``results.csv``; write the summary files.
+
+    A point whose row was made with another config (its ``fingerprint``) is refused, or with
+    ``rerun_changed`` run again (:func:`_drop_stale_rows`)."""
     from tqdm.auto import tqdm
 
     base = {k: v for k, v in data.items() if k != "sweep"}
@@ -105,17 +156,17 @@ def run_sweep(data: Mapping[str, Any], callbacks: Sequence[Any] = ()) -> dict[st
     out = Path(str(base.get("output_dir") or "runs")) / name
     out.mkdir(parents=True, exist_ok=True)
     points = sweep_points(data["sweep"])
-    rows = read_csv_rows(out / RESULTS_CSV)
+    configs = {point_slug(p): _point_config(base, name, p) for p in points}
+    rows = _drop_stale_rows(out, read_csv_rows(out / RESULTS_CSV), configs, rerun_changed)
     done = {r["point"] for r in rows}
     todo = [p for p in points if point_slug(p) not in done]
     bar = tqdm(points, desc=f"sweep {name}", unit="point", initial=len(points) - len(todo))
     for point in todo:
         slug = point_slug(point)
         bar.set_postfix_str(slug)
-        point_data = apply_point(base, point)
-        point_data["name"] = f"{name}/points/{slug}"
+        point_data = configs[slug]
         probe = CostProbe(point_data)
-        result = run_point(point_data, callbacks=[*callbacks, probe])
+        result = run_point(point_data, callbacks=[*callbacks, probe], rerun_changed=rerun_changed)
         cost = probe.cost if probe.cost is not None else checkpoint_cost(point_data, result.get("checkpoint"))
         rows.append(sweep_row(slug, point, point_data, {**result, **cost}))
         write_csv_rows(out / RESULTS_CSV, rows)
@@ -135,6 +186,7 @@ def sweep_row(slug: str, point: Mapping[str, Any], data: Mapping[str, Any], resu
     m = budget.get("tokens_per_frame")
     row["tokens_per_frame"] = m if m is not None else own.get("tokens_per_frame", "")
     row["seed"] = data.get("seed", 0)
+    row["fingerprint"] = config_fingerprint(data)  # a re-run with another config is refused or redone
     row["accuracy"] = result.get("test/acc", "")
     for key, value in sorted(result.items()):
         if key.startswith("test/acc/"):

@@ -10,6 +10,7 @@ Ctrl-C in a single-process run also writes it at the step reached.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,14 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dynvlm.config import to_yaml
+from dynvlm.config import ConfigError, to_yaml
+from dynvlm.model.checkpoint import IncompleteCheckpoint, read_checkpoint
 from dynvlm.model.video_llm import VideoLLM
 from dynvlm.util.configs import config_dict
-from dynvlm.util.paths import LAST_CHECKPOINT, last_checkpoint, run_dir
+from dynvlm.util.fingerprint import changed_keys, config_fingerprint, read_fingerprint, result_keys, write_fingerprint
+from dynvlm.util.paths import LAST_CHECKPOINT, last_checkpoint, run_dir, shown
+
+log = logging.getLogger(__name__)
 
 
 def make_datamodule(cfg: DictConfig | Mapping[str, Any]) -> pl.LightningDataModule:
@@ -81,19 +86,71 @@ def _metrics(trainer: pl.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
 
 
+class StaleRunError(ConfigError):
+    """A run folder (or sweep point) was made with another config than the one given now."""
+
+
+def set_aside(folder: Path, fingerprint: str) -> Path:
+    """Rename a stale run ``folder`` to ``<folder>.stale-<fingerprint>`` (nothing is deleted); return the new path."""
+    target = folder.with_name(f"{folder.name}.stale-{fingerprint}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder.with_name(f"{folder.name}.stale-{fingerprint}-{n}")
+    folder.rename(target)
+    return target
+
+
+def check_run_folder(cfg: Mapping[str, Any], rerun_changed: bool = False) -> None:
+    """Refuse to resume a run folder whose checkpoint was made with another config.
+
+    The folder's ``fingerprint.json`` (else its ``config.yaml``) is compared with ``cfg`` over the
+    keys that can change results (:func:`dynvlm.util.fingerprint.result_keys`). With
+    ``rerun_changed`` a changed run is set aside (:func:`set_aside`) and trained anew instead.
+
+    Raises:
+        StaleRunError: the configs differ; the message names the keys and the ways forward.
+    """
+    out = run_dir(cfg)
+    if not (out / "checkpoints" / LAST_CHECKPOINT).is_file():
+        return
+    recorded = read_fingerprint(out)
+    if recorded is None and (out / "config.yaml").is_file():
+        old = OmegaConf.to_container(OmegaConf.load(out / "config.yaml"), resolve=True)
+        recorded = (config_fingerprint(old), result_keys(old)) if isinstance(old, dict) else None
+    if recorded is None:
+        return
+    changes = changed_keys(recorded[1], cfg)
+    if not changes:
+        return
+    if rerun_changed:
+        moved = set_aside(out, recorded[0])
+        log.warning("%s was made with another config; set aside as %s, training anew", shown(out), shown(moved))
+        return
+    raise StaleRunError(
+        f"{shown(out)} holds a run made with another config, and resuming it would mix the two. Changed: "
+        f"{'; '.join(changes[:8])}{' ...' if len(changes) > 8 else ''}. Give the run another name "
+        "(name=...), or re-run with --rerun-changed to set the old run aside and train anew")
+
+
 def fit(cfg: DictConfig | Mapping[str, Any], datamodule: pl.LightningDataModule | None = None,
-        callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
+        callbacks: Sequence[pl.Callback] = (), rerun_changed: bool = False) -> dict[str, Any]:
     """Train the run ``cfg`` describes (resuming from its ``last.ckpt`` when one exists).
 
     Args:
         cfg: a loaded config (``dynvlm.load_config``) or a plain mapping of the same shape.
         datamodule: overrides the one built from ``cfg.data`` (tests, notebooks).
         callbacks: extra Lightning callbacks.
+        rerun_changed: when the run folder was made with another config, set it aside and train
+            anew instead of refusing (:func:`check_run_folder`).
 
     Returns:
-        ``{"run_dir", "checkpoint", "resumed_from", "global_step", "interrupted", **logged metrics}``.
+        ``{"run_dir", "checkpoint", "resumed_from", "global_step", "interrupted", "fingerprint",
+        **logged metrics}``.
     """
     cfg = _prepare(cfg)
+    data = config_dict(cfg)
+    check_run_folder(data, rerun_changed)
     out = run_dir(cfg)
     last = out / "checkpoints" / LAST_CHECKPOINT
     resume = str(last) if last.is_file() else None
@@ -101,8 +158,11 @@ def fit(cfg: DictConfig | Mapping[str, Any], datamodule: pl.LightningDataModule 
     trainer = make_trainer(cfg, callbacks, fit=True)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(to_yaml(config_dict(cfg)))
-    trainer.fit(model, datamodule=datamodule or make_datamodule(cfg), ckpt_path=resume)
+        (out / "config.yaml").write_text(to_yaml(data))
+        write_fingerprint(out, data)
+    if resume is not None:
+        _check_before_lightning(model, resume)
+    trainer.fit(model, datamodule=datamodule or make_datamodule(cfg), ckpt_path=resume, weights_only=True)
     if trainer.checkpoint_callback is not None:
         trainer.save_checkpoint(str(last))  # the final state, even when max_steps ends mid-epoch
     return {
@@ -112,8 +172,23 @@ def fit(cfg: DictConfig | Mapping[str, Any], datamodule: pl.LightningDataModule 
         "global_step": int(trainer.global_step),
         "interrupted": bool(trainer.interrupted),
         "world_size": int(trainer.world_size),
+        "fingerprint": config_fingerprint(data),
         **_metrics(trainer),
     }
+
+
+def _check_before_lightning(model: VideoLLM, path: str) -> None:
+    """Read ``path`` weights-only and check that it fits ``model`` (the rules of ``restore``), so that
+    a file with code in it, or one that is empty, partial or not Lightning's, is refused with its
+    name before Lightning reads it."""
+    data = read_checkpoint(path)
+    try:
+        model.on_load_checkpoint({**data, "state_dict": dict(data["state_dict"])})
+    except IncompleteCheckpoint as exc:
+        raise IncompleteCheckpoint(str(exc).replace("the checkpoint", f"checkpoint {path!r}", 1)) from None
+    if "pytorch-lightning_version" not in data:
+        raise ConfigError(f"checkpoint {path!r}: not a Lightning checkpoint written by dynvlm fit (no loop state); "
+                          "evaluate plain weights with dynvlm eval, or load them with stage.resume_from")
 
 
 def _evaluate(kind: str, cfg: DictConfig | Mapping[str, Any], checkpoint: str | None,
@@ -129,7 +204,9 @@ def _evaluate(kind: str, cfg: DictConfig | Mapping[str, Any], checkpoint: str | 
     trainer = make_trainer(cfg, fit=False)
     dm = datamodule or make_datamodule(cfg)
     run = trainer.test if kind == "test" else trainer.validate
-    results = run(model, datamodule=dm, ckpt_path=ckpt)
+    if ckpt is not None:
+        _check_before_lightning(model, ckpt)
+    results = run(model, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     metrics = {k: float(v) for r in results for k, v in r.items()}
     return {"run_dir": str(run_dir(cfg)), "checkpoint": ckpt, **_metrics(trainer), **metrics}
 
