@@ -125,30 +125,55 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    if args.command == "run":
-        from dynvlm.run.sweep import run
-
-        result = run(cfg, config_path=args.config, rerun_changed=args.rerun_changed)
-    elif args.command == "cost":
+    if args.command == "cost":
         from dynvlm.measure.cost import cost_cli
 
         return cost_cli(cfg, config_path=args.config, meta=args.meta, duration=args.duration, repeats=args.repeats,
                         device=args.device, as_json=args.json, encoder_config=args.encoder_config,
                         llm_config=args.llm_config)
-    elif args.command == "eval":
+    from dynvlm.run.console import quiet_console
+    from dynvlm.util.paths import run_dir, shown
+
+    log_file = run_dir(cfg) / "run.log"
+    print(f"dynvlm: library messages and warnings go to {shown(log_file)}", file=sys.stderr)
+    with quiet_console(log_file):
+        result = _run_command(args, cfg)
+    if result:
+        print(json.dumps(_shown_paths(result), indent=2, default=str))
+    return 0
+
+
+def _run_command(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    """The config commands that train or evaluate: ``run``, ``eval``, ``fit``, ``validate``, ``test``."""
+    if args.command == "run":
+        from dynvlm.run.sweep import run
+
+        return run(cfg, config_path=args.config, rerun_changed=args.rerun_changed)
+    if args.command == "eval":
         from dynvlm.evaluation.command import evaluate_cli
 
-        result = evaluate_cli(cfg, checkpoint=args.checkpoint, data=args.data, out=args.out, config_path=args.config)
-    else:
-        from dynvlm.run import train
+        return evaluate_cli(cfg, checkpoint=args.checkpoint, data=args.data, out=args.out, config_path=args.config)
+    from dynvlm.run import train
 
-        if args.command == "fit":
-            result = train.fit(cfg, rerun_changed=args.rerun_changed)
-        else:
-            result = getattr(train, args.command)(cfg, checkpoint=args.checkpoint)
-    if result:
-        print(json.dumps(result, indent=2, default=str))
-    return 0
+    if args.command == "fit":
+        return train.fit(cfg, rerun_changed=args.rerun_changed)
+    return getattr(train, args.command)(cfg, checkpoint=args.checkpoint)
+
+
+def _shown_paths(result: Any) -> Any:
+    """``result`` with every string that names an existing file or folder normalised for printing
+    (``experiments/../runs/x`` -> ``runs/x``)."""
+    from pathlib import Path
+
+    from dynvlm.util.paths import shown
+
+    if isinstance(result, dict):
+        return {k: _shown_paths(v) for k, v in result.items()}
+    if isinstance(result, list):
+        return [_shown_paths(v) for v in result]
+    if isinstance(result, str) and "/" in result and Path(result).exists():
+        return shown(result)
+    return result
 
 
 def _plugins(as_json: bool = False) -> int:

@@ -163,7 +163,7 @@ def run_test(cfg: DictConfig | Mapping[str, Any], checkpoint: Mapping[str, Any] 
     model, dropped = restore(cfg, checkpoint, source)
     model.predictions_path = predictions
     trainer = train.make_trainer(cfg, fit=False)
-    results = trainer.test(model, datamodule=train.make_datamodule(cfg))
+    results = trainer.test(model, datamodule=train.make_datamodule(cfg), verbose=False)
     metrics = {k: float(v) for r in results for k, v in r.items()}
     records = [json.loads(line) for line in predictions.read_text().splitlines()] if predictions.is_file() else []
     usage = usage_summary(records)

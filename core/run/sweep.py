@@ -170,10 +170,18 @@ def run_sweep(data: Mapping[str, Any], callbacks: Sequence[Any] = (), rerun_chan
         cost = probe.cost if probe.cost is not None else checkpoint_cost(point_data, result.get("checkpoint"))
         rows.append(sweep_row(slug, point, point_data, {**result, **cost}))
         write_csv_rows(out / RESULTS_CSV, rows)
+        bar.write(point_line(rows[-1]))
         bar.update(1)
     bar.close()
     summary = write_summary(out, rows, sweep_keys(data["sweep"]))
     return {"results": str(out / RESULTS_CSV), "points": len(points), "ran": len(todo), **summary}
+
+
+def point_line(row: Mapping[str, Any]) -> str:
+    """The console line of a finished point: its name, accuracy and fit + test seconds."""
+    acc = _float(row.get("accuracy"))
+    seconds = sum(_float(row.get(k)) or 0.0 for k in ("fit_s", "test_s"))
+    return f"{row['point']}: accuracy {'-' if acc is None else f'{100 * acc:.1f} %'} ({seconds:.0f} s)"
 
 
 def sweep_row(slug: str, point: Mapping[str, Any], data: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:

@@ -45,6 +45,8 @@ def make_trainer(cfg: DictConfig | Mapping[str, Any], callbacks: Sequence[pl.Cal
     kwargs = dict(cfg.get("trainer") or {})
     out = run_dir(cfg)
     kwargs.setdefault("default_root_dir", str(out))
+    # the model summary table goes to the run's log (fit logs it), not to the console of every sweep point
+    kwargs.setdefault("enable_model_summary", False)
     if kwargs.get("logger", True) is not False:
         kwargs["logger"] = pl.loggers.CSVLogger(save_dir=str(out), name="logs")  # version_N per invocation
     cbs = list(callbacks)
@@ -162,6 +164,7 @@ def fit(cfg: DictConfig | Mapping[str, Any], datamodule: pl.LightningDataModule 
         write_fingerprint(out, data)
     if resume is not None:
         _check_before_lightning(model, resume)
+    log.info("%s\n%s", shown(out), pl.utilities.model_summary.ModelSummary(model, max_depth=1))
     trainer.fit(model, datamodule=datamodule or make_datamodule(cfg), ckpt_path=resume, weights_only=True)
     if trainer.checkpoint_callback is not None:
         trainer.save_checkpoint(str(last))  # the final state, even when max_steps ends mid-epoch
@@ -206,7 +209,7 @@ def _evaluate(kind: str, cfg: DictConfig | Mapping[str, Any], checkpoint: str | 
     run = trainer.test if kind == "test" else trainer.validate
     if ckpt is not None:
         _check_before_lightning(model, ckpt)
-    results = run(model, datamodule=dm, ckpt_path=ckpt, weights_only=True)
+    results = run(model, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
     metrics = {k: float(v) for r in results for k, v in r.items()}
     return {"run_dir": str(run_dir(cfg)), "checkpoint": ckpt, **_metrics(trainer), **metrics}
 
