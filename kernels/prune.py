@@ -17,10 +17,32 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._backend import next_pow2, out_dtype_for_kernel, resolve_backend, tl, triton
-from ._rows import gather_rows_scaled
+from ._backend import (
+    KERNEL_DTYPES,
+    Variant,
+    launch,
+    next_pow2,
+    out_dtype_for_kernel,
+    resolve_backend,
+    tl,
+    triton,
+    variant,
+)
+from ._rows import gather_rows_scaled, gather_variant
 
-__all__ = ["gumbel_noise", "gumbel_topk", "prune_naive", "prune_reference", "prune_triton", "select_reference"]
+__all__ = [
+    "GPU_MAX_N",
+    "gpu_variants",
+    "gumbel_noise",
+    "gumbel_topk",
+    "prune_naive",
+    "prune_reference",
+    "prune_triton",
+    "select_reference",
+]
+
+# most tokens per frame the Triton path takes: one program holds the whole frame's keys
+GPU_MAX_N = 4096
 
 
 def gumbel_noise(
@@ -117,19 +139,50 @@ if triton is not None:
         tl.store(optrs, rows.to(o_ptr.dtype.element_ty), mask=m2)
 
 
+def _gpu_blocks(n: int) -> tuple[dict[str, int], int]:
+    # the frame's keys in one block (>= 256: shorter frames are masked, not specialised); the
+    # channel block shrinks as it grows so a [BLOCK_N, BLOCK_C] row tile stays 16K elements
+    block_n = max(256, next_pow2(n))
+    return {"BLOCK_N": block_n, "BLOCK_C": min(64, 16384 // block_n)}, 4 if block_n <= 1024 else 8
+
+
+def _variant(dtype: torch.dtype, n: int, has_noise: bool, example: str = "") -> Variant:
+    """GPU variant of the fused kernel on ``dtype`` rows, ``n`` tokens per frame (scores and
+    noise are passed as fp32)."""
+    blocks, warps = _gpu_blocks(n)
+    ptrs = {"x_ptr": dtype, "s_ptr": torch.float32, "g_ptr": torch.float32, "o_ptr": dtype, "i_ptr": torch.int64}
+    return variant("prune._prune_kernel", ptrs, {**blocks, "HAS_NOISE": has_noise}, warps, example)
+
+
+def gpu_variants() -> list[Variant]:
+    """Every variant the prune dispatcher can launch on a GPU (forward kernel and the backward's
+    row gather), for each kernel dtype, with and without noise, every ``N`` up to :data:`GPU_MAX_N`;
+    ``example`` names a call that launches it."""
+    out: dict[Variant, Variant] = {}
+    for dtype in KERNEL_DTYPES:
+        name = str(dtype)[6:]
+        g = gather_variant(dtype, dtype, example=f"{name} backward")
+        out.setdefault(g, g)
+        for n in range(1, GPU_MAX_N + 1):
+            for noise in (True, False):
+                v = _variant(dtype, n, noise, example=f"{name} n={n} noise={noise}")
+                out.setdefault(v, v)
+    return list(out.values())
+
+
 def _prune_launch(x: Tensor, scores: Tensor, k: int, noise: Tensor | None) -> tuple[Tensor, Tensor]:
     f, n, c = x.shape
     # under the interpreter bf16 handling is unreliable: the kernel copies through fp32 there
     out = torch.empty((f, k, c), device=x.device, dtype=out_dtype_for_kernel(x))
     kept = torch.empty((f, k), device=x.device, dtype=torch.int64)
-    block_n = next_pow2(n)
-    block_c = min(next_pow2(c), 256 if not x.is_cuda else max(1, 16384 // block_n))
-    g = noise if noise is not None else scores  # never read when HAS_NOISE is false
-    _prune_kernel[(f, triton.cdiv(c, block_c))](
-        x, scores, g, out, kept, n, c, k,
-        *x.stride(), *scores.stride(), *g.stride(), *out.stride(), *kept.stride(),
-        HAS_NOISE=noise is not None, BLOCK_N=block_n, BLOCK_C=block_c,
-    )  # fmt: skip
+    # scores and noise in fp32 (the comparison's precision anyway): one variant per row dtype
+    scores = scores.float()
+    g = noise.float() if noise is not None else scores  # never read when HAS_NOISE is false
+    v = _variant(x.dtype, n, noise is not None)
+    cpu = {"BLOCK_N": next_pow2(n), "BLOCK_C": min(next_pow2(c), 256), "HAS_NOISE": noise is not None}
+    block_c = v.meta()["BLOCK_C"] if x.is_cuda else cpu["BLOCK_C"]
+    args = (x, scores, g, out, kept, n, c, k, *x.stride(), *scores.stride(), *g.stride(), *out.stride(), *kept.stride())
+    launch(_prune_kernel, (f, triton.cdiv(c, block_c)), args, v, cpu)
     return out.to(x.dtype), kept
 
 
@@ -152,7 +205,7 @@ class _PruneTriton(torch.autograd.Function):
         slot = torch.zeros((f, ctx.n), dtype=torch.long, device=g.device)
         slot.scatter_(1, kept, torch.arange(k, device=g.device).expand(f, k))
         coef = torch.zeros((f, ctx.n), dtype=torch.float32, device=g.device).scatter_(1, kept, 1.0)
-        return gather_rows_scaled(g, slot, coef, ctx.dtype, use_triton=True), None, None, None
+        return gather_rows_scaled(g.to(ctx.dtype), slot, coef, ctx.dtype, use_triton=True), None, None, None
 
 
 def prune_triton(x: Tensor, scores: Tensor, k: int, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -170,7 +223,9 @@ def gumbel_topk(
         scores: ``[F, N]`` scores (any float dtype; compared in fp32).
         k: tokens to keep, in ``[1, N]``.
         noise: ``[F, N]`` additive noise (e.g. :func:`gumbel_noise`), or ``None`` for the deterministic top-k.
-        backend: ``auto`` (Triton on CUDA, torch elsewhere), ``triton`` or ``torch``.
+        backend: ``auto`` (Triton on CUDA, torch elsewhere), ``triton`` or ``torch``. The Triton
+            path takes float32/bfloat16/float16 rows and up to :data:`GPU_MAX_N` tokens per frame;
+            ``auto`` runs anything else in torch.
 
     Returns:
         (``[F, k, C]`` kept rows in ``x.dtype``, ``[F, k]`` int64 increasing source indices).
@@ -178,6 +233,7 @@ def gumbel_topk(
         the caller adds (see the ``prune`` compressor).
     """
     _check(x, scores, k, noise)
-    if resolve_backend(backend, x, "prune") == "triton":
+    too_long = f"{x.shape[1]} tokens per frame (at most {GPU_MAX_N})" if x.shape[1] > GPU_MAX_N else None
+    if resolve_backend(backend, x, "prune", too_long) == "triton":
         return prune_triton(x, scores.detach(), k, None if noise is None else noise.detach())
     return prune_reference(x, scores.detach(), k, None if noise is None else noise.detach())

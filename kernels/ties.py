@@ -3,14 +3,12 @@
 A GEMM does not promise bitwise-equal results for equal columns: BLAS and the Triton
 interpreter (numpy) compute edge tiles differently, so the "equal" scores of identical tokens
 differ in the last bit and argmax/argsort break the tie by that noise. Integer arithmetic has
-no such problem, so identical tokens are found exactly by hashing:
-
-- round 1: a hash of each token's bits, ``sum_c(word_c * w_c) mod 2**64`` over its bits read as
-  int64 words, with fixed random odd ``w`` (wrapping integer sums do not depend on the summation
-  order, so every backend agrees);
-- later rounds: a merged token's hash is the order-independent wrapping sum of
-  ``mix(hash, size)`` over the tokens merged into it, so two outputs built from the same
-  (token, size) multiset -- mathematically equal -- get equal hashes without rereading rows.
+no such problem, so identical tokens are found exactly by hashing each token's bits,
+``sum_c(word_c * w_c) mod 2**64`` over its bits read as int64 words, with fixed random odd ``w``
+(wrapping integer sums do not depend on the summation order, so every backend agrees). Every
+round hashes the bits the tokens have then (:func:`dynvlm.kernels.tome.tome_merge` rehashes
+the rows a merge changed), so identity does not depend on merge history: a merged copy of a
+token, which the merge leaves bitwise equal to it, ties with the token's unmerged copies.
 
 Tokens are hashed rather than keys: a learned key projection is itself a GEMM and may give
 identical tokens keys that differ in the last bit. The match results are then corrected:
@@ -27,9 +25,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._backend import next_pow2, tl, triton
+from ._backend import Variant, launch, next_pow2, tl, triton, variant
 
-__all__ = ["merge_hash", "resolve_ties", "row_hash", "row_hash_reference", "row_hash_triton"]
+__all__ = ["hash_variant", "resolve_ties", "row_hash", "row_hash_reference", "row_hash_triton"]
 
 _INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _WEIGHTS: dict[tuple[int, str], Tensor] = {}
@@ -92,38 +90,29 @@ if triton is not None:
         tl.store(o_ptr + f * sof + offs_n * son, h, mask=nmask)
 
 
+def hash_variant(example: str = "") -> Variant:
+    """The hash kernel's only GPU variant: every input is read as int64 words."""
+    ptrs = {"b_ptr": torch.int64, "w_ptr": torch.int64, "o_ptr": torch.int64}
+    return variant("ties._hash_kernel", ptrs, {"BLOCK_N": 32, "BLOCK_C": 64}, 4, example)
+
+
 def row_hash_triton(x: Tensor) -> Tensor:
     """Triton version of :func:`row_hash_reference` (bitwise the same result)."""
     f, n, _ = x.shape
     bits = _bits64(x)
     c = bits.shape[-1]
     out = torch.empty((f, n), device=x.device, dtype=torch.int64)
-    block_n = 32 if x.is_cuda else min(next_pow2(n), 1024)
-    block_c = 64 if x.is_cuda else min(next_pow2(c), 256)
-    _hash_kernel[(f, triton.cdiv(n, block_n))](
-        bits, _weights(c, x.device), out, n, c, *bits.stride(), *out.stride(), BLOCK_N=block_n, BLOCK_C=block_c
-    )
+    v = hash_variant()
+    cpu = {"BLOCK_N": min(next_pow2(n), 1024), "BLOCK_C": min(next_pow2(c), 256)}
+    block_n = v.meta()["BLOCK_N"] if x.is_cuda else cpu["BLOCK_N"]
+    args = (bits, _weights(c, x.device), out, n, c, *bits.stride(), *out.stride())
+    launch(_hash_kernel, (f, triton.cdiv(n, block_n)), args, v, cpu)
     return out
 
 
 def row_hash(x: Tensor, use_triton: bool) -> Tensor:
     """Dispatch between :func:`row_hash_triton` and :func:`row_hash_reference`."""
     return row_hash_triton(x) if use_triton else row_hash_reference(x)
-
-
-def _mix(h: Tensor) -> Tensor:
-    # splitmix64 finaliser (wrapping int64); logical shifts emulated by masking the sign fill
-    h = (h ^ ((h >> 30) & ((1 << 34) - 1))) * -4658895280553007687  # 0xBF58476D1CE4E5B9
-    h = (h ^ ((h >> 27) & ((1 << 37) - 1))) * -7723592293110705685  # 0x94D049BB133111EB
-    return h ^ ((h >> 31) & ((1 << 33) - 1))
-
-
-def merge_hash(h: Tensor, size: Tensor, slot_of_old: Tensor, m: int) -> Tensor:
-    """Hashes after a merge round: ``h`` ``[F, n]`` int64, ``size`` ``[F, n]`` float, ``slot_of_old``
-    ``[F, n]`` -> ``[F, m]`` int64, equal for slots merged from equal (hash, size) multisets."""
-    size_bits = size.to(torch.float64).view(torch.int64)
-    contrib = _mix(h ^ _mix(size_bits))
-    return torch.zeros((h.shape[0], m), dtype=torch.int64, device=h.device).scatter_add_(1, slot_of_old, contrib)
 
 
 def _first_twin(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -145,7 +134,7 @@ def resolve_ties(best: Tensor, best_idx: Tensor, key_hash: Tensor) -> tuple[Tens
     Args:
         best: ``[F, na]`` best cosine score of each A token (A = even positions).
         best_idx: ``[F, na]`` int64 index into B (odd positions) of that best score.
-        key_hash: ``[F, n]`` int64 token hashes (:func:`row_hash`, then :func:`merge_hash`).
+        key_hash: ``[F, n]`` int64 hashes of the current tokens' bits (:func:`row_hash`).
 
     Returns:
         Corrected ``(best, best_idx)``, same shapes.
