@@ -117,7 +117,8 @@ class Variant:
         pointers: ``(argument, dtype)`` of every pointer argument, dtypes as Triton names them.
         constexprs: ``(name, value)`` of every ``tl.constexpr`` argument (the GPU block sizes).
         num_warps: warps per program.
-        example: a call that launches this variant (what gpu_check runs); not part of equality.
+        example: ``key=value`` words naming a call that launches this variant (``dtype=bfloat16
+            w=33 ow=1``: what gpu_check runs, see :meth:`example_args`); not part of equality.
     """
 
     kernel: str
@@ -125,6 +126,10 @@ class Variant:
     constexprs: tuple[tuple[str, int | bool], ...]
     num_warps: int = 4
     example: str = field(default="", compare=False)
+
+    def example_args(self) -> dict[str, str]:
+        """:attr:`example` as a dict (``{"dtype": "bfloat16", "w": "33", "ow": "1"}``)."""
+        return dict(word.split("=", 1) for word in self.example.split())
 
     def meta(self) -> dict[str, int | bool]:
         """Launch keywords: the constexprs and ``num_warps``."""

@@ -242,8 +242,10 @@ if triton is not None:
 
 def _gpu_blocks(w: int, ow: int) -> dict[str, int]:
     # tl.dot needs every dimension >= 16 on GPUs; channels come in fixed blocks of 64 (a
-    # narrower C is masked, not specialised: fewer variants to compile)
-    return {"BLOCK_W": max(16, next_pow2(w)), "BLOCK_OW": max(16, next_pow2(ow)), "BLOCK_C": 64}
+    # narrower C is masked, not specialised: fewer variants to compile), 32 when rows and
+    # outputs are both 64 wide (16-bit inputs spilled on sm_80 with 64, even with 8 warps)
+    block_w, block_ow = max(16, next_pow2(w)), max(16, next_pow2(ow))
+    return {"BLOCK_W": block_w, "BLOCK_OW": block_ow, "BLOCK_C": 32 if block_w * block_ow >= 4096 else 64}
 
 
 def _cpu_blocks(w: int, ow: int, c: int) -> dict[str, int]:
@@ -258,7 +260,10 @@ def _cpu_blocks(w: int, ow: int, c: int) -> dict[str, int]:
 def _variant(backward: bool, dtype: torch.dtype, w: int, ow: int, example: str = "") -> Variant:
     """GPU variant of the forward (or backward) kernel on ``dtype`` rows ``w`` wide pooled to ``ow``."""
     name, src = ("_pool_bwd_kernel", "g_ptr") if backward else ("_pool_fwd_kernel", "x_ptr")
-    return variant(f"pool.{name}", {src: dtype, "o_ptr": dtype}, _gpu_blocks(w, ow), 4, example)
+    blocks = _gpu_blocks(w, ow)
+    # 64-wide rows or outputs: three 64 x 64 fp32 tiles spilled with 4 warps on sm_80 and sm_90
+    warps = 8 if max(blocks["BLOCK_W"], blocks["BLOCK_OW"]) >= 64 else 4
+    return variant(f"pool.{name}", {src: dtype, "o_ptr": dtype}, blocks, warps, example)
 
 
 def gpu_variants() -> list[Variant]:
@@ -270,7 +275,7 @@ def gpu_variants() -> list[Variant]:
         for w in range(1, GPU_MAX_SIDE + 1):
             for ow in range(1, GPU_MAX_SIDE + 1):
                 for backward in (False, True):
-                    v = _variant(backward, dtype, w, ow, example=f"{str(dtype)[6:]} w={w} ow={ow}")
+                    v = _variant(backward, dtype, w, ow, example=f"dtype={str(dtype)[6:]} w={w} ow={ow}")
                     out.setdefault(v, v)
     return list(out.values())
 

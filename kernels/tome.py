@@ -119,11 +119,13 @@ if triton is not None:
 
 
 def _match_variant(dtype: torch.dtype, example: str = "") -> Variant:
-    """GPU variant of the match kernel on ``dtype`` keys. Fixed blocks: 64 x 64 A/B tiles and a
-    K step of 32 with 8 warps keep the fp32 (ieee) tile product in registers on sm_80 and sm_90
-    (K = 64, or 4 warps, spilled: tests/test_kernels_compile.py prints the counts)."""
+    """GPU variant of the match kernel on ``dtype`` keys: 64 x 64 A/B tiles, 8 warps, and a K step
+    that keeps the (ieee fp32) tile product in registers on sm_80 and sm_90: 16 for fp32 keys
+    (32 spilled on sm_80), 32 for 16-bit keys (16 spilled on sm_90). ptxas's counts:
+    ``python -m dynvlm.kernels.aot``."""
     ptrs = {"k_ptr": dtype, "inv_ptr": torch.float32, "max_ptr": torch.float32, "idx_ptr": torch.int32}
-    return variant("tome._match_kernel", ptrs, {"BLOCK_A": 64, "BLOCK_B": 64, "BLOCK_K": 32}, 8, example)
+    block_k = 16 if dtype == torch.float32 else 32
+    return variant("tome._match_kernel", ptrs, {"BLOCK_A": 64, "BLOCK_B": 64, "BLOCK_K": block_k}, 8, example)
 
 
 def match_triton(keys: Tensor, inv: Tensor, blocks: tuple[int, int, int] | None = None) -> tuple[Tensor, Tensor]:
@@ -457,10 +459,10 @@ def gpu_variants() -> list[Variant]:
     for dtype in KERNEL_DTYPES:
         name = str(dtype)[6:]
         for v in (
-            hash_variant(example=f"{name} forward"),
-            _match_variant(dtype, example=f"{name} forward"),
-            _merge_variant(dtype, example=f"{name} forward"),
-            gather_variant(torch.float32, dtype, example=f"{name} backward"),
+            hash_variant(example=f"dtype={name}"),
+            _match_variant(dtype, example=f"dtype={name}"),
+            _merge_variant(dtype, example=f"dtype={name}"),
+            gather_variant(torch.float32, dtype, example=f"dtype={name}"),
         ):
             out.setdefault(v, v)
     return list(out.values())
