@@ -6,9 +6,10 @@ differ in the last bit and argmax/argsort break the tie by that noise. Integer a
 no such problem, so identical tokens are found exactly by hashing each token's bits,
 ``sum_c(word_c * w_c) mod 2**64`` over its bits read as int64 words, with fixed random odd ``w``
 (wrapping integer sums do not depend on the summation order, so every backend agrees). Every
-round hashes the bits the tokens have then (:func:`dynvlm.kernels.tome.tome_merge` rehashes
-the rows a merge changed), so identity does not depend on merge history: a merged copy of a
-token, which the merge leaves bitwise equal to it, ties with the token's unmerged copies.
+round of :func:`dynvlm.kernels.tome.tome_merge` hashes the bits the tokens have then, so
+identity does not depend on merge history: a merged copy of a token, which the merge leaves
+bitwise equal to it, ties with the token's unmerged copies. (A hash collision between different
+rows, probability ~2**-64 per pair, would be taken for a tie.)
 
 Tokens are hashed rather than keys: a learned key projection is itself a GEMM and may give
 identical tokens keys that differ in the last bit. The match results are then corrected:
@@ -115,19 +116,6 @@ def row_hash(x: Tensor, use_triton: bool) -> Tensor:
     return row_hash_triton(x) if use_triton else row_hash_reference(x)
 
 
-def _first_twin(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """For ``h`` ``[F, m]``: (index of the lowest equal entry per position, sorted ``h``, sort order)."""
-    sorted_h, order = torch.sort(h, dim=1, stable=True)  # equal hashes keep increasing index
-    starts = torch.ones_like(sorted_h, dtype=torch.bool)
-    starts[:, 1:] = sorted_h[:, 1:] != sorted_h[:, :-1]
-    # sorted position of each run's start, carried along the run (positions grow, so cummax works);
-    # the stable sort put the run's lowest index there
-    at = torch.arange(h.shape[1], device=h.device).expand_as(order)
-    run_first = order.gather(1, torch.where(starts, at, torch.zeros_like(at)).cummax(dim=1).values)
-    first = torch.empty_like(order).scatter_(1, order, run_first)
-    return first, sorted_h, order
-
-
 def resolve_ties(best: Tensor, best_idx: Tensor, key_hash: Tensor) -> tuple[Tensor, Tensor]:
     """Apply the exact tie rules (module docstring) to match results.
 
@@ -139,13 +127,28 @@ def resolve_ties(best: Tensor, best_idx: Tensor, key_hash: Tensor) -> tuple[Tens
     Returns:
         Corrected ``(best, best_idx)``, same shapes.
     """
-    ha, hb = key_hash[:, 0::2].contiguous(), key_hash[:, 1::2].contiguous()
-    first_a, _, _ = _first_twin(ha)
-    first_b, sorted_hb, order_b = _first_twin(hb)
+    f, n = key_hash.shape
+    # one stable sort of all n hashes: runs of equal hashes, each in position order. Every step
+    # below works on [F, n] integers (below torch's parallel grain: no thread hand-offs, which
+    # cost milliseconds each on a loaded machine)
+    sorted_h, order = torch.sort(key_hash, dim=1, stable=True)
+    starts = torch.ones_like(sorted_h, dtype=torch.bool)
+    starts[:, 1:] = sorted_h[:, 1:] != sorted_h[:, :-1]
+    run = starts.cumsum(1) - 1
+    none = torch.full_like(order, n)
+    is_b = (order % 2).bool()
+    # lowest A and lowest B position of each run (n: the run has none)
+    low_b = none.scatter_reduce(1, run, torch.where(is_b, order, none), "amin")
+    low_a = none.scatter_reduce(1, run, torch.where(is_b, none, order), "amin")
+    run_of = torch.empty_like(run).scatter_(1, order, run)  # run of each position
+    low_b_of, low_a_of = low_b.gather(1, run_of), low_a.gather(1, run_of)
     # exact A == B copies: the lowest such B, score 1
-    pos = torch.searchsorted(sorted_hb, ha).clamp_max(hb.shape[1] - 1)
-    has_copy = sorted_hb.gather(1, pos) == ha
-    copy_idx = order_b.gather(1, pos)  # leftmost equal hash = lowest index (stable sort)
-    idx = torch.where(has_copy, copy_idx, first_b.gather(1, best_idx))
+    copy_pos = low_b_of[:, 0::2]
+    has_copy = copy_pos < n
+    # among identical B tokens the lowest index wins
+    twin_b = (low_b_of[:, 1::2] - 1) // 2
+    idx = torch.where(has_copy, (copy_pos - 1) // 2, twin_b.gather(1, best_idx))
     score = torch.where(has_copy, torch.ones_like(best), best.clamp(max=_BELOW_ONE))
+    # identical A tokens take their lowest twin's (score, match)
+    first_a = low_a_of[:, 0::2] // 2
     return score.gather(1, first_a), idx.gather(1, first_a)

@@ -240,9 +240,11 @@ def merge_reference(x: Tensor, weight: Tensor, plan: RoundPlan) -> Tensor:
     m = plan.kept.shape[1]
     dt = _acc(x)
     w = weight.to(dt)
+    r = plan.src.shape[1]
     # rows are addressed in the flattened [F*n, C] view: index_select is several times faster
-    # than gather with an expanded index, and a scatter over all n rows slower still (CPU);
-    # plan.src is grouped by slot, so index_add_ sees sorted indices
+    # than gather with an expanded index, and a scatter over all n rows slower still (CPU).
+    # plan.src is grouped by slot, so index_add_ sees sorted indices. Few large ops: on a loaded
+    # machine each multi-threaded op can wait milliseconds for its second thread
     base = torch.arange(f, device=x.device)[:, None]
     rows = x.reshape(f * n, c)
     src_slot = plan.slot_of_old.gather(1, plan.src)
@@ -250,13 +252,16 @@ def merge_reference(x: Tensor, weight: Tensor, plan: RoundPlan) -> Tensor:
     total = w_own.scatter_add(1, src_slot, w_src)
     coef = (w_src / total.gather(1, src_slot)).reshape(-1, 1)
     slot_rows = (src_slot + base * m).reshape(-1)
-    own = rows.index_select(0, (plan.kept + base * n).reshape(-1)).to(dt)
-    src = rows.index_select(0, (plan.src + base * n).reshape(-1)).to(dt)
-    if weight.requires_grad:  # learned-key straight-through: keep every step out of place
-        pull = (own.index_select(0, slot_rows) - src) * coef
-        return own.index_add(0, slot_rows, pull, alpha=-1).view(f, m, c)
-    # fresh buffers: in place saves passes over the rows (no backward here needs their values)
-    pull = own.index_select(0, slot_rows).sub_(src).mul_(coef)
+    # survivors, sources and each source's survivor in one gather
+    idx = torch.cat([plan.kept, plan.src, plan.kept.gather(1, src_slot)], 1).add_(base * n)
+    idx = torch.cat([idx[:, :m].reshape(-1), idx[:, m : m + r].reshape(-1), idx[:, m + r :].reshape(-1)])
+    both = rows.index_select(0, idx).to(dt)
+    own, src, own_of_src = both[: f * m], both[f * m : f * (m + r)], both[f * (m + r) :]
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        # autograd: out of place (the three row sets are views of one buffer)
+        return own.index_add(0, slot_rows, (own_of_src - src) * coef, alpha=-1).view(f, m, c)
+    # one fresh buffer: in place saves passes over the rows
+    pull = own_of_src.sub_(src).mul_(coef)
     return own.index_add_(0, slot_rows, pull, alpha=-1).view(f, m, c)
 
 
@@ -406,40 +411,23 @@ def tome_merge(
     merge = merge_triton if use_triton else merge_reference
     size = torch.ones((f, n), device=x.device, dtype=_acc(x))
     psum = torch.arange(n, device=x.device, dtype=_acc(x)).expand(f, n)
-    cur = x
-    token_hash = row_hash(x.detach(), use_triton) if n > tokens else None
+    # the Triton kernels read low-precision rows themselves; the torch path upcasts once here
+    # rather than in each step of the first round (the rounds run in fp32 either way)
+    cur = x if use_triton else x.to(_acc(x))
     while n > tokens:
         r = min(n - tokens, n // 2)
         keys = cur if key_fn is None else key_fn(cur.to(_acc(x)))
         k = keys.detach()
+        # ties are decided from the bits the tokens have now, whatever their merge history
+        token_hash = row_hash(cur.detach(), use_triton)
         best, best_idx = resolve_ties(*match(k, inv_norm(k)), token_hash)
         plan = plan_round(best, best_idx, size, psum, r)
         weight = size
         if key_grad and keys.requires_grad:
             weight = size.scatter(1, plan.merged, size.gather(1, plan.merged) * _st_factor(keys, plan))
-        prev_dtype, cur = cur.dtype, merge(cur, weight, plan)
+        cur = merge(cur, weight, plan)
         size, psum, n = plan.size, plan.psum, n - r
-        if n > tokens:
-            token_hash = _rehash(token_hash, cur.detach(), plan, use_triton, cur.dtype != prev_dtype)
     return TomeResult(cur.to(x.dtype), psum / size, size)
-
-
-def _rehash(h: Tensor, cur: Tensor, plan: RoundPlan, use_triton: bool, dtype_changed: bool) -> Tensor:
-    """Token hashes after a round: ``h`` ``[F, n]`` old hashes, ``cur`` ``[F, m, C]`` merged tokens
-    -> ``[F, m]`` hashes of ``cur``'s bits.
-
-    Ties are decided from the bits a token has now, whatever its history. The Triton path hashes
-    every row (a GPU reads them once, with no host sync), as does a round that changed the dtype
-    (bf16 input merged into fp32: the old hashes describe other bits). Otherwise only the slots
-    that received sources are rehashed; the rest keep their survivor's hash (the merge copies a
-    survivor bit for bit).
-    """
-    if use_triton or dtype_changed:
-        return row_hash(cur, use_triton)
-    new = h.gather(1, plan.kept)
-    fi, si = (plan.count > 0).nonzero(as_tuple=True)
-    new[fi, si] = row_hash(cur[fi, si][None], False)[0]
-    return new
 
 
 def _st_factor(keys: Tensor, plan: RoundPlan) -> Tensor:
