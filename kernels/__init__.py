@@ -5,7 +5,8 @@
   (CSR scatter-mean); :mod:`.ties` makes ties between identical tokens exact.
 - :mod:`.prune`: Gumbel top-k selection and gather, fused (radix select, no sort).
 - :mod:`.bench`: ``dynvlm bench kernels``; :mod:`.gpu_check`: the compiled kernels against the
-  torch paths on a CUDA device (``python -m dynvlm.kernels.gpu_check``).
+  torch paths on a CUDA device (``python -m dynvlm.kernels.gpu_check``); :mod:`.aot`: every kernel
+  variant compiled for sm_80/sm_90 without a GPU (``python -m dynvlm.kernels.aot``).
 
 Every dispatcher takes ``backend: "auto" | "triton" | "torch"`` and decides at call time
 (:func:`._backend.resolve_backend`); importing these modules needs neither a GPU nor Triton.

@@ -11,9 +11,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._backend import next_pow2, tl, triton
+from ._backend import Variant, launch, next_pow2, tl, triton, variant
 
-__all__ = ["gather_rows_scaled", "gather_rows_scaled_reference", "gather_rows_scaled_triton"]
+__all__ = [
+    "gather_rows_scaled",
+    "gather_rows_scaled_reference",
+    "gather_rows_scaled_triton",
+    "gather_variant",
+]
 
 
 def gather_rows_scaled_reference(src: Tensor, idx: Tensor, coef: Tensor, out_dtype: torch.dtype) -> Tensor:
@@ -48,6 +53,13 @@ if triton is not None:
         tl.store(optrs, out.to(o_ptr.dtype.element_ty), mask=tmask[:, None] & cmask[None, :])
 
 
+def gather_variant(src_dtype: torch.dtype, out_dtype: torch.dtype, example: str = "") -> Variant:
+    """The GPU variant of the row gather for a ``src_dtype`` gradient stored as ``out_dtype``
+    (indices int64, coefficients fp32; fixed blocks: small ``C`` is masked, not specialised)."""
+    ptrs = {"src_ptr": src_dtype, "idx_ptr": torch.int64, "coef_ptr": torch.float32, "o_ptr": out_dtype}
+    return variant("_rows._gather_rows_scaled_kernel", ptrs, {"BLOCK_T": 32, "BLOCK_C": 64}, 4, example)
+
+
 def gather_rows_scaled_triton(src: Tensor, idx: Tensor, coef: Tensor, out_dtype: torch.dtype) -> Tensor:
     """Triton version of :func:`gather_rows_scaled_reference` (same arguments and result)."""
     f, t = idx.shape
@@ -55,13 +67,13 @@ def gather_rows_scaled_triton(src: Tensor, idx: Tensor, coef: Tensor, out_dtype:
     # under the interpreter fp32 -> bf16 casts truncate: store fp32 and let torch round
     kernel_dtype = out_dtype if src.is_cuda else torch.float32
     out = torch.empty((f, t, c), device=src.device, dtype=kernel_dtype)
-    block_c = min(next_pow2(c), 64 if src.is_cuda else 256)
-    block_t = 32 if src.is_cuda else min(next_pow2(t), 1024)
-    grid = (f, triton.cdiv(t, block_t), triton.cdiv(c, block_c))
-    _gather_rows_scaled_kernel[grid](
-        src, idx, coef, out, t, c, *src.stride(), *idx.stride(), *coef.stride(), *out.stride(),
-        BLOCK_T=block_t, BLOCK_C=block_c,
-    )  # fmt: skip
+    idx, coef = idx.long(), coef.float()
+    v = gather_variant(src.dtype, out_dtype)
+    cpu = {"BLOCK_T": min(next_pow2(t), 1024), "BLOCK_C": min(next_pow2(c), 256)}
+    blocks = v.meta() if src.is_cuda else cpu
+    grid = (f, triton.cdiv(t, blocks["BLOCK_T"]), triton.cdiv(c, blocks["BLOCK_C"]))
+    args = (src, idx, coef, out, t, c, *src.stride(), *idx.stride(), *coef.stride(), *out.stride())
+    launch(_gather_rows_scaled_kernel, grid, args, v, cpu)
     return out.to(out_dtype)
 
 

@@ -1,10 +1,17 @@
 """Correctness of the compiled Triton kernels on a CUDA device: ``python -m dynvlm.kernels.gpu_check``.
 
 CI runs the kernels only under ``TRITON_INTERPRET=1``; this is the prepared device check for a
-session lent a GPU (run it with ``TRITON_INTERPRET`` unset). For each op, at realistic sizes
-and in fp32/bf16/fp16, it compares the Triton path with the torch path on the same CUDA input
-(forward and input gradient), plus the exact-tie cases, and prints one line per check. Exit
-status: 0 all passed, 1 a check failed, 2 no CUDA device.
+session lent a GPU (run it with ``TRITON_INTERPRET`` unset). It compares the Triton path with
+the torch path on the same CUDA input (forward and input gradient) and prints one line per check:
+
+- each op at realistic sizes (:data:`SIZES`) in fp32/bf16/fp16;
+- one call per kernel variant (:func:`coverage_cases`): every block size and dtype the
+  dispatchers can launch (the set tests/test_kernels_compile.py compiles), at the small shape
+  each variant's ``example`` names;
+- the exact-tie cases.
+
+The last line counts the variants launched against the enumeration. Exit status: 0 all passed,
+1 a check failed, 2 no CUDA device.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ from collections.abc import Callable
 
 import torch
 
-from ._backend import interpreting
+from . import pool, prune, tome
+from ._backend import interpreting, record_variants
+from .aot import all_variants
 from .pool import adaptive_pool
 from .prune import gumbel_noise, gumbel_topk
 from .tome import tome_merge
@@ -46,21 +55,67 @@ def _check(name: str, got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype)
     return ok
 
 
+def _compare(tag: str, fn: Callable[[torch.Tensor, str], torch.Tensor], base: torch.Tensor) -> bool:
+    """Triton on ``base`` against torch on ``base`` in fp32 (the kernels accumulate in fp32 and round
+    once; torch's own bf16/fp16 kernels may accumulate in low precision): forward, then the
+    gradient of one random cotangent (rounded to ``base.dtype`` for both)."""
+    x_tri, x_ref = base.clone().requires_grad_(), base.float().requires_grad_()
+    out_tri, out_ref = fn(x_tri, "triton"), fn(x_ref, "torch")
+    g = torch.randn(out_ref.shape, generator=torch.Generator().manual_seed(4)).to(base.device, base.dtype)
+    (grad_tri,) = torch.autograd.grad(out_tri, x_tri, g)
+    (grad_ref,) = torch.autograd.grad(out_ref, x_ref, g.float())
+    ok = _check(f"{tag} forward", out_tri, out_ref.to(base.dtype), base.dtype)
+    return _check(f"{tag} grad", grad_tri, grad_ref.to(base.dtype), base.dtype) and ok
+
+
+def coverage_cases() -> list[tuple[str, torch.dtype, tuple[int, int, int, int]]]:
+    """``(op, dtype, (frames, N, C, arg))`` calls that together launch every GPU variant, one per
+    distinct ``example`` of each module's ``gpu_variants()``. ``arg``: pool pools a ``2 x N/2``
+    grid to ``2 x arg``; tome merges to ``arg`` tokens; prune keeps ``N // 3`` (``arg`` unused).
+    C = 70: a partial channel block on every kernel."""
+    cases: dict[tuple, None] = {}
+    for op, module in (("pool", pool), ("tome", tome), ("prune", prune)):
+        for v in module.gpu_variants():
+            e = v.example_args()
+            dtype = getattr(torch, e["dtype"])
+            if op == "pool":  # a 2 x w grid pooled to 2 x ow (the backward runs with the forward)
+                w, ow = int(e["w"]), int(e["ow"])
+                cases[(op, dtype, (1, 2 * w, 70, ow))] = None
+            elif op == "prune":
+                cases[(op, dtype, (2, int(e["n"]), 70, 0))] = None
+            else:
+                cases[(op, dtype, (2, 40, 70, 9))] = None
+    return list(cases)
+
+
+def _coverage_fn(
+    op: str, size: tuple[int, int, int, int], dev: torch.device
+) -> Callable[[torch.Tensor, str], torch.Tensor]:
+    frames, n, _, arg = size
+    if op == "pool":
+        return lambda x, b: adaptive_pool(x, (2, arg), (2, n // 2), backend=b)
+    if op == "tome":
+        return lambda x, b: tome_merge(x, arg, backend=b).x
+    gen = torch.Generator().manual_seed(2)
+    scores = torch.randn(frames, n, generator=gen).to(dev)
+    noise = gumbel_noise((frames, n), generator=gen).to(dev)
+    return lambda x, b: gumbel_topk(x, scores, max(1, n // 3), noise, backend=b)[0]
+
+
 def run(dev: torch.device) -> bool:
     """Run every check on ``dev``; True when all pass."""
     ok = True
-    for size in SIZES:
-        for dtype in TOL:
-            gen = torch.Generator().manual_seed(0)
-            base = (torch.randn(size[:3], generator=gen) + 0.2).to(dev, dtype)
-            for op, fn in _ops(size, dev).items():
-                xs = [base.clone().requires_grad_() for _ in range(2)]
-                outs = [fn(xs[0], "triton"), fn(xs[1], "torch")]
-                g = torch.randn_like(outs[1])
-                grads = [torch.autograd.grad(o, x, g)[0] for o, x in zip(outs, xs)]
-                tag = f"{op} {str(dtype).removeprefix('torch.')} {'x'.join(map(str, size))}"
-                ok &= _check(f"{tag} forward", outs[0], outs[1], dtype)
-                ok &= _check(f"{tag} grad", grads[0], grads[1], dtype)
+    with record_variants() as launched:
+        for size in SIZES:
+            for dtype in TOL:
+                gen = torch.Generator().manual_seed(0)
+                base = (torch.randn(size[:3], generator=gen) + 0.2).to(dev, dtype)
+                for op, fn in _ops(size, dev).items():
+                    ok &= _compare(f"{op} {str(dtype).removeprefix('torch.')} {'x'.join(map(str, size))}", fn, base)
+        for op, dtype, size in coverage_cases():
+            base = (torch.randn(size[:3], generator=torch.Generator().manual_seed(1)) + 0.2).to(dev, dtype)
+            tag = f"{op} {str(dtype).removeprefix('torch.')} {'x'.join(map(str, size[:3]))} ({size[3]}) variant"
+            ok &= _compare(tag, _coverage_fn(op, size, dev), base)
     # identical tokens: every B token equal, so each A must merge into the first copy on both paths
     x = torch.randn(TIE_SIZE, generator=torch.Generator().manual_seed(3)).to(dev)
     x[:, 1::2] = x[:, 1:2]
@@ -68,7 +123,15 @@ def run(dev: torch.device) -> bool:
     a, b = tome_merge(x, keep, backend="triton"), tome_merge(x, keep, backend="torch")
     same = torch.equal(a.positions, b.positions) and torch.equal(a.size, b.size)
     print(f"{'PASS' if same else 'FAIL'} tome exact ties on a static background", flush=True)
-    return ok and same
+    every = set(all_variants())
+    covered = launched >= every
+    missing = sorted(f"{v.kernel} {dict(v.constexprs)} {v.pointers}" for v in every - launched)
+    print(
+        f"{'PASS' if covered else 'FAIL'} launched {len(launched & every)} of {len(every)} kernel variants", flush=True
+    )
+    for m in missing:
+        print(f"  not launched: {m}", flush=True)
+    return ok and same and covered
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,9 +26,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._backend import next_pow2, out_dtype_for_kernel, resolve_backend, tl, triton
+from ._backend import (
+    KERNEL_DTYPES,
+    Variant,
+    launch,
+    next_pow2,
+    out_dtype_for_kernel,
+    resolve_backend,
+    tl,
+    triton,
+    variant,
+)
 
-__all__ = ["adaptive_pool", "check_pool_args", "pool_naive", "pool_reference", "pool_shape", "pool_triton"]
+__all__ = [
+    "GPU_MAX_SIDE",
+    "adaptive_pool",
+    "check_pool_args",
+    "gpu_variants",
+    "pool_naive",
+    "pool_reference",
+    "pool_shape",
+    "pool_triton",
+]
+
+# widest input row / output row the Triton path takes: one program holds a [BLOCK_W, 64] fp32
+# tile and a [BLOCK_OW, BLOCK_W] pooling matrix, so wider grids would spill; they run in torch
+GPU_MAX_SIDE = 64
 
 
 @lru_cache(maxsize=65536)
@@ -217,15 +240,50 @@ if triton is not None:
         tl.store(optrs, out.to(o_ptr.dtype.element_ty), mask=(cols < W)[:, None] & cmask[None, :])
 
 
-def _block_c(c: int, x: Tensor) -> int:
-    # the interpreter pays per program, so it gets one wide block; GPUs get more parallel programs
-    # (>= 16: tl.dot's minimum on GPUs)
-    return max(16, min(next_pow2(c), 256 if not x.is_cuda else 64))
+def _gpu_blocks(w: int, ow: int) -> dict[str, int]:
+    # tl.dot needs every dimension >= 16 on GPUs; channels come in fixed blocks of 64 (a
+    # narrower C is masked, not specialised: fewer variants to compile), 32 when rows and
+    # outputs are both 64 wide (16-bit inputs spilled on sm_80 with 64, even with 8 warps)
+    block_w, block_ow = max(16, next_pow2(w)), max(16, next_pow2(ow))
+    return {"BLOCK_W": block_w, "BLOCK_OW": block_ow, "BLOCK_C": 32 if block_w * block_ow >= 4096 else 64}
 
 
-def _blocks(w: int, ow: int) -> dict[str, int]:
-    # tl.dot needs every dimension >= 16 on GPUs
-    return {"BLOCK_W": max(16, next_pow2(w)), "BLOCK_OW": max(16, next_pow2(ow))}
+def _cpu_blocks(w: int, ow: int, c: int) -> dict[str, int]:
+    # the interpreter pays per program, so it gets one wide channel block
+    return {
+        "BLOCK_W": max(16, next_pow2(w)),
+        "BLOCK_OW": max(16, next_pow2(ow)),
+        "BLOCK_C": max(16, min(next_pow2(c), 256)),
+    }
+
+
+def _variant(backward: bool, dtype: torch.dtype, w: int, ow: int, example: str = "") -> Variant:
+    """GPU variant of the forward (or backward) kernel on ``dtype`` rows ``w`` wide pooled to ``ow``."""
+    name, src = ("_pool_bwd_kernel", "g_ptr") if backward else ("_pool_fwd_kernel", "x_ptr")
+    blocks = _gpu_blocks(w, ow)
+    # 64-wide rows or outputs: three 64 x 64 fp32 tiles spilled with 4 warps on sm_80 and sm_90
+    warps = 8 if max(blocks["BLOCK_W"], blocks["BLOCK_OW"]) >= 64 else 4
+    return variant(f"pool.{name}", {src: dtype, "o_ptr": dtype}, blocks, warps, example)
+
+
+def gpu_variants() -> list[Variant]:
+    """Every variant the pool dispatcher can launch on a GPU: forward and backward, each kernel
+    dtype, every input/output row width up to :data:`GPU_MAX_SIDE`. ``example`` names a
+    ``(dtype, w, ow)`` that launches it."""
+    out: dict[Variant, Variant] = {}
+    for dtype in KERNEL_DTYPES:
+        for w in range(1, GPU_MAX_SIDE + 1):
+            for ow in range(1, GPU_MAX_SIDE + 1):
+                for backward in (False, True):
+                    v = _variant(backward, dtype, w, ow, example=f"dtype={str(dtype)[6:]} w={w} ow={ow}")
+                    out.setdefault(v, v)
+    return list(out.values())
+
+
+def _unsupported(grid: tuple[int, int], out_hw: tuple[int, int]) -> str | None:
+    if max(grid[1], out_hw[1]) > GPU_MAX_SIDE:
+        return f"rows wider than {GPU_MAX_SIDE} (grid {grid}, output {out_hw})"
+    return None
 
 
 def _launch_fwd(x: Tensor, grid: tuple[int, int], out_hw: tuple[int, int]) -> Tensor:
@@ -233,10 +291,10 @@ def _launch_fwd(x: Tensor, grid: tuple[int, int], out_hw: tuple[int, int]) -> Te
     oh, ow = out_hw
     f, _, c = x.shape
     out = torch.empty((f, oh * ow, c), device=x.device, dtype=out_dtype_for_kernel(x))
-    block_c = _block_c(c, x)
-    _pool_fwd_kernel[(f * oh, triton.cdiv(c, block_c))](
-        x, out, h, w, oh, ow, c, *x.stride(), *out.stride(), **_blocks(w, ow), BLOCK_C=block_c
-    )
+    v = _variant(False, x.dtype, w, ow)
+    blocks = v.meta() if x.is_cuda else _cpu_blocks(w, ow, c)
+    args = (x, out, h, w, oh, ow, c, *x.stride(), *out.stride())
+    launch(_pool_fwd_kernel, (f * oh, triton.cdiv(c, blocks["BLOCK_C"])), args, v, _cpu_blocks(w, ow, c))
     return out.to(x.dtype)
 
 
@@ -245,10 +303,11 @@ def _launch_bwd(g: Tensor, grid: tuple[int, int], out_hw: tuple[int, int], like:
     oh, ow = out_hw
     f, _, c = g.shape
     out = torch.empty((f, h * w, c), device=g.device, dtype=out_dtype_for_kernel(like))
-    block_c = _block_c(c, g)
-    _pool_bwd_kernel[(f * h, triton.cdiv(c, block_c))](
-        g, out, h, w, oh, ow, c, *g.stride(), *out.stride(), **_blocks(w, ow), BLOCK_C=block_c
-    )
+    g = g.to(like.dtype)  # autograd hands the gradient in the output's dtype; make the variant certain
+    v = _variant(True, like.dtype, w, ow)
+    blocks = v.meta() if g.is_cuda else _cpu_blocks(w, ow, c)
+    args = (g, out, h, w, oh, ow, c, *g.stride(), *out.stride())
+    launch(_pool_bwd_kernel, (f * h, triton.cdiv(c, blocks["BLOCK_C"])), args, v, _cpu_blocks(w, ow, c))
     return out.to(like.dtype)
 
 
@@ -284,7 +343,9 @@ def adaptive_pool(
         x: ``[F, N, C]`` tokens, any float dtype, any strides.
         out_hw: ``(oh, ow)`` or one side ``s`` for ``s x s``.
         grid: ``(h, w)`` with ``h*w == N``; ``None`` infers a square grid (``N`` must be a square).
-        backend: ``auto`` (Triton on CUDA, torch elsewhere), ``triton`` or ``torch``.
+        backend: ``auto`` (Triton on CUDA, torch elsewhere), ``triton`` or ``torch``. The Triton
+            path takes float32/bfloat16/float16 rows up to :data:`GPU_MAX_SIDE` wide (input and
+            output); ``auto`` runs anything else in torch.
 
     Returns:
         ``[F, oh*ow, C]`` in ``x.dtype``, differentiable on every backend.
@@ -292,6 +353,6 @@ def adaptive_pool(
     if isinstance(out_hw, int):
         out_hw = (out_hw, out_hw)
     grid = check_pool_args(x, grid, out_hw)
-    if resolve_backend(backend, x, "pool") == "triton":
+    if resolve_backend(backend, x, "pool", _unsupported(grid, out_hw)) == "triton":
         return pool_triton(x, grid, out_hw)
     return pool_reference(x, grid, out_hw)

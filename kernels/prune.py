@@ -17,10 +17,32 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._backend import next_pow2, out_dtype_for_kernel, resolve_backend, tl, triton
-from ._rows import gather_rows_scaled
+from ._backend import (
+    KERNEL_DTYPES,
+    Variant,
+    launch,
+    next_pow2,
+    out_dtype_for_kernel,
+    resolve_backend,
+    tl,
+    triton,
+    variant,
+)
+from ._rows import gather_rows_scaled, gather_variant
 
-__all__ = ["gumbel_noise", "gumbel_topk", "prune_naive", "prune_reference", "prune_triton", "select_reference"]
+__all__ = [
+    "GPU_MAX_N",
+    "gpu_variants",
+    "gumbel_noise",
+    "gumbel_topk",
+    "prune_naive",
+    "prune_reference",
+    "prune_triton",
+    "select_reference",
+]
+
+# most tokens per frame the Triton path takes: one program holds the whole frame's keys
+GPU_MAX_N = 4096
 
 
 def gumbel_noise(
@@ -78,17 +100,17 @@ if triton is not None:
     def _prune_kernel(
         x_ptr, s_ptr, g_ptr, o_ptr, i_ptr, N, C, K,
         sxf, sxn, sxc, ssf, ssn, sgf, sgn, sof, sok, soc, sif, sik,
-        HAS_NOISE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK_C: tl.constexpr,
     ):  # fmt: skip
         # one program = one frame x one block of channels; the (cheap) selection is recomputed per
-        # channel block so that no program waits on another
+        # channel block so that no program waits on another. Rows are copied CHUNK_C channels at a
+        # time: a [BLOCK_N, CHUNK_C] tile (and its 64-bit addresses) stays in registers
         f = tl.program_id(0).to(tl.int64)
         pc = tl.program_id(1)
         offs_n = tl.arange(0, BLOCK_N)
         nmask = offs_n < N
         z = tl.load(s_ptr + f * ssf + offs_n * ssn, mask=nmask, other=0.0).to(tl.float32)
-        if HAS_NOISE:
-            z += tl.load(g_ptr + f * sgf + offs_n * sgn, mask=nmask, other=0.0).to(tl.float32)
+        z += tl.load(g_ptr + f * sgf + offs_n * sgn, mask=nmask, other=0.0).to(tl.float32)
         z = tl.where(nmask, z + 0.0, float("-inf"))  # + 0.0 turns -0.0 into +0.0 (they compare equal)
         # order-preserving int32 key: flip the magnitude bits of negative floats
         bits = z.to(tl.int32, bitcast=True)
@@ -109,12 +131,44 @@ if triton is not None:
         slot = tl.cumsum(keep.to(tl.int32), axis=0) - 1
         # only channel block 0 writes the indices (a vector test: scalar-bool masks break the interpreter)
         tl.store(i_ptr + f * sif + slot * sik, offs_n.to(tl.int64), mask=keep & ((offs_n * 0 + pc) == 0))
-        offs_c = pc * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = offs_c < C
-        m2 = keep[:, None] & cmask[None, :]
-        rows = tl.load(x_ptr + f * sxf + offs_n[:, None].to(tl.int64) * sxn + offs_c[None, :] * sxc, mask=m2, other=0.0)
-        optrs = o_ptr + f * sof + slot[:, None].to(tl.int64) * sok + offs_c[None, :] * soc
-        tl.store(optrs, rows.to(o_ptr.dtype.element_ty), mask=m2)
+        for c0 in range(0, BLOCK_C, CHUNK_C):
+            offs_c = pc * BLOCK_C + c0 + tl.arange(0, CHUNK_C)
+            m2 = keep[:, None] & (offs_c < C)[None, :]
+            rows = tl.load(
+                x_ptr + f * sxf + offs_n[:, None].to(tl.int64) * sxn + offs_c[None, :] * sxc, mask=m2, other=0.0
+            )
+            optrs = o_ptr + f * sof + slot[:, None].to(tl.int64) * sok + offs_c[None, :] * soc
+            tl.store(optrs, rows.to(o_ptr.dtype.element_ty), mask=m2)
+
+
+def _gpu_blocks(n: int) -> tuple[dict[str, int], int]:
+    # the frame's keys in one block (>= 256: shorter frames are masked, not specialised); rows
+    # copied in [BLOCK_N, CHUNK_C] tiles of <= 2048 elements: 16K tiles spilled on sm_80/sm_90
+    block_n = max(256, next_pow2(n))
+    return {"BLOCK_N": block_n, "BLOCK_C": 64, "CHUNK_C": max(1, 2048 // block_n)}, 4 if block_n <= 1024 else 8
+
+
+def _variant(dtype: torch.dtype, n: int, example: str = "") -> Variant:
+    """GPU variant of the fused kernel on ``dtype`` rows, ``n`` tokens per frame (scores and
+    noise are passed as fp32; no noise is a zero tensor, one variant fewer per size)."""
+    blocks, warps = _gpu_blocks(n)
+    ptrs = {"x_ptr": dtype, "s_ptr": torch.float32, "g_ptr": torch.float32, "o_ptr": dtype, "i_ptr": torch.int64}
+    return variant("prune._prune_kernel", ptrs, blocks, warps, example)
+
+
+def gpu_variants() -> list[Variant]:
+    """Every variant the prune dispatcher can launch on a GPU (forward kernel and the backward's
+    row gather), for each kernel dtype and every ``N`` up to :data:`GPU_MAX_N`; ``example`` names
+    a call that launches it."""
+    out: dict[Variant, Variant] = {}
+    for dtype in KERNEL_DTYPES:
+        name = str(dtype)[6:]
+        g = gather_variant(dtype, dtype, example=f"dtype={name} n=1")
+        out.setdefault(g, g)
+        for n in range(1, GPU_MAX_N + 1):
+            v = _variant(dtype, n, example=f"dtype={name} n={n}")
+            out.setdefault(v, v)
+    return list(out.values())
 
 
 def _prune_launch(x: Tensor, scores: Tensor, k: int, noise: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -122,14 +176,15 @@ def _prune_launch(x: Tensor, scores: Tensor, k: int, noise: Tensor | None) -> tu
     # under the interpreter bf16 handling is unreliable: the kernel copies through fp32 there
     out = torch.empty((f, k, c), device=x.device, dtype=out_dtype_for_kernel(x))
     kept = torch.empty((f, k), device=x.device, dtype=torch.int64)
-    block_n = next_pow2(n)
-    block_c = min(next_pow2(c), 256 if not x.is_cuda else max(1, 16384 // block_n))
-    g = noise if noise is not None else scores  # never read when HAS_NOISE is false
-    _prune_kernel[(f, triton.cdiv(c, block_c))](
-        x, scores, g, out, kept, n, c, k,
-        *x.stride(), *scores.stride(), *g.stride(), *out.stride(), *kept.stride(),
-        HAS_NOISE=noise is not None, BLOCK_N=block_n, BLOCK_C=block_c,
-    )  # fmt: skip
+    # scores and noise in fp32 (the comparison's precision anyway): one variant per row dtype
+    scores = scores.float()
+    g = noise.float() if noise is not None else torch.zeros_like(scores)
+    v = _variant(x.dtype, n)
+    block_c = min(next_pow2(c), 256)
+    cpu = {"BLOCK_N": next_pow2(n), "BLOCK_C": block_c, "CHUNK_C": block_c}
+    block_c = v.meta()["BLOCK_C"] if x.is_cuda else cpu["BLOCK_C"]
+    args = (x, scores, g, out, kept, n, c, k, *x.stride(), *scores.stride(), *g.stride(), *out.stride(), *kept.stride())
+    launch(_prune_kernel, (f, triton.cdiv(c, block_c)), args, v, cpu)
     return out.to(x.dtype), kept
 
 
@@ -152,7 +207,7 @@ class _PruneTriton(torch.autograd.Function):
         slot = torch.zeros((f, ctx.n), dtype=torch.long, device=g.device)
         slot.scatter_(1, kept, torch.arange(k, device=g.device).expand(f, k))
         coef = torch.zeros((f, ctx.n), dtype=torch.float32, device=g.device).scatter_(1, kept, 1.0)
-        return gather_rows_scaled(g, slot, coef, ctx.dtype, use_triton=True), None, None, None
+        return gather_rows_scaled(g.to(ctx.dtype), slot, coef, ctx.dtype, use_triton=True), None, None, None
 
 
 def prune_triton(x: Tensor, scores: Tensor, k: int, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -170,7 +225,9 @@ def gumbel_topk(
         scores: ``[F, N]`` scores (any float dtype; compared in fp32).
         k: tokens to keep, in ``[1, N]``.
         noise: ``[F, N]`` additive noise (e.g. :func:`gumbel_noise`), or ``None`` for the deterministic top-k.
-        backend: ``auto`` (Triton on CUDA, torch elsewhere), ``triton`` or ``torch``.
+        backend: ``auto`` (Triton on CUDA, torch elsewhere), ``triton`` or ``torch``. The Triton
+            path takes float32/bfloat16/float16 rows and up to :data:`GPU_MAX_N` tokens per frame;
+            ``auto`` runs anything else in torch.
 
     Returns:
         (``[F, k, C]`` kept rows in ``x.dtype``, ``[F, k]`` int64 increasing source indices).
@@ -178,6 +235,7 @@ def gumbel_topk(
         the caller adds (see the ``prune`` compressor).
     """
     _check(x, scores, k, noise)
-    if resolve_backend(backend, x, "prune") == "triton":
+    too_long = f"{x.shape[1]} tokens per frame (at most {GPU_MAX_N})" if x.shape[1] > GPU_MAX_N else None
+    if resolve_backend(backend, x, "prune", too_long) == "triton":
         return prune_triton(x, scores.detach(), k, None if noise is None else noise.detach())
     return prune_reference(x, scores.detach(), k, None if noise is None else noise.detach())

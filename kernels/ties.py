@@ -3,14 +3,13 @@
 A GEMM does not promise bitwise-equal results for equal columns: BLAS and the Triton
 interpreter (numpy) compute edge tiles differently, so the "equal" scores of identical tokens
 differ in the last bit and argmax/argsort break the tie by that noise. Integer arithmetic has
-no such problem, so identical tokens are found exactly by hashing:
-
-- round 1: a hash of each token's bits, ``sum_c(word_c * w_c) mod 2**64`` over its bits read as
-  int64 words, with fixed random odd ``w`` (wrapping integer sums do not depend on the summation
-  order, so every backend agrees);
-- later rounds: a merged token's hash is the order-independent wrapping sum of
-  ``mix(hash, size)`` over the tokens merged into it, so two outputs built from the same
-  (token, size) multiset -- mathematically equal -- get equal hashes without rereading rows.
+no such problem, so identical tokens are found exactly by hashing each token's bits,
+``sum_c(word_c * w_c) mod 2**64`` over its bits read as int64 words, with fixed random odd ``w``
+(wrapping integer sums do not depend on the summation order, so every backend agrees). Every
+round of :func:`dynvlm.kernels.tome.tome_merge` hashes the bits the tokens have then, so
+identity does not depend on merge history: a merged copy of a token, which the merge leaves
+bitwise equal to it, ties with the token's unmerged copies. (A hash collision between different
+rows, probability ~2**-64 per pair, would be taken for a tie.)
 
 Tokens are hashed rather than keys: a learned key projection is itself a GEMM and may give
 identical tokens keys that differ in the last bit. The match results are then corrected:
@@ -27,9 +26,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._backend import next_pow2, tl, triton
+from ._backend import Variant, launch, next_pow2, tl, triton, variant
 
-__all__ = ["merge_hash", "resolve_ties", "row_hash", "row_hash_reference", "row_hash_triton"]
+__all__ = ["hash_variant", "resolve_ties", "row_hash", "row_hash_reference", "row_hash_triton"]
 
 _INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _WEIGHTS: dict[tuple[int, str], Tensor] = {}
@@ -92,17 +91,23 @@ if triton is not None:
         tl.store(o_ptr + f * sof + offs_n * son, h, mask=nmask)
 
 
+def hash_variant(example: str = "") -> Variant:
+    """The hash kernel's only GPU variant: every input is read as int64 words."""
+    ptrs = {"b_ptr": torch.int64, "w_ptr": torch.int64, "o_ptr": torch.int64}
+    return variant("ties._hash_kernel", ptrs, {"BLOCK_N": 32, "BLOCK_C": 64}, 4, example)
+
+
 def row_hash_triton(x: Tensor) -> Tensor:
     """Triton version of :func:`row_hash_reference` (bitwise the same result)."""
     f, n, _ = x.shape
     bits = _bits64(x)
     c = bits.shape[-1]
     out = torch.empty((f, n), device=x.device, dtype=torch.int64)
-    block_n = 32 if x.is_cuda else min(next_pow2(n), 1024)
-    block_c = 64 if x.is_cuda else min(next_pow2(c), 256)
-    _hash_kernel[(f, triton.cdiv(n, block_n))](
-        bits, _weights(c, x.device), out, n, c, *bits.stride(), *out.stride(), BLOCK_N=block_n, BLOCK_C=block_c
-    )
+    v = hash_variant()
+    cpu = {"BLOCK_N": min(next_pow2(n), 1024), "BLOCK_C": min(next_pow2(c), 256)}
+    block_n = v.meta()["BLOCK_N"] if x.is_cuda else cpu["BLOCK_N"]
+    args = (bits, _weights(c, x.device), out, n, c, *bits.stride(), *out.stride())
+    launch(_hash_kernel, (f, triton.cdiv(n, block_n)), args, v, cpu)
     return out
 
 
@@ -111,52 +116,39 @@ def row_hash(x: Tensor, use_triton: bool) -> Tensor:
     return row_hash_triton(x) if use_triton else row_hash_reference(x)
 
 
-def _mix(h: Tensor) -> Tensor:
-    # splitmix64 finaliser (wrapping int64); logical shifts emulated by masking the sign fill
-    h = (h ^ ((h >> 30) & ((1 << 34) - 1))) * -4658895280553007687  # 0xBF58476D1CE4E5B9
-    h = (h ^ ((h >> 27) & ((1 << 37) - 1))) * -7723592293110705685  # 0x94D049BB133111EB
-    return h ^ ((h >> 31) & ((1 << 33) - 1))
-
-
-def merge_hash(h: Tensor, size: Tensor, slot_of_old: Tensor, m: int) -> Tensor:
-    """Hashes after a merge round: ``h`` ``[F, n]`` int64, ``size`` ``[F, n]`` float, ``slot_of_old``
-    ``[F, n]`` -> ``[F, m]`` int64, equal for slots merged from equal (hash, size) multisets."""
-    size_bits = size.to(torch.float64).view(torch.int64)
-    contrib = _mix(h ^ _mix(size_bits))
-    return torch.zeros((h.shape[0], m), dtype=torch.int64, device=h.device).scatter_add_(1, slot_of_old, contrib)
-
-
-def _first_twin(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """For ``h`` ``[F, m]``: (index of the lowest equal entry per position, sorted ``h``, sort order)."""
-    sorted_h, order = torch.sort(h, dim=1, stable=True)  # equal hashes keep increasing index
-    starts = torch.ones_like(sorted_h, dtype=torch.bool)
-    starts[:, 1:] = sorted_h[:, 1:] != sorted_h[:, :-1]
-    # sorted position of each run's start, carried along the run (positions grow, so cummax works);
-    # the stable sort put the run's lowest index there
-    at = torch.arange(h.shape[1], device=h.device).expand_as(order)
-    run_first = order.gather(1, torch.where(starts, at, torch.zeros_like(at)).cummax(dim=1).values)
-    first = torch.empty_like(order).scatter_(1, order, run_first)
-    return first, sorted_h, order
-
-
 def resolve_ties(best: Tensor, best_idx: Tensor, key_hash: Tensor) -> tuple[Tensor, Tensor]:
     """Apply the exact tie rules (module docstring) to match results.
 
     Args:
         best: ``[F, na]`` best cosine score of each A token (A = even positions).
         best_idx: ``[F, na]`` int64 index into B (odd positions) of that best score.
-        key_hash: ``[F, n]`` int64 token hashes (:func:`row_hash`, then :func:`merge_hash`).
+        key_hash: ``[F, n]`` int64 hashes of the current tokens' bits (:func:`row_hash`).
 
     Returns:
         Corrected ``(best, best_idx)``, same shapes.
     """
-    ha, hb = key_hash[:, 0::2].contiguous(), key_hash[:, 1::2].contiguous()
-    first_a, _, _ = _first_twin(ha)
-    first_b, sorted_hb, order_b = _first_twin(hb)
+    f, n = key_hash.shape
+    # one stable sort of all n hashes: runs of equal hashes, each in position order. Every step
+    # below works on [F, n] integers (below torch's parallel grain: no thread hand-offs, which
+    # cost milliseconds each on a loaded machine)
+    sorted_h, order = torch.sort(key_hash, dim=1, stable=True)
+    starts = torch.ones_like(sorted_h, dtype=torch.bool)
+    starts[:, 1:] = sorted_h[:, 1:] != sorted_h[:, :-1]
+    run = starts.cumsum(1) - 1
+    none = torch.full_like(order, n)
+    is_b = (order % 2).bool()
+    # lowest A and lowest B position of each run (n: the run has none)
+    low_b = none.scatter_reduce(1, run, torch.where(is_b, order, none), "amin")
+    low_a = none.scatter_reduce(1, run, torch.where(is_b, none, order), "amin")
+    run_of = torch.empty_like(run).scatter_(1, order, run)  # run of each position
+    low_b_of, low_a_of = low_b.gather(1, run_of), low_a.gather(1, run_of)
     # exact A == B copies: the lowest such B, score 1
-    pos = torch.searchsorted(sorted_hb, ha).clamp_max(hb.shape[1] - 1)
-    has_copy = sorted_hb.gather(1, pos) == ha
-    copy_idx = order_b.gather(1, pos)  # leftmost equal hash = lowest index (stable sort)
-    idx = torch.where(has_copy, copy_idx, first_b.gather(1, best_idx))
+    copy_pos = low_b_of[:, 0::2]
+    has_copy = copy_pos < n
+    # among identical B tokens the lowest index wins
+    twin_b = (low_b_of[:, 1::2] - 1) // 2
+    idx = torch.where(has_copy, (copy_pos - 1) // 2, twin_b.gather(1, best_idx))
     score = torch.where(has_copy, torch.ones_like(best), best.clamp(max=_BELOW_ONE))
+    # identical A tokens take their lowest twin's (score, match)
+    first_a = low_a_of[:, 0::2] // 2
     return score.gather(1, first_a), idx.gather(1, first_a)

@@ -16,7 +16,9 @@ the two heavy steps have a reference and a Triton kernel each:
 - merge: a segmented (CSR) scatter-mean that writes the survivors in their final order.
 
 Ties between bitwise-identical tokens are made exact by :mod:`dynvlm.kernels.ties` (a GEMM
-alone does not give equal columns equal bits). The rounds run in fp32 whatever the input
+alone does not give equal columns equal bits): identity is read from the bits every token has
+in the current round, whatever its merge history, and merging copies of one token gives that
+token's bits back (:func:`merge_reference`), so a merged copy ties with an unmerged one. The rounds run in fp32 whatever the input
 dtype (fp64 stays fp64 on the torch path); the result is rounded once to ``x.dtype``.
 """
 
@@ -28,13 +30,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._backend import next_pow2, resolve_backend, tl, triton
-from ._rows import gather_rows_scaled
-from .ties import merge_hash, resolve_ties, row_hash
+from ._backend import KERNEL_DTYPES, Variant, launch, next_pow2, resolve_backend, tl, triton, variant
+from ._rows import gather_rows_scaled, gather_variant
+from .ties import hash_variant, resolve_ties, row_hash
 
 __all__ = [
     "RoundPlan",
     "TomeResult",
+    "gpu_variants",
     "match_reference",
     "match_triton",
     "merge_reference",
@@ -63,9 +66,11 @@ def match_reference(keys: Tensor, inv: Tensor) -> tuple[Tensor, Tensor]:
     """Best B for each A: ``keys`` ``[F, n, Ck]``, ``inv`` ``[F, n]`` -> (max ``[F, ceil(n/2)]`` fp32,
     argmax ``[F, ceil(n/2)]`` int64, first index on ties). Needs ``n >= 2``."""
     k = keys.to(_acc(keys))
-    scores = torch.bmm(k[:, 0::2], k[:, 1::2].transpose(1, 2)) * inv[:, 0::2, None] * inv[:, None, 1::2]
+    scores = torch.bmm(k[:, 0::2], k[:, 1::2].transpose(1, 2)).mul_(inv[:, None, 1::2])
+    # 1/|a| > 0 does not change a row's argmax: apply it to the [F, na] maxima only (the kernel
+    # does the same, so both round alike)
     best, idx = scores.max(dim=-1)  # documented: first maximal index on ties
-    return best, idx
+    return best.mul_(inv[:, 0::2]), idx
 
 
 if triton is not None:
@@ -103,41 +108,51 @@ if triton is not None:
                 ).to(tl.float32)  # fmt: skip
                 acc += tl.dot(a, tl.trans(b), input_precision="ieee")
             inv_b = tl.load(inv_ptr + f * sif + tok_b * sin, mask=bmask, other=0.0)
-            s = acc * inv_a[:, None] * inv_b[None, :]
-            s = tl.where(bmask[None, :], s, float("-inf"))
+            s = tl.where(bmask[None, :], acc * inv_b[None, :], float("-inf"))
             m, i = tl.max(s, axis=1, return_indices=True)
             # strict ">" so an earlier block keeps a tie: lowest B index wins overall
             better = m > best
             best_idx = tl.where(better, i + j0, best_idx)
             best = tl.where(better, m, best)
-        tl.store(max_ptr + f * smf + offs_a * sma, best, mask=amask)
+        tl.store(max_ptr + f * smf + offs_a * sma, best * inv_a, mask=amask)
         tl.store(idx_ptr + f * sxf + offs_a * sxa, best_idx, mask=amask)
+
+
+def _match_variant(dtype: torch.dtype, example: str = "") -> Variant:
+    """GPU variant of the match kernel on ``dtype`` keys: 64 x 64 A/B tiles, 8 warps, and a K step
+    that keeps the (ieee fp32) tile product in registers on sm_80 and sm_90: 16 for fp32 keys
+    (32 spilled on sm_80), 32 for 16-bit keys (16 spilled on sm_90). ptxas's counts:
+    ``python -m dynvlm.kernels.aot``."""
+    ptrs = {"k_ptr": dtype, "inv_ptr": torch.float32, "max_ptr": torch.float32, "idx_ptr": torch.int32}
+    block_k = 16 if dtype == torch.float32 else 32
+    return variant("tome._match_kernel", ptrs, {"BLOCK_A": 64, "BLOCK_B": 64, "BLOCK_K": block_k}, 8, example)
 
 
 def match_triton(keys: Tensor, inv: Tensor, blocks: tuple[int, int, int] | None = None) -> tuple[Tensor, Tensor]:
     """Triton version of :func:`match_reference` (same arguments and results).
 
-    ``blocks`` overrides ``(BLOCK_A, BLOCK_B, BLOCK_K)`` (powers of two >= 16), e.g. to test the
-    streaming over B and K blocks on small inputs.
+    ``blocks`` overrides ``(BLOCK_A, BLOCK_B, BLOCK_K)`` under the interpreter (powers of two >= 16),
+    e.g. to test the streaming over B and K blocks on small inputs.
     """
     f, n, ck = keys.shape
     na, nb = (n + 1) // 2, n // 2
+    if keys.dtype not in KERNEL_DTYPES:  # e.g. fp64 keys from a key_fn: compared in fp32 anyway
+        keys = keys.float()
+    inv = inv.float()
     best = torch.empty((f, na), device=keys.device, dtype=torch.float32)
     idx = torch.empty((f, na), device=keys.device, dtype=torch.int32)
-    if keys.is_cuda:
-        block_a, block_b, block_k = 64, 64, min(64, max(16, next_pow2(ck)))
-    else:  # the interpreter pays per program and per op, not per element: few, large blocks
-        block_a, block_b, block_k = (
-            max(16, min(next_pow2(na), 512)),
-            max(16, min(next_pow2(nb), 512)),
-            max(16, min(next_pow2(ck), 256)),
-        )
+    v = _match_variant(keys.dtype)
+    # the interpreter pays per program and per op, not per element: few, large blocks
+    cpu = {
+        "BLOCK_A": max(16, min(next_pow2(na), 512)),
+        "BLOCK_B": max(16, min(next_pow2(nb), 512)),
+        "BLOCK_K": max(16, min(next_pow2(ck), 256)),
+    }
     if blocks is not None:
-        block_a, block_b, block_k = blocks
-    _match_kernel[(f, triton.cdiv(na, block_a))](
-        keys, inv, best, idx, na, nb, ck, *keys.stride(), *inv.stride(), *best.stride(), *idx.stride(),
-        BLOCK_A=block_a, BLOCK_B=block_b, BLOCK_K=block_k,
-    )  # fmt: skip
+        cpu = dict(zip(("BLOCK_A", "BLOCK_B", "BLOCK_K"), blocks))
+    block_a = v.meta()["BLOCK_A"] if keys.is_cuda else cpu["BLOCK_A"]
+    args = (keys, inv, best, idx, na, nb, ck, *keys.stride(), *inv.stride(), *best.stride(), *idx.stride())
+    launch(_match_kernel, (f, triton.cdiv(na, block_a)), args, v, cpu)
     return best, idx.long()
 
 
@@ -214,35 +229,40 @@ def plan_round(best: Tensor, best_idx: Tensor, size: Tensor, psum: Tensor, r: in
 
 
 def merge_reference(x: Tensor, weight: Tensor, plan: RoundPlan) -> Tensor:
-    """Size-weighted means: ``x`` ``[F, n, C]``, ``weight`` ``[F, n]`` -> ``[F, m, C]`` fp32.
+    """Size-weighted means: ``x`` ``[F, n, C]``, ``weight`` ``[F, n]`` -> ``[F, m, C]`` fp32 (fp64 stays fp64).
 
-    Slot ``t`` = (sum of ``weight*x`` over its survivor and its sources) / (sum of their weights).
+    Slot ``t`` = (sum of ``weight*x`` over its survivor and its sources) / (sum of their
+    weights), computed as ``own - sum_s (w_s / W) * (own - x_s)``: the same mean, and bitwise
+    the survivor when every source equals it, so a merged copy of a token stays identical to
+    that token's other copies (the tie rule compares bits).
     """
-    f, _, c = x.shape
+    f, n, c = x.shape
     m = plan.kept.shape[1]
     dt = _acc(x)
     w = weight.to(dt)
-    # survivors: one row gather; sources: one index_add of r rows. Rows are addressed in the
-    # flattened [F*n, C] view: index_select is several times faster than gather with an
-    # expanded index, and a scatter over all n rows slower still (CPU)
-    n = x.shape[1]
+    r = plan.src.shape[1]
+    # rows are addressed in the flattened [F*n, C] view: index_select is several times faster
+    # than gather with an expanded index, and a scatter over all n rows slower still (CPU).
+    # plan.src is grouped by slot, so index_add_ sees sorted indices. Few large ops: on a loaded
+    # machine each multi-threaded op can wait milliseconds for its second thread
     base = torch.arange(f, device=x.device)[:, None]
     rows = x.reshape(f * n, c)
-    w_own, w_src = w.gather(1, plan.kept), w.gather(1, plan.src)
-    own = rows.index_select(0, (plan.kept + base * n).reshape(-1)).to(dt)
-    src = rows.index_select(0, (plan.src + base * n).reshape(-1)).to(dt)
     src_slot = plan.slot_of_old.gather(1, plan.src)
+    w_own, w_src = w.gather(1, plan.kept), w.gather(1, plan.src)
     total = w_own.scatter_add(1, src_slot, w_src)
-    if weight.requires_grad:  # learned-key straight-through: keep every step out of place
-        own = own * w_own.reshape(-1, 1)
-        acc = own.index_add_(0, (src_slot + base * m).reshape(-1), src * w_src.reshape(-1, 1))
-        return acc.reshape(f, m, c) / total[..., None]
-    # own/src are fresh index_select buffers: in place saves three passes over the rows (their
-    # backward only needs w and total)
-    acc = own.mul_(w_own.reshape(-1, 1)).index_add_(
-        0, (src_slot + base * m).reshape(-1), src.mul_(w_src.reshape(-1, 1))
-    )
-    return acc.reshape(f, m, c).div_(total[..., None])
+    coef = (w_src / total.gather(1, src_slot)).reshape(-1, 1)
+    slot_rows = (src_slot + base * m).reshape(-1)
+    # survivors, sources and each source's survivor in one gather
+    idx = torch.cat([plan.kept, plan.src, plan.kept.gather(1, src_slot)], 1).add_(base * n)
+    idx = torch.cat([idx[:, :m].reshape(-1), idx[:, m : m + r].reshape(-1), idx[:, m + r :].reshape(-1)])
+    both = rows.index_select(0, idx).to(dt)
+    own, src, own_of_src = both[: f * m], both[f * m : f * (m + r)], both[f * (m + r) :]
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        # autograd: out of place (the three row sets are views of one buffer)
+        return own.index_add(0, slot_rows, (own_of_src - src) * coef, alpha=-1).view(f, m, c)
+    # one fresh buffer: in place saves passes over the rows
+    pull = own_of_src.sub_(src).mul_(coef)
+    return own.index_add_(0, slot_rows, pull, alpha=-1).view(f, m, c)
 
 
 if triton is not None:
@@ -264,7 +284,9 @@ if triton is not None:
         own = tl.load(kept_ptr + f * skf + offs_t * skm, mask=tmask, other=0).to(tl.int64)
         w_own = tl.load(w_ptr + f * swf + own * swn, mask=tmask, other=1.0).to(tl.float32)
         row = tl.load(x_ptr + f * sxf + own[:, None] * sxn + offs_c[None, :] * sxc, mask=m2, other=0.0)
-        acc = row.to(tl.float32) * w_own[:, None]
+        row = row.to(tl.float32)
+        # own - sum_s w_s (own - x_s) / W: the mean, and exactly `own` when every source equals it
+        acc = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
         total = w_own
         start = tl.load(start_ptr + f * stf + offs_t * stm, mask=tmask, other=0)
         count = tl.load(count_ptr + f * scf + offs_t * scm, mask=tmask, other=0)
@@ -277,27 +299,35 @@ if triton is not None:
                 mask=valid[:, None] & cmask[None, :],
                 other=0.0,
             )
-            acc += vs.to(tl.float32) * ws[:, None]
+            acc += tl.where(valid[:, None], (row - vs.to(tl.float32)) * ws[:, None], 0.0)
             total += ws
-        out = acc / total[:, None]
+        out = row - acc / total[:, None]
         tl.store(o_ptr + f * sof + offs_t[:, None].to(tl.int64) * som + offs_c[None, :] * soc, out, mask=m2)
+
+
+def _merge_variant(dtype: torch.dtype, example: str = "") -> Variant:
+    """GPU variant of the merge kernel on ``dtype`` rows (weights fp32, CSR lists int64, output fp32)."""
+    ptrs = {"x_ptr": dtype, "w_ptr": torch.float32}
+    ptrs |= {k: torch.int64 for k in ("kept_ptr", "src_ptr", "start_ptr", "count_ptr")}
+    ptrs["o_ptr"] = torch.float32
+    return variant("tome._merge_kernel", ptrs, {"BLOCK_T": 16, "BLOCK_C": 128}, 4, example)
 
 
 def _merge_launch(x: Tensor, weight: Tensor, plan: RoundPlan) -> Tensor:
     f, _, c = x.shape
     m = plan.kept.shape[1]
     out = torch.empty((f, m, c), device=x.device, dtype=torch.float32)
-    if x.is_cuda:
-        block_t, block_c = 16, min(128, next_pow2(c))
-    else:
-        block_t, block_c = min(next_pow2(m), 1024), min(next_pow2(c), 256)
+    v = _merge_variant(x.dtype)
+    cpu = {"BLOCK_T": min(next_pow2(m), 1024), "BLOCK_C": min(next_pow2(c), 256)}
+    blocks = v.meta() if x.is_cuda else cpu
     w = weight.float()
-    grid = (f, triton.cdiv(m, block_t), triton.cdiv(c, block_c))
-    _merge_kernel[grid](
+    grid = (f, triton.cdiv(m, blocks["BLOCK_T"]), triton.cdiv(c, blocks["BLOCK_C"]))
+    args = (
         x, w, plan.kept, plan.src, plan.start, plan.count, out, m, c,
         *x.stride(), *w.stride(), *plan.kept.stride(), *plan.src.stride(), *plan.start.stride(),
-        *plan.count.stride(), *out.stride(), BLOCK_T=block_t, BLOCK_C=block_c,
+        *plan.count.stride(), *out.stride(),
     )  # fmt: skip
+    launch(_merge_kernel, grid, args, v, cpu)
     return out
 
 
@@ -324,7 +354,7 @@ class _MergeTriton(torch.autograd.Function):
         total = torch.zeros_like(plan.size).scatter_add(1, plan.slot_of_old, w).gather(1, plan.slot_of_old)
         dx = dw = None
         if ctx.needs_input_grad[0]:
-            dx = gather_rows_scaled(g, plan.slot_of_old, w / total, x.dtype, use_triton=True)
+            dx = gather_rows_scaled(g.float(), plan.slot_of_old, w / total, x.dtype, use_triton=True)
         if ctx.needs_input_grad[1]:
             c = x.shape[2]
             idx = plan.slot_of_old[..., None].expand(-1, -1, c)
@@ -381,15 +411,17 @@ def tome_merge(
     merge = merge_triton if use_triton else merge_reference
     size = torch.ones((f, n), device=x.device, dtype=_acc(x))
     psum = torch.arange(n, device=x.device, dtype=_acc(x)).expand(f, n)
-    cur = x
-    token_hash = row_hash(x.detach(), use_triton) if n > tokens else None
+    # the Triton kernels read low-precision rows themselves; the torch path upcasts once here
+    # rather than in each step of the first round (the rounds run in fp32 either way)
+    cur = x if use_triton else x.to(_acc(x))
     while n > tokens:
         r = min(n - tokens, n // 2)
         keys = cur if key_fn is None else key_fn(cur.to(_acc(x)))
         k = keys.detach()
+        # ties are decided from the bits the tokens have now, whatever their merge history
+        token_hash = row_hash(cur.detach(), use_triton)
         best, best_idx = resolve_ties(*match(k, inv_norm(k)), token_hash)
         plan = plan_round(best, best_idx, size, psum, r)
-        token_hash = merge_hash(token_hash, size, plan.slot_of_old, n - r)
         weight = size
         if key_grad and keys.requires_grad:
             weight = size.scatter(1, plan.merged, size.gather(1, plan.merged) * _st_factor(keys, plan))
@@ -405,6 +437,23 @@ def _st_factor(keys: Tensor, plan: RoundPlan) -> Tensor:
     b = keys.gather(1, plan.merged_into[..., None].expand(-1, -1, c)).float()
     s = torch.nn.functional.cosine_similarity(a, b, dim=-1)
     return 1.0 + (s - s.detach())
+
+
+def gpu_variants() -> list[Variant]:
+    """Every variant :func:`tome_merge` can launch on a GPU: for each kernel dtype of ``x``, the
+    hash, match and merge kernels (the first round reads ``x``'s dtype, later ones fp32) and the
+    backward's row gather (fp32 gradient into ``x``'s dtype); ``example`` names a call."""
+    out: dict[Variant, Variant] = {}
+    for dtype in KERNEL_DTYPES:
+        name = str(dtype)[6:]
+        for v in (
+            hash_variant(example=f"dtype={name}"),
+            _match_variant(dtype, example=f"dtype={name}"),
+            _merge_variant(dtype, example=f"dtype={name}"),
+            gather_variant(torch.float32, dtype, example=f"dtype={name}"),
+        ):
+            out.setdefault(v, v)
+    return list(out.values())
 
 
 # ---------------------------------------------------------------------------------------------

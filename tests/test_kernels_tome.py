@@ -1,9 +1,11 @@
 """ToMe kernels: fused match and scatter-mean merge (Triton, interpreter on CPU) against the torch reference."""
 
+from fractions import Fraction
+
 import pytest
 import torch
 
-from dynvlm.kernels.ties import merge_hash, resolve_ties, row_hash
+from dynvlm.kernels.ties import resolve_ties, row_hash
 from dynvlm.kernels.tome import (
     inv_norm,
     match_reference,
@@ -65,18 +67,6 @@ def test_row_hash_backends_agree_and_separate_rows():
     assert ht[0, 5] == ht[0, 7] and len(set(ht[0].tolist())) == 32
     for dtype in (torch.bfloat16, torch.float64):
         assert torch.equal(row_hash(k.to(dtype), True), row_hash(k.to(dtype), False))
-
-
-def test_merge_hash_follows_multisets():
-    h = torch.tensor([[11, 22, 11, 33, 22, 11]])
-    size = torch.tensor([[1.0, 2.0, 1.0, 1.0, 2.0, 1.0]])
-    # slot 0 <- {11@1, 22@2}; slot 1 <- {22@2, 11@1} (same multiset); slot 2 <- {33@1, 11@1}
-    slot_of_old = torch.tensor([[0, 0, 1, 2, 1, 2]])
-    out = merge_hash(h, size, slot_of_old, 3)
-    assert out[0, 0] == out[0, 1] and out[0, 0] != out[0, 2]
-    size2 = torch.tensor([[1.0, 2.0, 1.0, 1.0, 3.0, 1.0]])  # a different size changes the hash
-    out2 = merge_hash(h, size2, slot_of_old, 3)
-    assert out2[0, 0] != out2[0, 1]
 
 
 def test_merge_matches_reference():
@@ -193,3 +183,103 @@ def test_static_background_merges_into_the_first_copy(backend):
     res = tome_merge(x, 70 - r, backend=backend)
     torch.testing.assert_close(res.positions[0], torch.tensor(expected), rtol=0, atol=1e-5)
     assert res.size.max() == 1 + r
+
+
+# ---------------------------------------------------------------------------------------------
+# the tie rule against an independent oracle: ToMe written out token by token, identity by
+# value (exact), positions as exact fractions
+
+
+def _oracle_score(u: torch.Tensor, v: torch.Tensor) -> float:
+    """Cosine of two fp64 rows: exactly 1 for equal rows, below 1 for any others."""
+    if torch.equal(u, v):
+        return 1.0
+    return min(float(torch.nn.functional.cosine_similarity(u, v, dim=0)), 1.0 - 2.0**-24)
+
+
+def _oracle_positions(x: torch.Tensor, tokens: int) -> list[Fraction]:
+    """Brute-force ToMe on one frame ``x`` ``[N, C]`` -> centroids (exact) of the ``tokens`` outputs.
+
+    Each token is (value row, size, position sum). Two tokens are "identical" when their values
+    are equal: a merge of identical rows keeps the value, any other merge makes a new one.
+    Scores: cosine in fp64, exactly 1 for identical values and below 1 otherwise; each A takes
+    its best B (lowest index on ties); A tokens merge in descending score, lower index first;
+    survivors are ordered by centroid, stable.
+    """
+    toks = [(x[i].double(), Fraction(1), Fraction(i)) for i in range(x.shape[0])]
+    while len(toks) > tokens:
+        n = len(toks)
+        r = min(n - tokens, n // 2)
+        a_idx, b_idx = list(range(0, n, 2)), list(range(1, n, 2))
+
+        best = []
+        for i in a_idx:
+            s = [_oracle_score(toks[i][0], toks[j][0]) for j in b_idx]
+            best.append((max(s), b_idx[s.index(max(s))]))  # index(): the lowest B on ties
+        order = sorted(range(len(a_idx)), key=lambda k: -best[k][0])  # sorted() is stable
+        merged = {a_idx[k]: best[k][1] for k in order[:r]}
+        groups = {i: [i] for i in range(n) if i not in merged}
+        for src, dst in merged.items():
+            groups[dst].append(src)
+        out = []
+        for keep, members in groups.items():
+            vals = [toks[i][0] for i in members]
+            same = all(torch.equal(v, vals[0]) for v in vals)
+            size = sum(toks[i][1] for i in members)
+            value = vals[0] if same else sum(toks[i][0] * float(toks[i][1]) for i in members) / float(size)
+            out.append((keep, (value, size, sum(toks[i][2] for i in members))))
+        out.sort(key=lambda t: (t[1][2] / t[1][1], t[0]))
+        toks = [t for _, t in out]
+    return [psum / size for _, size, psum in toks]
+
+
+def _copies(n: int, copies: list[int], c: int = 24, seed: int = 7) -> torch.Tensor:
+    """``[1, n, c]`` random distinct tokens, with the positions in ``copies`` all one token."""
+    x = _x(1, n, c, seed=seed)
+    x[0, copies] = x[0, copies[0]].clone()
+    return x
+
+
+# copy sets where deciding ties from merge history (the rule before) gave other centroids
+TIE_CASES = [
+    ("8 copies -> 3", lambda: _copies(8, list(range(8))), 3),
+    ("16 tokens, 9 copies -> 3", lambda: _copies(16, [1, 2, 3, 4, 5, 8, 9, 10, 15]), 3),
+    ("16 tokens, 9 other copies -> 3", lambda: _copies(16, [3, 4, 6, 8, 9, 10, 12, 13, 15]), 3),
+    (
+        "36 tokens, 20 copies -> 5",
+        lambda: _copies(36, [0, 1, 2, 4, 5, 8, 10, 11, 13, 18, 19, 20, 22, 24, 25, 26, 27, 29, 34, 35]),
+        5,
+    ),
+]
+
+
+def test_oracle_gives_the_documented_centroids():
+    # the oracle itself: 8 copies -> 3 by hand. Round 1 (r=4): A 0,2,4,6 all tie on B 1 -> size
+    # 5 at 13/5; round 2 (r=1): the merged token (A, slot 0) ties exactly with the copy at 5
+    # (A, slot 2) and goes first (lower index) into B slot 1 (token 3): (13+3)/6 = 8/3
+    assert _oracle_positions(_copies(8, list(range(8)))[0], 3) == [Fraction(8, 3), Fraction(5), Fraction(7)]
+
+
+@pytest.mark.parametrize("name,make,tokens", TIE_CASES, ids=[c[0] for c in TIE_CASES])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_ties_follow_bits_whatever_the_merge_history(name, make, tokens, backend):
+    # a merged copy of a token is bitwise that token and must tie with its unmerged copies
+    x = make()
+    want = [float(p) for p in _oracle_positions(x[0], tokens)]
+    res = tome_merge(x, tokens, backend=backend)
+    torch.testing.assert_close(res.positions[0], torch.tensor(want), rtol=0, atol=1e-5)
+    for dtype in (torch.bfloat16, torch.float16):  # bits compared in the input's dtype, then fp32
+        low = tome_merge(x.to(dtype), tokens, backend=backend)
+        want_low = [float(p) for p in _oracle_positions(x[0].to(dtype), tokens)]
+        torch.testing.assert_close(low.positions[0], torch.tensor(want_low), rtol=0, atol=1e-5)
+
+
+def test_merging_copies_gives_the_token_back_bitwise():
+    # the merge's form own - sum w (own - x)/W: exact for copies, whatever the weights
+    x = _x(1, 1, 33).expand(1, 12, 33).contiguous()
+    x[0, :, 0] = -0.0  # even a negative zero survives (own + 0.0 would turn it positive)
+    size = torch.rand(1, 12, generator=torch.Generator().manual_seed(1)) * 7 + 0.5
+    best, idx = resolve_ties(*match_reference(x, inv_norm(x)), row_hash(x, False))
+    plan = plan_round(best, idx, size, torch.arange(12.0)[None] * size, r=6)
+    for out in (merge_reference(x, size, plan), merge_triton(x, size, plan)):
+        assert torch.equal(out, x[:, :6]) and str(out[0, :, 0].tolist()).count("-0.0") == 6
