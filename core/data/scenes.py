@@ -250,6 +250,27 @@ def render(scene: Scene, t: float, background: np.ndarray | None = None) -> np.n
     return frame
 
 
+def _visible_planes(frame: Any) -> list[np.ndarray]:
+    """The visible bytes of each plane of a PyAV frame: ``[rows, bytes per row]`` uint8 arrays."""
+    per_pixel = 3 if frame.format.name == "rgb24" else 1  # packed RGB, or planar YUV
+    return [np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width * per_pixel].copy()
+            for plane in frame.planes]
+
+
+def _filled_frame(planes: list[np.ndarray], fmt: str, size: int) -> Any:
+    """A ``size`` x ``size`` PyAV frame of ``fmt`` holding ``planes`` (visible bytes per row), with each
+    row's padding filled by copies of its last byte. FFmpeg allocates frames with that padding unset,
+    and vectorised code in the conversion and the encoder reads it: the encoded bytes then depended on
+    what the process's memory held before (clips made late in a test session differed)."""
+    import av
+
+    frame = av.VideoFrame(size, size, fmt)
+    for plane, rows in zip(frame.planes, planes):
+        full = np.pad(rows, ((0, plane.height - rows.shape[0]), (0, plane.line_size - rows.shape[1])), mode="edge")
+        plane.update(np.ascontiguousarray(full).tobytes())
+    return frame
+
+
 def write_video(scene: Scene, path: Path, crf: int, pix_fmt: str) -> None:
     """Encode the scene to ``path`` (H.264 in MP4), one frame every ``1 / native_fps`` s."""
     from fractions import Fraction
@@ -264,16 +285,18 @@ def write_video(scene: Scene, path: Path, crf: int, pix_fmt: str) -> None:
         s.width = s.height = scene.size
         s.pix_fmt = pix_fmt
         # Byte-identical files for one seed (with bit-reproducible pixels, see _distance) need every
-        # stage single-threaded and every timestamp explicit: x264 (threads, lookahead), the codec
-        # context (PyAV opens it lazily, and before it is open its thread count is 0 = "one per
-        # core") and the RGB -> YUV conversion, done here with one thread instead of inside encode().
+        # stage single-threaded, every timestamp explicit and every byte the encoder may read set:
+        # x264 (threads, lookahead), the codec context (PyAV opens it lazily, and before it is open
+        # its thread count is 0 = "one per core"), the RGB -> YUV conversion (one thread, here rather
+        # than inside encode()) and the frames' row padding (_filled_frame).
         s.options = {"crf": str(crf), "preset": "veryfast", "threads": "1", "lookahead_threads": "1"}
         s.codec_context.thread_count = 1
         s.codec_context.thread_type = "NONE"
         s.codec_context.time_base = Fraction(1, scene.native_fps)
         for i in range(scene.duration * scene.native_fps):
-            rgb = av.VideoFrame.from_ndarray(render(scene, i / scene.native_fps, background), format="rgb24")
-            frame = rgb.reformat(format=pix_fmt, threads=1)
+            rgb = _filled_frame([render(scene, i / scene.native_fps, background).reshape(scene.size, -1)], "rgb24",
+                                scene.size)
+            frame = _filled_frame(_visible_planes(rgb.reformat(format=pix_fmt, threads=1)), pix_fmt, scene.size)
             frame.pts = i
             for p in s.encode(frame):
                 c.mux(p)

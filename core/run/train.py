@@ -39,16 +39,15 @@ def make_datamodule(cfg: DictConfig | Mapping[str, Any]) -> pl.LightningDataModu
 def make_trainer(cfg: DictConfig | Mapping[str, Any], callbacks: Sequence[pl.Callback] = (), *, fit: bool) -> pl.Trainer:
     """A ``Trainer`` from ``cfg.trainer`` plus the run's logger and (for ``fit``) checkpointing.
 
-    ``trainer.*`` keys are ``Trainer`` keyword arguments as given (strategy, devices, precision, ...).
-    ``logger: false`` turns logging off; any other value gets a CSV logger under the run folder.
+    ``trainer.*`` keys are ``Trainer`` keyword arguments as given (strategy, devices, precision, ...),
+    except ``logger``: a tracker name or a list of them (:func:`make_loggers`).
     """
     kwargs = dict(cfg.get("trainer") or {})
     out = run_dir(cfg)
     kwargs.setdefault("default_root_dir", str(out))
     # the model summary table goes to the run's log (fit logs it), not to the console of every sweep point
     kwargs.setdefault("enable_model_summary", False)
-    if kwargs.get("logger", True) is not False:
-        kwargs["logger"] = pl.loggers.CSVLogger(save_dir=str(out), name="logs")  # version_N per invocation
+    kwargs["logger"] = make_loggers(kwargs.get("logger", True), cfg)
     cbs = list(callbacks)
     if fit and kwargs.get("enable_checkpointing", True):
         stage = cfg.get("stage") or {}
@@ -60,6 +59,63 @@ def make_trainer(cfg: DictConfig | Mapping[str, Any], callbacks: Sequence[pl.Cal
     elif not fit:
         kwargs["enable_checkpointing"] = False
     return pl.Trainer(callbacks=cbs, **kwargs)
+
+
+#: ``trainer.logger`` names -> (Lightning logger class, the package it needs, the pip name)
+TRACKERS = {
+    "csv": ("CSVLogger", None, None),
+    "tensorboard": ("TensorBoardLogger", ("tensorboard", "tensorboardX"), "tensorboard"),
+    "wandb": ("WandbLogger", ("wandb",), "wandb"),
+    "mlflow": ("MLFlowLogger", ("mlflow",), "mlflow"),
+}
+
+
+def make_loggers(spec: Any, cfg: Mapping[str, Any]) -> list[Any] | bool:
+    """The Lightning loggers ``trainer.logger`` names, each writing under the run folder.
+
+    Args:
+        spec: ``false`` (none), ``true`` or unset (``csv``), a name of :data:`TRACKERS`, or a list of names.
+        cfg: the run config: the run's name and config fingerprint become the trackers' run name and tags.
+
+    Raises:
+        ConfigError: an unknown name (listing the valid ones), or a tracker whose package is not
+            installed (naming the package to install).
+    """
+    import importlib.util
+
+    if spec is False:
+        return False
+    names = ["csv"] if spec in (True, None) else [spec] if isinstance(spec, str) else list(spec)
+    out = run_dir(cfg)
+    data = config_dict(cfg)
+    run_name, fingerprint = str(cfg.get("name") or "run"), config_fingerprint(data)
+    loggers = []
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(f"trainer.logger: unknown tracker {name!r}; valid: {', '.join(TRACKERS)}, false, or a list")
+        cls_name, modules, pip_name = TRACKERS[name]
+        if modules and not any(importlib.util.find_spec(m) for m in modules):
+            raise ConfigError(f"trainer.logger: {name!r} needs the {pip_name} package, which is not installed "
+                              f"(pip install {pip_name}); installed trackers work without it: csv")
+        cls = getattr(pl.loggers, cls_name)
+        if name == "csv":
+            loggers.append(cls(save_dir=str(out), name="logs"))  # version_N per invocation
+        elif name == "tensorboard":
+            loggers.append(cls(save_dir=str(out), name="tensorboard", default_hp_metric=False))
+        elif name == "wandb":
+            loggers.append(cls(save_dir=str(out), name=run_name, tags=[run_name, fingerprint]))
+        else:
+            loggers.append(cls(run_name=run_name, tracking_uri=f"file:{(out / 'mlruns').resolve()}",
+                               tags={"run": run_name, "fingerprint": fingerprint}))
+    for lg in loggers:
+        if name_of(lg) in ("csv", "tensorboard"):
+            lg.log_hyperparams({"run": run_name, "fingerprint": fingerprint})
+    return loggers or False
+
+
+def name_of(logger: Any) -> str:
+    """The :data:`TRACKERS` name of a Lightning logger instance (``""`` for another class)."""
+    return next((n for n, (cls, _, _) in TRACKERS.items() if type(logger).__name__ == cls), "")
 
 
 class SaveOnInterrupt(pl.Callback):
