@@ -259,9 +259,8 @@ def _visible_planes(frame: Any) -> list[np.ndarray]:
 
 def _filled_frame(planes: list[np.ndarray], fmt: str, size: int) -> Any:
     """A ``size`` x ``size`` PyAV frame of ``fmt`` holding ``planes`` (visible bytes per row), with each
-    row's padding filled by copies of its last byte. FFmpeg allocates frames with that padding unset,
-    and vectorised code in the conversion and the encoder reads it: the encoded bytes then depended on
-    what the process's memory held before (clips made late in a test session differed)."""
+    row's padding filled by copies of its last byte: FFmpeg leaves that padding unset, and vectorised
+    conversion and encoding code may read it, so no byte the encoder sees is left to chance."""
     import av
 
     frame = av.VideoFrame(size, size, fmt)
@@ -303,3 +302,15 @@ def write_video(scene: Scene, path: Path, crf: int, pix_fmt: str) -> None:
         for p in s.encode():
             c.mux(p)
     tmp.replace(path)
+
+
+def encode_jobs_from_stdin() -> None:
+    """Worker loop of ``dynvlm.data.synth.encode_in_fresh_processes``: each stdin line is a JSON
+    ``[scene dict, path, crf, pix_fmt]``; each written clip's path is printed on its own line."""
+    import json
+    import sys
+
+    for line in sys.stdin:
+        scene, path, crf, pix_fmt = json.loads(line)
+        write_video(Scene.from_dict(scene), Path(path), int(crf), str(pix_fmt))
+        print(path, flush=True)

@@ -57,8 +57,9 @@ import dataclasses
 import json
 import logging
 import shutil
+import subprocess
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,10 +227,36 @@ def _rng(seed: int, split: str, index: int, attempt: int = 0, stream: int = 0) -
     return np.random.default_rng([seed, SPLITS.index(split), index, attempt, stream])
 
 
-def _encode_one(args: tuple[dict[str, Any], str, int, str]) -> str:
-    scene, path, crf, pix_fmt = args
-    write_video(Scene.from_dict(scene), Path(path), crf, pix_fmt)
-    return path
+def encode_in_fresh_processes(jobs: list[tuple[dict[str, Any], str, int, str]], workers: int,
+                              done: Callable[[], Any] = lambda: None) -> None:
+    """Encode ``(scene dict, path, crf, pix_fmt)`` jobs in ``workers`` new Python interpreters.
+
+    Always new interpreters, never this process or forks of it: after a process had trained models
+    (a test session, a sweep generating its data), the same pixels sometimes encoded to other bytes
+    there, forks included, while every fresh interpreter agreed (docs/benchmarks.md, Data). A plain
+    subprocess (not multiprocessing's spawn) also works from scripts without a ``__main__`` guard.
+    ``done`` is called once per encoded clip.
+
+    Raises:
+        SynthError: a worker failed (its stderr is included).
+    """
+    chunks = [c for c in (jobs[i :: max(1, workers)] for i in range(max(1, workers))) if c]
+    code = "from dynvlm.data.scenes import encode_jobs_from_stdin; encode_jobs_from_stdin()"
+    procs = []
+    for chunk in chunks:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdin is not None
+        proc.stdin.write("".join(json.dumps(job) + "\n" for job in chunk))
+        proc.stdin.close()
+    for proc in procs:
+        assert proc.stdout is not None and proc.stderr is not None
+        for _ in proc.stdout:
+            done()
+        err = proc.stderr.read()
+        if proc.wait() != 0:
+            raise SynthError(f"encoding synthetic clips failed:\n{err[-3000:]}")
 
 
 def _mc_record(scene: Scene, q: Question, j: int, opts: list[str], slot: int, video: str) -> dict[str, Any]:
@@ -334,14 +361,7 @@ def generate(cfg: SynthConfig | dict[str, Any], force: bool = False, progress: b
         for sc in scenes[split]
     ]
     bar = tqdm(total=len(jobs), desc=f"synth videos -> {out}", unit="video", disable=not progress)
-    if cfg.workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(cfg.workers) as pool:
-            for _ in pool.map(_encode_one, jobs, chunksize=8):
-                bar.update()
-    else:
-        for job in jobs:
-            _encode_one(job)
-            bar.update()
+    encode_in_fresh_processes(jobs, cfg.workers, bar.update)
     bar.close()
 
     # 3. questions and annotation files
