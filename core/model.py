@@ -118,7 +118,13 @@ class VideoLLM(pl.LightningModule):
                 raise ValueError(f"sample {s.id!r}: frames must be [T, H, W, 3], got {tuple(s.frames.shape)}")
             if len(s.timestamps) != s.frames.shape[0]:
                 raise ValueError(f"sample {s.id!r}: {len(s.timestamps)} timestamps for {s.frames.shape[0]} frames")
-        return self.budget.plan_batch([VideoInfo.from_sample(s) for s in samples], training=training)
+        plans = self.budget.plan_batch([VideoInfo.from_sample(s) for s in samples], training=training)
+        if any(s.kind == "images" for s in samples):  # several images in one question: every one is kept
+            from .benchmarks.images import plan_images
+
+            plans = [plan_images(self.budget, len(s.timestamps)) if s.kind == "images" else p
+                     for s, p in zip(samples, plans)]
+        return plans
 
     def visual_features(self, samples: Sequence[Sample], plans: Sequence[FramePlan]) -> tuple[list[Tensor], Tensor | None]:
         """Kept frames of each sample -> projected visual tokens ``[T_i * M_i, D]`` per sample, and the aux loss.
@@ -370,22 +376,28 @@ class VideoLLM(pl.LightningModule):
         mc = [s for s in samples if s.meta.get("options")]
         if not mc:
             return []
-        if self.eval_cfg.mode == "generate":
-            from .answers import extract_choice
+        from .benchmarks import eval_mode, read_answer
 
+        mode = eval_mode(self.eval_cfg.mode, mc[0].meta)
+        reading = self.eval_cfg.reading
+        if mode == "generate":
             texts = self.generate(mc)
-            preds = [extract_choice(t, len(s.meta["options"]), s.meta["options"]) for t, s in zip(texts, mc)]
-            preds = [-1 if p is None else p for p in preds]  # unparseable answers count as wrong
+            reads = [read_answer(t, s.meta, reading) for t, s in zip(texts, mc)]  # unparseable: pred -1
         else:
-            scores = self.score_options(mc, cloze=self.eval_cfg.mode == "cloze")
-            texts = [None] * len(mc)
-            preds = [max(range(len(sc)), key=sc.__getitem__) for sc in scores]
+            scores = self.score_options(mc, cloze=mode == "cloze")
+            best = [max(range(len(sc)), key=sc.__getitem__) for sc in scores]
+            texts = [chr(ord("A") + b) for b in best]
+            # a benchmark's task reads the best letter like a generated answer (VideoMME reads A-D only)
+            reads = [read_answer(t, s.meta, reading) if s.meta.get("benchmark") and reading == "task"
+                     else {"pred": b, "letter": t, "guessed": False} for t, b, s in zip(texts, best, mc)]
         counts = self.token_counts  # set by the visual_features call of generate / score_options
         records = [
             {"kind": "mc", "question_id": s.meta.get("question_id", s.id), "category": s.meta.get("category", ""),
-             "pred": pred, "answer": s.meta.get("answer"), "text": text,
-             "planned_tokens": planned, "actual_tokens": actual}
-            for s, pred, text, (planned, actual) in zip(mc, preds, texts, counts)
+             "pred": r["pred"], "answer": s.meta.get("answer"), "text": text, "letter": r["letter"],
+             "planned_tokens": planned, "actual_tokens": actual,
+             **({"guessed": True} if r["guessed"] else {}),
+             **({"benchmark": s.meta["benchmark"], "group": s.meta.get("task_group", "")} if s.meta.get("benchmark") else {})}
+            for s, r, text, (planned, actual) in zip(mc, reads, texts, counts)
         ]
         from .data.questions import coverage_ceiling
 

@@ -47,3 +47,28 @@ def test_annotated_native_fps_wins(tmp_path):
     ds = VideoQADataset([_item("v.mp4", native_fps=30.0)], tmp_path, fps=1.0, max_frames=8)
     sample = ds[0].sample
     assert sample is not None and VideoInfo.from_sample(sample).fps == 30.0
+
+
+def test_benchmark_durations_never_replace_the_clips(tmp_path):
+    """VideoMME's `duration` is a label ("short": float() of it crashed the budget) and MLVU's is the
+    source video's length (183.5 s for an 8 s clip): the decoded clip's length plans the budget."""
+    import json
+
+    from dynvlm.data.annotations import read_items
+
+    _write_video(tmp_path / "clip.mp4", seconds=8, fps=2)
+    records = {
+        "videomme": {"videoID": "clip", "question_id": "q1", "question": "What?", "options": ["A. x", "B. y", "C. z", "D. w"],
+                     "answer": "A", "duration": "short", "domain": "Knowledge", "sub_category": "Astronomy",
+                     "task_type": "Counting Problem"},
+        "mlvu": {"video_name": "clip.mp4", "question": "What?\n(A) x\n(B) y", "answer": "B", "task_type": "count",
+                 "duration": 183.5},
+    }
+    for name, rec in records.items():
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps(rec) + "\n")
+        items, _, _ = read_items(tmp_path / f"{name}.jsonl")
+        sample = VideoQADataset(items, tmp_path, fps=1.0, max_frames=8)[0].sample
+        assert sample is not None and items[0].meta["benchmark"] == name
+        info = VideoInfo.from_sample(sample)  # raised "could not convert string to float: 'short'"
+        assert info.duration is not None and abs(info.duration - 8.0) < 0.6, (name, info.duration)
+    assert sample.meta["source_duration"] == 183.5
