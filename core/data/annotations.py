@@ -232,9 +232,12 @@ def mc_question(rec: dict[str, Any], where: str) -> MCQuestion:
     if not isinstance(question, str) or not question.strip():
         raise AnnotationError(where, "needs a non-empty 'question'")
     options = _options(rec)
+    head, embedded = _split_embedded(question)
     if options is None:
         # MLVU (lmms-eval): the options are lines of the question
-        question, options = _split_embedded(question)
+        question, options = head, embedded
+    elif embedded and _strip_letters(embedded) == _strip_letters(options):
+        question = head  # MLVU with `candidates` too: the options are listed once, not twice
     if not options:
         raise AnnotationError(where, "no options: expected 'options', 'candidates', 'option 0'.. or 'option'")
     options = _strip_letters(options)
@@ -246,7 +249,7 @@ def mc_question(rec: dict[str, Any], where: str) -> MCQuestion:
         video += ".mp4"
     answer = _answer_index(rec, options, where)
     qid = next((str(rec[k]) for k in ("question_id", "q_uid", "question_idx", "id", "uid") if rec.get(k) is not None), where)
-    category = next((str(rec[k]) for k in ("category", "task_type", "question_type", "area") if rec.get(k)), "")
+    category = next((str(rec[k]) for k in ("category", "task_type", "question_type", "area", "dim") if rec.get(k)), "")
     used = {"question", "options", "candidates", "option", "answer", "answer_id", *VIDEO_KEYS}
     meta = {k: v for k, v in rec.items() if k not in used and not k.startswith("option ")}
     return MCQuestion(qid, video, question.strip(), options, answer, category, meta)
@@ -318,15 +321,26 @@ def format_mc(question: str, options: list[str] | None, instruction: str = MC_IN
     return "\n".join(lines)
 
 
-def mc_item(q: MCQuestion, instruction: str = MC_INSTRUCTION, where: str = "") -> Item:
+def mc_item(q: MCQuestion, instruction: str = MC_INSTRUCTION, where: str = "", prompt: str | None = None) -> Item:
     """An :class:`MCQuestion` as an eval item: ``[human "<video>\\n{question}\\nA. ...", gpt "{letter}"]``;
-    ``meta`` = the question's meta plus ``options``, ``answer`` (index), ``category``, ``question_id``."""
-    human = "<video>\n" + format_mc(q.question, q.options, instruction)
+    ``meta`` = the question's meta plus ``options``, ``answer`` (index), ``category``, ``question_id``.
+
+    ``prompt`` replaces the question text after the placeholder (a benchmark's own ``doc_to_text``).
+    A question with ``meta["images"]`` (several images, MuirBench) becomes a ``kind="images"`` item
+    with one ``<image>`` per image (:func:`dynvlm.benchmarks.images.images_prompt`).
+    """
+    text = prompt if prompt is not None else format_mc(q.question, q.options, instruction)
+    human = "<video>\n" + text
     conv = [Turn("human", human), Turn("gpt", q.answer_letter or "")]
     meta = {**q.meta, "options": q.options, "answer": q.answer, "category": q.category, "question_id": q.id,
             "question": q.question}
     kind = "image" if Path(q.video).suffix.lower() in {".png", ".jpg", ".jpeg"} else "video"
-    if kind == "image":
+    if q.meta.get("images"):
+        from ..benchmarks.images import KIND, images_prompt
+
+        kind = KIND
+        conv[0].value = images_prompt(text, len(q.meta["images"]))
+    elif kind == "image":
         conv[0].value = conv[0].value.replace("<video>", "<image>", 1)
     return Item(q.id, q.video, kind, conv, meta, where)
 
@@ -334,16 +348,45 @@ def mc_item(q: MCQuestion, instruction: str = MC_INSTRUCTION, where: str = "") -
 # ------------------------------------------------------------------------------------------
 
 
-def read_items(path: str | Path, on_error: str = "raise", instruction: str = MC_INSTRUCTION) -> tuple[list[Item], list[tuple[str, str]], bool]:
-    """Any supported annotation file -> ``(items, problems, is_mc)``; MC questions become eval items."""
+def read_items(path: str | Path, on_error: str = "raise", instruction: str = MC_INSTRUCTION,
+               benchmark: str = "auto") -> tuple[list[Item], list[tuple[str, str]], bool]:
+    """Any supported annotation file -> ``(items, problems, is_mc)``; MC questions become eval items.
+
+    ``benchmark`` (``data.benchmark``): ``auto`` recognises a benchmark's records by their fields
+    (:mod:`dynvlm.benchmarks`), whose questions then get the benchmark's own prompt and reading
+    (``meta["benchmark"]``); ``generic`` uses dynvlm's format; a benchmark's name forces it.
+    """
+    from .. import benchmarks
+
     _check_on_error(on_error)
     bad: list[tuple[str, str]] = []
     records = read_records(path, bad if on_error == "skip" else None)
     if is_mc_file(records):
-        qs, problems = _read_records(records, on_error, mc_question)
-        return [mc_item(q, instruction, where) for q, where in qs], bad + problems, True
+        bench = benchmarks.resolve(benchmark, records[0][1] if records else None)
+        if bench is None:
+            qs, problems = _read_records(records, on_error, mc_question)
+            return [mc_item(q, instruction, where) for q, where in qs], bad + problems, True
+        return _benchmark_items(bench, records, on_error, Path(path), bad)
     items, problems = _read_records(records, on_error, llava_item)
     return [i for i, _ in items], bad + problems, False
+
+
+def _benchmark_items(bench: Any, records: list[tuple[str, dict[str, Any]]], on_error: str, path: Path,
+                     bad: list[tuple[str, str]]) -> tuple[list[Item], list[tuple[str, str]], bool]:
+    """A benchmark's records -> eval items with its task's prompt and the meta its reading needs."""
+
+    def parse(rec: dict[str, Any], where: str) -> Item:
+        q = bench.question(rec, where)
+        item = mc_item(q, where=where, prompt=bench.prompt(rec, q))
+        item.meta.update(bench.extras(rec, q), benchmark=bench.name)
+        if item.kind == "images" and not item.media:
+            # embedded images live in the annotation file: it is the media whose presence is checked
+            first = q.meta["images"][0]
+            item.media = first if isinstance(first, str) else str(path.resolve())
+        return item
+
+    items, problems = _read_records(records, on_error, parse)
+    return [i for i, _ in items], bad + problems, True
 
 
 def _check_on_error(on_error: str) -> None:

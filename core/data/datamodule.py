@@ -111,7 +111,7 @@ class VideoDataModule(pl.LightningDataModule):
             # used outside a Trainer (which calls prepare_data first, on one process): generate now
             self.prepare_data()
         instruction = self.data.mc_instruction if self.data.mc_instruction is not None else MC_INSTRUCTION
-        items, problems, is_mc = read_items(path, self.data.on_error, instruction)
+        items, problems, is_mc = read_items(path, self.data.on_error, instruction, self.data.benchmark)
         self.is_mc[split] = is_mc
         if problems:
             self._record(split, problems)

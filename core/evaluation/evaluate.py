@@ -130,8 +130,12 @@ def evaluate(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None, folder
     result["checkpoint"] = checkpoint
     report = summarise(result, cfg, checkpoint, trained=trained, used=usage, dropped=dropped,
                        cost=result.get("cost"))
+    # every question counts, unreadable ones wrong; a benchmark's file also gets its task's metric
+    from dynvlm.benchmarks.report import complete_report, report_markdown
+
+    report = complete_report(report, config_dict(cfg), folder / "predictions.jsonl")
     (folder / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / "eval.md").write_text(markdown(report))
+    (folder / "eval.md").write_text(markdown(report) + report_markdown(report))
     return {**report, "written": str(folder)}
 
 

@@ -143,7 +143,13 @@ class VideoLLM(pl.LightningModule):
                 raise ValueError(f"sample {s.id!r}: frames must be [T, H, W, 3], got {tuple(s.frames.shape)}")
             if len(s.timestamps) != s.frames.shape[0]:
                 raise ValueError(f"sample {s.id!r}: {len(s.timestamps)} timestamps for {s.frames.shape[0]} frames")
-        return self.budget.plan_batch([VideoInfo.from_sample(s) for s in samples], training=training)
+        plans = self.budget.plan_batch([VideoInfo.from_sample(s) for s in samples], training=training)
+        if any(s.kind == "images" for s in samples):  # several images in one question: every one is kept
+            from dynvlm.benchmarks.images import plan_images
+
+            plans = [plan_images(self.budget, len(s.timestamps)) if s.kind == "images" else p
+                     for s, p in zip(samples, plans)]
+        return plans
 
     def visual_features(self, samples: Sequence[Sample], plans: Sequence[FramePlan]) -> VisualFeatures:
         """Kept frames of each sample -> projected visual tokens ``[T_i * M_i, D]`` per sample, the aux
@@ -275,13 +281,13 @@ class VideoLLM(pl.LightningModule):
         # puts them on the module's device, which a distributed sync needs)
         self.log("val/tokens/planned", float(out["visual_tokens"]), batch_size=len(samples), sync_dist=True)
         self.log("val/tokens/actual", float(out["actual_tokens"]), batch_size=len(samples), sync_dist=True)
-        self._eval_records.extend(mc_records(self, samples, self.eval_cfg.mode))
+        self._eval_records.extend(mc_records(self, samples, self.eval_cfg.mode, self.eval_cfg.reading))
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         if not _has_samples(batch):
             return
         samples = _samples(batch)
-        self._eval_records.extend(mc_records(self, samples, self.eval_cfg.mode) + open_records(self, samples))
+        self._eval_records.extend(mc_records(self, samples, self.eval_cfg.mode, self.eval_cfg.reading) + open_records(self, samples))
 
     def on_validation_epoch_start(self) -> None:
         self._eval_records = []
