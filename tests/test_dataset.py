@@ -82,7 +82,6 @@ def test_multi_image_items_keep_every_image(tmp_path):
 
     from PIL import Image
 
-    from dynvlm.benchmarks.images import plan_images
     from dynvlm.budget import BudgetPolicy
     from dynvlm.data.annotations import read_items
 
@@ -96,7 +95,7 @@ def test_multi_image_items_keep_every_image(tmp_path):
     sample = VideoQADataset([item], tmp_path)[0].sample
     assert sample is not None and sample.kind == "images" and tuple(sample.frames.shape) == (3, 16, 20, 3)
     budget = BudgetPolicy({"max_tokens": 10, "max_frames": 2, "min_tokens_per_frame": 4}, (4, 4))
-    plan = plan_images(budget, 3)
+    plan = budget.plan_images(3)
     assert plan.indices == (0, 1, 2) and plan.tokens == 3  # max_frames and m_min would have dropped an image
     with pytest.raises(ValueError, match="11 images need at least 11 visual tokens, more than budget.max_tokens=10"):
-        plan_images(budget, 11)
+        budget.plan_images(11)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dynvlm.data.images import IMAGES_KIND, images_prompt
 from dynvlm.records import MCQuestion, Turn
 
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -327,7 +328,7 @@ def mc_item(q: MCQuestion, instruction: str = MC_INSTRUCTION, where: str = "", p
 
     ``prompt`` replaces the question text after the placeholder (a benchmark's own ``doc_to_text``).
     A question with ``meta["images"]`` (several images, MuirBench) becomes a ``kind="images"`` item
-    with one ``<image>`` per image (:func:`dynvlm.benchmarks.images.images_prompt`).
+    with one ``<image>`` per image (:func:`dynvlm.data.images.images_prompt`).
     """
     text = prompt if prompt is not None else format_mc(q.question, q.options, instruction)
     human = "<video>\n" + text
@@ -336,9 +337,7 @@ def mc_item(q: MCQuestion, instruction: str = MC_INSTRUCTION, where: str = "", p
             "question": q.question}
     kind = "image" if Path(q.video).suffix.lower() in {".png", ".jpg", ".jpeg"} else "video"
     if q.meta.get("images"):
-        from ..benchmarks.images import KIND, images_prompt
-
-        kind = KIND
+        kind = IMAGES_KIND
         conv[0].value = images_prompt(text, len(q.meta["images"]))
     elif kind == "image":
         conv[0].value = conv[0].value.replace("<video>", "<image>", 1)

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dynvlm.data.annotations import Item
+from dynvlm.data.images import IMAGES_KIND, image_array, stack_images
 from dynvlm.data.video import VideoReadError, read_video
 from dynvlm.records import Batch, Sample
 
@@ -96,7 +97,7 @@ class VideoQADataset(Dataset):
         ``index`` (the item's position) keys the frame cache when ``cache`` is on.
         """
         path = self.path_of(item)
-        if item.kind == "images":
+        if item.kind == IMAGES_KIND:
             return self._decode_images(item, path)
         hit = self._frames.get(index) if index is not None else None
         key = _shared_key(path, self.fps, self.max_frames, self.backend) if self.cache and hit is None else None
@@ -125,14 +126,12 @@ class VideoQADataset(Dataset):
 
     def _decode_images(self, item: Item, path: Path) -> Sample:
         """A multi-image item (``meta["images"]``) -> a ``kind="images"`` sample: the images stacked as
-        frames at positions ``0, 1, ...`` (see :mod:`dynvlm.benchmarks.images`)."""
-        from ..benchmarks.images import image_array, stack_images
-
+        frames at positions ``0, 1, ...`` (see :mod:`dynvlm.data.images`)."""
         frames = stack_images([image_array(src, self.root) for src in item.meta["images"]])
         meta = {k: v for k, v in item.meta.items() if k != "images"}  # image bytes stay out of the sample
         meta["duration"] = 0.0
         conv = [type(t)(t.role, t.value) for t in item.conversation]
-        return Sample(frames, [float(i) for i in range(len(frames))], conv, "images", item.id, str(path), meta)
+        return Sample(frames, [float(i) for i in range(len(frames))], conv, IMAGES_KIND, item.id, str(path), meta)
 
     def __getitem__(self, index: int) -> Loaded:
         skipped: list[tuple[str, str]] = []

@@ -47,6 +47,7 @@ from lmms_eval.api.model import lmms
 from lmms_eval.protocol import ChatMessages
 from tqdm import tqdm
 
+from dynvlm.data.images import IMAGES_KIND, image_array, images_prompt, stack_images
 from dynvlm.data.video import VideoReadError, read_video
 from dynvlm.lmms.loading import load_model
 from dynvlm.records import Sample, Turn
@@ -167,10 +168,7 @@ class DynVLM(lmms):
 
     def _images_sample(self, text: str, media: Sequence[Any], doc_id: Any, history: Sequence[Turn]) -> Sample | None:
         """Several images of one request -> a ``kind="images"`` sample, built as ``dynvlm eval`` builds
-        it (:mod:`dynvlm.benchmarks.images`): the same pixels and the same ``<image>`` placement."""
-        from dynvlm.benchmarks.images import KIND, image_array, images_prompt, stack_images
-        from dynvlm.data.video import VideoReadError
-
+        it (:mod:`dynvlm.data.images`): the same pixels and the same ``<image>`` placement."""
         try:
             frames = stack_images([image_array(m) for m in media])
         except VideoReadError as exc:
@@ -179,7 +177,7 @@ class DynVLM(lmms):
             return None
         words = "\n".join(line for line in text.split("\n") if line != "<media>")
         turn = Turn("human", images_prompt(words, len(media)))
-        return Sample(frames, [float(i) for i in range(len(media))], [*history, turn], KIND, str(doc_id), "", {})
+        return Sample(frames, [float(i) for i in range(len(media))], [*history, turn], IMAGES_KIND, str(doc_id), "", {})
 
     def _choose(self, sample: Sample, doc: Any) -> str:
         """``mode`` loglik/cloze: the letter of the most likely option of ``doc``'s question (read with

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from dynvlm.budget import BudgetPolicy, FramePlan, VideoInfo
 from dynvlm.config import build_component, provenance_record
+from dynvlm.data.images import IMAGES_KIND
 from dynvlm.data.questions import vocabulary
 from dynvlm.model.checkpoint import CKPT_KEY, load_weights, read_weights, stale_compressor_weights
 from dynvlm.model.projector import Projector
@@ -137,6 +138,8 @@ class VideoLLM(pl.LightningModule):
 
         The policy sees each sample's timestamps, ``meta["duration"]`` and decoded frames
         (:meth:`dynvlm.budget.VideoInfo.from_sample`): ``keyframes`` picks frames by their pixels.
+        A question about several images (``kind="images"``) keeps every image
+        (:meth:`dynvlm.budget.BudgetPolicy.plan_images`).
         """
         for s in samples:
             if s.frames.dim() != 4 or s.frames.shape[-1] != 3:
@@ -144,10 +147,8 @@ class VideoLLM(pl.LightningModule):
             if len(s.timestamps) != s.frames.shape[0]:
                 raise ValueError(f"sample {s.id!r}: {len(s.timestamps)} timestamps for {s.frames.shape[0]} frames")
         plans = self.budget.plan_batch([VideoInfo.from_sample(s) for s in samples], training=training)
-        if any(s.kind == "images" for s in samples):  # several images in one question: every one is kept
-            from dynvlm.benchmarks.images import plan_images
-
-            plans = [plan_images(self.budget, len(s.timestamps)) if s.kind == "images" else p
+        if any(s.kind == IMAGES_KIND for s in samples):  # several images in one question: every one is kept
+            plans = [self.budget.plan_images(len(s.timestamps)) if s.kind == IMAGES_KIND else p
                      for s, p in zip(samples, plans)]
         return plans
 

@@ -1,10 +1,12 @@
-"""Several images in one question (MuirBench): reading them, placing them in the prompt, budgeting them.
+"""Several images in one question (MuirBench): reading them and placing them in the prompt.
 
-A multi-image sample has ``kind == "images"``: its frames are the images (one row each, resized
-to the first image's size so they stack), its timestamps their positions ``0, 1, ...`` (never
-written into the prompt), and its first human turn holds one ``<image>`` per image
-(:func:`images_prompt`). The budget keeps every image (:func:`plan_images`): a question refers to
-its images by position, so none may be dropped.
+A multi-image sample has ``kind == "images"`` (:data:`IMAGES_KIND`): its frames are the images (one
+row each, resized to the first image's size so they stack), its timestamps their positions
+``0, 1, ...`` (never written into the prompt), and its first human turn holds one ``<image>`` per
+image (:func:`images_prompt`). The budget keeps every image
+(:meth:`dynvlm.budget.BudgetPolicy.plan_images`): a question refers to its images by position, so
+none may be dropped. ``dynvlm eval`` (:class:`dynvlm.data.dataset.VideoQADataset`) and the lmms-eval
+bridge both build such samples with these functions, so they feed the same pixels and prompt.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..budget import FramePlan, tokens_per_frame
+from dynvlm.data.video import VideoReadError
 
 IMAGE = "<image>"
-KIND = "images"
+IMAGES_KIND = "images"
 
 
 def image_array(source: Any, root: Path | None = None) -> np.ndarray:
@@ -32,11 +34,9 @@ def image_array(source: Any, root: Path | None = None) -> np.ndarray:
         root: folder relative paths are resolved against.
 
     Raises:
-        dynvlm.video.VideoReadError: naming the file (or ``<embedded image>``) that cannot be decoded.
+        dynvlm.data.video.VideoReadError: naming the file (or ``<embedded image>``) that cannot be decoded.
     """
     from PIL import Image
-
-    from dynvlm.data.video import VideoReadError
 
     if hasattr(source, "convert"):
         return np.asarray(source.convert("RGB")).copy()
@@ -82,27 +82,3 @@ def images_prompt(text: str, count: int) -> str:
     if text.count(IMAGE) == count:
         return text
     return "\n".join([IMAGE] * count + [text.replace(IMAGE, "[image]")])
-
-
-def plan_images(budget: Any, count: int) -> FramePlan:
-    """Every one of ``count`` images at the dynamic rule's tokens per image.
-
-    ``M = achievable(clamp(N_max // T, m_min, N))`` (``budget.tokens_per_frame`` when fixed), then
-    lowered while ``T * M > N_max`` (to 1 at least); no image is ever dropped.
-
-    Args:
-        budget: the model's :class:`dynvlm.budget.BudgetPolicy`.
-        count: ``T``, the question's images.
-
-    Raises:
-        ValueError: ``T`` images do not fit ``N_max`` even at one token each, naming both.
-    """
-    cfg = budget.cfg
-    if count > cfg.max_tokens:
-        raise ValueError(f"{count} images need at least {count} visual tokens, more than budget.max_tokens="
-                         f"{cfg.max_tokens}: raise budget.max_tokens")
-    wanted = cfg.tokens_per_frame or tokens_per_frame(count, cfg.max_tokens, cfg.min_tokens_per_frame, budget.n)
-    m = budget.achievable(min(wanted, cfg.max_tokens // count))
-    while m > 1 and count * m > cfg.max_tokens:
-        m = budget.achievable(m - 1)
-    return FramePlan(tuple(range(count)), m)
