@@ -65,7 +65,7 @@ class DataConfig:
     shuffle: bool = True  # shuffle training items each epoch
     mc_instruction: str | None = None  # line after MC options; None = "Answer with the option's letter ..."
     cache: bool | None = None  # keep decoded frames in memory; None = on for data.synth, off otherwise
-    benchmark: str = "auto"  # auto (by the records' fields), generic (dynvlm's format) or a name (dynvlm.benchmarks)
+    benchmark: str = "auto"  # auto (by the records' fields), generic (dynvlm's format) or a name (dynvlm.data.benchmarks)
 
 
 @dataclass

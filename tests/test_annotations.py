@@ -15,10 +15,10 @@ from dynvlm.data.annotations import (
     AnnotationError,
     format_mc,
     mc_item,
-    read_items,
     read_llava,
     read_mc,
 )
+from dynvlm.data.items import read_items
 from dynvlm.records import MCQuestion
 
 
@@ -195,7 +195,7 @@ def test_mc_item_is_the_contract_prompt(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
-# benchmark files: each benchmark's own fields and prompt (dynvlm.benchmarks)
+# benchmark files: each benchmark's own fields and prompt (dynvlm.data.benchmarks)
 
 
 def test_videomme_duration_is_a_label_and_the_prompt_is_the_tasks(tmp_path):

@@ -1,12 +1,12 @@
-"""Parity with lmms-eval 0.7.3: dynvlm.benchmarks builds each task's prompt, reads each answer and
-aggregates exactly as the task's own functions do.
+"""Parity with lmms-eval 0.7.3: dynvlm.data.benchmarks builds each task's prompt, and
+dynvlm.scoring.benchmarks reads each answer and aggregates, exactly as the task's own functions do.
 
 The expected values come from lmms-eval's functions themselves, run once in ``.venv-lmms`` (a
 subprocess: ``doc_to_text`` with the task's default kwargs, the task's filter where it has one,
 lmms-eval's reasoning-tag stripping with the CLI's default tags, ``process_results``, the
 aggregation). TempCompass's ChatGPT judge is replaced by what it returns without an API key (a
 rating of 0, after ten retries); EgoSchema's random pick is seeded per question with
-:func:`dynvlm.benchmarks.egoschema.seed_of`, as the local task file does, so the pick is compared
+:func:`dynvlm.data.benchmarks.egoschema.seed_of`, as the local task file does, so the pick is compared
 too. Set ``DYNVLM_SKIP_LMMS=1`` to skip.
 """
 
@@ -87,7 +87,7 @@ from lmms_eval.tasks.muirbench import utils as muirbench
 from lmms_eval.tasks.perceptiontest.val import utils as perceptiontest
 from lmms_eval.tasks.tempcompass import utils as tempcompass
 from lmms_eval.tasks.videomme import utils as videomme
-from dynvlm.benchmarks.egoschema import seed_of
+from dynvlm.data.benchmarks.egoschema import seed_of
 
 TAGS = json.loads('[["<think>", "</think>"], ["<analysis>", "</analysis>"]]')  # lmms-eval's CLI default
 judged = []
@@ -154,7 +154,7 @@ def lmms_truth(tmp_path_factory):
 
 def _items(name: str, folder: Path):
     """dynvlm's eval items of a benchmark's DOCS, read from a file of them."""
-    from dynvlm.data.annotations import read_items
+    from dynvlm.data.items import read_items
 
     path = folder / f"{name}.jsonl"
     path.write_text("".join(json.dumps(d) + "\n" for d in DOCS[name]))
@@ -165,8 +165,7 @@ def _items(name: str, folder: Path):
 
 def _ours(name: str, item, text: str) -> dict:
     """dynvlm's reading in the form lmms-eval logs it for ``name``."""
-    from dynvlm.benchmarks import read_answer
-    from dynvlm.benchmarks.base import letter_index
+    from dynvlm.scoring.benchmarks import letter_index, read_answer
 
     got = read_answer(text, item.meta, "task")
     right = got["pred"] == item.meta["answer"]
@@ -184,7 +183,7 @@ def _ours(name: str, item, text: str) -> dict:
 def test_reading_prompt_and_score_equal_lmms_eval(lmms_truth, name, tmp_path):
     """Every (record, output) cell: the same letter (or filtered text) and the same verdict as the task's
     process_results; every record: the same prompt as doc_to_text; the same aggregate over all cells."""
-    from dynvlm.benchmarks import BENCHMARKS
+    from dynvlm.scoring.benchmarks import SCORINGS
 
     truth = lmms_truth[name]
     items = _items(name, tmp_path)
@@ -200,7 +199,7 @@ def test_reading_prompt_and_score_equal_lmms_eval(lmms_truth, name, tmp_path):
     assert not bad, f"{len(bad)} of {len(ours)} disagree, e.g. {bad[:5]}"
     rows = [{"correct": o["right"], "group": item.meta["task_group"]} for item, o in zip(
         [i for i in items for _ in texts], ours)]
-    assert BENCHMARKS[name].aggregate(rows) == pytest.approx(truth["score"])
+    assert SCORINGS[name].aggregate(rows) == pytest.approx(truth["score"])
     assert 0 < sum(o["right"] for o in ours) < len(ours)  # the table holds right and wrong answers for every task
 
 

@@ -55,7 +55,7 @@ def test_benchmark_durations_never_replace_the_clips(tmp_path):
     source video's length (183.5 s for an 8 s clip): the decoded clip's length plans the budget."""
     import json
 
-    from dynvlm.data.annotations import read_items
+    from dynvlm.data.items import read_items
 
     _write_video(tmp_path / "clip.mp4", seconds=8, fps=2)
     records = {
@@ -83,7 +83,7 @@ def test_multi_image_items_keep_every_image(tmp_path):
     from PIL import Image
 
     from dynvlm.budget import BudgetPolicy
-    from dynvlm.data.annotations import read_items
+    from dynvlm.data.items import read_items
 
     for i, size in enumerate([(20, 16), (12, 30), (8, 8)]):
         Image.new("RGB", size, (40 * i, 90, 200)).save(tmp_path / f"i{i}.png")

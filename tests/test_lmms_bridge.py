@@ -249,8 +249,8 @@ def _lmms_reads(name: str, sample: dict) -> tuple[str, bool]:
 def _compare_benchmarks(files: dict[str, Path], results: dict, samples: dict, evals: dict[str, dict], log: str) -> int:
     """Every benchmark: lmms-eval's metric equals dynvlm eval's, and question by question the same
     answer text, the same reading and the same verdict. Returns how many questions were right."""
-    from dynvlm.benchmarks.readers import muirbench_filtered
-    from dynvlm.data.annotations import read_items
+    from dynvlm.data.items import read_items
+    from dynvlm.scoring.readers import muirbench_filtered
 
     right_total = 0
     for name, (task, metric) in BENCH_TASKS.items():

@@ -20,15 +20,20 @@ Two kinds of file, told apart by their records:
 
 Every problem is an :class:`AnnotationError` naming the file and line (JSONL), record (JSON) or
 row (parquet).
+
+This module parses the shapes; :func:`dynvlm.data.items.read_items` reads a file into items, with
+a benchmark's own prompt and reading meta where its records are one benchmark's
+(:mod:`dynvlm.data.benchmarks`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dynvlm.data.images import IMAGES_KIND, images_prompt
 from dynvlm.records import MCQuestion, Turn
@@ -38,6 +43,7 @@ LETTERS = "ABCDEFGHIJ"
 ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
 PLACEHOLDERS = ("<video>", "<image>")
 VIDEO_KEYS = ("video", "videoID", "video_name", "video_path", "video_idx", "q_uid", "video_id")
+T = TypeVar("T")
 _LETTER_PREFIX = re.compile(r"^\(?([A-J])[\.\):]\s*(.*)$", re.S)
 
 __all__ = [
@@ -47,7 +53,7 @@ __all__ = [
     "format_mc",
     "is_mc_file",
     "mc_item",
-    "read_items",
+    "parse_records",
     "read_llava",
     "read_mc",
     "read_records",
@@ -347,60 +353,26 @@ def mc_item(q: MCQuestion, instruction: str = MC_INSTRUCTION, where: str = "", p
 # ------------------------------------------------------------------------------------------
 
 
-def read_items(path: str | Path, on_error: str = "raise", instruction: str = MC_INSTRUCTION,
-               benchmark: str = "auto") -> tuple[list[Item], list[tuple[str, str]], bool]:
-    """Any supported annotation file -> ``(items, problems, is_mc)``; MC questions become eval items.
-
-    ``benchmark`` (``data.benchmark``): ``auto`` recognises a benchmark's records by their fields
-    (:mod:`dynvlm.benchmarks`), whose questions then get the benchmark's own prompt and reading
-    (``meta["benchmark"]``); ``generic`` uses dynvlm's format; a benchmark's name forces it.
-    """
-    from .. import benchmarks
-
-    _check_on_error(on_error)
-    bad: list[tuple[str, str]] = []
-    records = read_records(path, bad if on_error == "skip" else None)
-    if is_mc_file(records):
-        bench = benchmarks.resolve(benchmark, records[0][1] if records else None)
-        if bench is None:
-            qs, problems = _read_records(records, on_error, mc_question)
-            return [mc_item(q, instruction, where) for q, where in qs], bad + problems, True
-        return _benchmark_items(bench, records, on_error, Path(path), bad)
-    items, problems = _read_records(records, on_error, llava_item)
-    return [i for i, _ in items], bad + problems, False
-
-
-def _benchmark_items(bench: Any, records: list[tuple[str, dict[str, Any]]], on_error: str, path: Path,
-                     bad: list[tuple[str, str]]) -> tuple[list[Item], list[tuple[str, str]], bool]:
-    """A benchmark's records -> eval items with its task's prompt and the meta its reading needs."""
-
-    def parse(rec: dict[str, Any], where: str) -> Item:
-        q = bench.question(rec, where)
-        item = mc_item(q, where=where, prompt=bench.prompt(rec, q))
-        item.meta.update(bench.extras(rec, q), benchmark=bench.name)
-        if item.kind == "images" and not item.media:
-            # embedded images live in the annotation file: it is the media whose presence is checked
-            first = q.meta["images"][0]
-            item.media = first if isinstance(first, str) else str(path.resolve())
-        return item
-
-    items, problems = _read_records(records, on_error, parse)
-    return [i for i, _ in items], bad + problems, True
-
-
-def _check_on_error(on_error: str) -> None:
+def check_on_error(on_error: str) -> None:
+    """Raise ``ValueError`` unless ``on_error`` is ``"skip"`` or ``"raise"``."""
     if on_error not in ("skip", "raise"):
         raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
 
 
 def _read(path, on_error, parse):
-    _check_on_error(on_error)
+    check_on_error(on_error)
     bad: list[tuple[str, str]] = []
-    got, problems = _read_records(read_records(path, bad if on_error == "skip" else None), on_error, parse)
+    got, problems = parse_records(read_records(path, bad if on_error == "skip" else None), on_error, parse)
     return [x for x, _ in got], bad + problems
 
 
-def _read_records(records, on_error, parse):
+def parse_records(records: list[tuple[str, dict[str, Any]]], on_error: str,
+                  parse: Callable[[dict[str, Any], str], T]) -> tuple[list[tuple[T, str]], list[tuple[str, str]]]:
+    """``parse(record, where)`` of every ``(where, record)`` pair: ``(parsed, problems)``.
+
+    ``parsed`` holds ``(result, where)`` pairs; an :class:`AnnotationError` is raised
+    (``on_error="raise"``) or listed in ``problems`` as ``(where, reason)`` (``"skip"``).
+    """
     out, problems = [], []
     for where, rec in records:
         try:

@@ -10,8 +10,9 @@ from typing import Any
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from dynvlm.data.annotations import MC_INSTRUCTION, Item, read_items
+from dynvlm.data.annotations import MC_INSTRUCTION, Item
 from dynvlm.data.dataset import DataBatch, VideoQADataset, collate
+from dynvlm.data.items import read_items
 from dynvlm.data.video import VideoReadError
 from dynvlm.schema import BudgetConfig, DataConfig, section
 from dynvlm.util.paths import synth_file

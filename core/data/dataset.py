@@ -55,7 +55,7 @@ class VideoQADataset(Dataset):
     """Decodes annotation items into :class:`~dynvlm.records.Sample` (uint8 ``[T, H, W, 3]`` frames).
 
     Args:
-        items: records from :func:`dynvlm.data.annotations.read_items`.
+        items: records from :func:`dynvlm.data.items.read_items`.
         root: folder relative media paths are resolved against.
         fps, max_frames, backend: passed to :func:`dynvlm.data.video.read_video`.
         on_error: ``"raise"`` or ``"skip"``.

@@ -47,6 +47,8 @@ from lmms_eval.api.model import lmms
 from lmms_eval.protocol import ChatMessages
 from tqdm import tqdm
 
+from dynvlm.data.annotations import mc_question
+from dynvlm.data.benchmarks import detect_benchmark
 from dynvlm.data.images import IMAGES_KIND, image_array, images_prompt, stack_images
 from dynvlm.data.video import VideoReadError, read_video
 from dynvlm.lmms.loading import load_model
@@ -181,12 +183,9 @@ class DynVLM(lmms):
 
     def _choose(self, sample: Sample, doc: Any) -> str:
         """``mode`` loglik/cloze: the letter of the most likely option of ``doc``'s question (read with
-        :mod:`dynvlm.benchmarks`, or dynvlm's generic reader), as ``dynvlm eval`` scores it."""
-        from dynvlm.benchmarks import detect
-        from dynvlm.data.annotations import mc_question
-
+        :mod:`dynvlm.data.benchmarks`, or dynvlm's generic reader), as ``dynvlm eval`` scores it."""
         record = {k: v for k, v in dict(doc).items() if v is not None}
-        bench = detect(record)
+        bench = detect_benchmark(record)
         q = bench.question(record, f"doc {sample.id}") if bench else mc_question(record, f"doc {sample.id}")
         sample.meta.update(options=q.options, question=q.question)
         with self._autocast():

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from dynvlm.data.questions import coverage_ceiling
 from dynvlm.records import Sample, VisualUsage
 from dynvlm.scoring.answers import exact_match
+from dynvlm.scoring.benchmarks import read_answer, resolve_mode
 
 
 class _Generated(Protocol):
@@ -66,12 +67,10 @@ def mc_records(model: Answerer, samples: Sequence[Sample], mode: str, reading: s
         question adds ``benchmark`` and ``group`` (its aggregation key), and ``guessed`` where the
         task picked at random.
     """
-    from dynvlm.benchmarks import eval_mode, read_answer
-
     mc = [s for s in samples if s.meta.get("options")]
     if not mc:
         return []
-    mode = eval_mode(mode, mc[0].meta)
+    mode = resolve_mode(mode, mc[0].meta)
     if mode == "generate":
         generated = model.generate(mc)
         texts = list(generated.texts)

@@ -1,7 +1,7 @@
 """EgoSchema subset (local files): upstream lmms-eval prompt and scoring; see dynvlm.lmms.tasks.
 
 Upstream scoring picks a random option when it reads no letter: the global RNG is seeded per
-question first (:func:`dynvlm.benchmarks.egoschema.seed_of`), as ``dynvlm eval`` seeds its pick,
+question first (:func:`dynvlm.data.benchmarks.egoschema.seed_of`), as ``dynvlm eval`` seeds its pick,
 so both pick the same letter. A question whose video is missing is scored wrong before that can
 happen.
 """
@@ -10,7 +10,7 @@ import random
 
 from lmms_eval.tasks.egoschema import utils as upstream
 
-from dynvlm.benchmarks.egoschema import seed_of
+from dynvlm.data.benchmarks.egoschema import seed_of
 from dynvlm.lmms.tasks import annotations_loader, unanswered_guard, video_finder
 
 process_docs = annotations_loader("DYNVLM_EGOSCHEMA_ANNOTATIONS")

@@ -15,8 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..data.annotations import MC_INSTRUCTION, Item, read_items
-from . import BENCHMARKS, eval_mode
+from dynvlm.data.annotations import MC_INSTRUCTION, Item
+from dynvlm.data.images import IMAGES_KIND, image_array
+from dynvlm.data.items import read_items
+from dynvlm.data.video import VideoReadError, read_video
+from dynvlm.scoring.benchmarks import SCORINGS, resolve_mode
 
 
 def file_items(cfg: Mapping[str, Any]) -> tuple[list[Item], Path]:
@@ -35,17 +38,19 @@ def file_items(cfg: Mapping[str, Any]) -> tuple[list[Item], Path]:
 
 
 def unreadable_reason(item: Item, root: Path, cfg: Mapping[str, Any]) -> tuple[str, str]:
-    """``(file, reason)`` why ``item``'s media could not be read (read again here to name the reason)."""
-    from dynvlm.data.video import VideoReadError, read_video
+    """``(file, reason)`` why ``item``'s media could not be read (read again here to name the reason).
 
-    from .images import image_array
-
+    Args:
+        item: a question whose sample the test loop did not get.
+        root: the folder its media path is relative to.
+        cfg: the run config (``budget.fps``, ``budget.max_frames``, ``data.backend`` read the video).
+    """
     path = Path(item.media).expanduser()
     path = path if path.is_absolute() else root / path
-    if item.kind != "images" and not path.is_file():
+    if item.kind != IMAGES_KIND and not path.is_file():
         return str(path), "no such file"
     try:
-        if item.kind == "images":
+        if item.kind == IMAGES_KIND:
             for src in item.meta.get("images") or []:
                 image_array(src, root)
         else:
@@ -58,15 +63,24 @@ def unreadable_reason(item: Item, root: Path, cfg: Mapping[str, Any]) -> tuple[s
 
 
 def complete_report(report: dict[str, Any], cfg: Mapping[str, Any], predictions: Path) -> dict[str, Any]:
-    """``report`` (from :func:`dynvlm.evaluate.summarise`) with every question of the file counted.
+    """``report`` (from :func:`dynvlm.evaluation.evaluate.summarise`) with every question of the file counted.
 
-    Adds ``unreadable`` (``[{question_id, file, reason}]``), ``benchmark`` (``{name, task, metric,
-    score}`` for a benchmark's file, else ``None``) and the resolved ``mode``/``reading``;
-    recomputes ``accuracy``, ``questions`` and ``per_category`` over every question with an answer
-    key; appends the unreadable questions to ``predictions``.
+    Args:
+        report: the test loop's report.
+        cfg: the evaluation-time run config (plain dict).
+        predictions: the ``predictions.jsonl`` the test loop wrote (appended to).
+
+    Returns:
+        ``report`` plus ``unreadable`` (``[{question_id, file, reason}]``), ``benchmark`` (``{name,
+        task, metric, score, scale}`` for a benchmark's file, else ``None``) and the resolved
+        ``mode``/``reading``, with ``accuracy``, ``questions`` and ``per_category`` recomputed over
+        every question with an answer key.
     """
+    eval_cfg = dict(cfg.get("eval") or {})
     if not (cfg.get("data") or {}).get("test") or not predictions.is_file():
-        return {**report, "unreadable": [], "benchmark": None}
+        # dynvlm's own synthetic test file: nothing is a benchmark's, and its mode resolves generically
+        return {**report, "mode": resolve_mode(eval_cfg.get("mode", "auto"), {}), "reading": eval_cfg.get("reading", "task"),
+                "unreadable": [], "benchmark": None}
     items, root = file_items(cfg)
     records = [json.loads(line) for line in predictions.read_text().splitlines() if line.strip()]
     seen = {r.get("question_id") for r in records}
@@ -93,22 +107,22 @@ def complete_report(report: dict[str, Any], cfg: Mapping[str, Any], predictions:
         cats = sorted({r["category"] for r in scored if r.get("category")})
         out["per_category"] = {c: sum(r["pred"] == r["answer"] for r in scored if r["category"] == c)
                                / sum(r["category"] == c for r in scored) for c in cats}
-    eval_cfg = dict(cfg.get("eval") or {})
     first = items[0].meta if items else {}
-    out["mode"] = eval_mode(eval_cfg.get("mode", "auto"), first)
+    out["mode"] = resolve_mode(eval_cfg.get("mode", "auto"), first)
     out["reading"] = eval_cfg.get("reading", "task")
     out["unreadable"] = unreadable
-    bench = BENCHMARKS.get(str(first.get("benchmark") or ""))
+    scoring = SCORINGS.get(str(first.get("benchmark") or ""))
     out["benchmark"] = None
-    if bench is not None and scored:
+    if scoring is not None and scored:
         rows = [{"correct": r["pred"] == r["answer"], "group": r.get("group", "")} for r in scored]
-        out["benchmark"] = {"name": bench.name, "task": bench.task, "metric": bench.metric,
-                            "score": bench.aggregate(rows), "scale": bench.scale}
+        out["benchmark"] = {"name": scoring.name, "task": scoring.task, "metric": scoring.metric,
+                            "score": scoring.aggregate(rows), "scale": scoring.scale}
     return out
 
 
 def report_markdown(report: Mapping[str, Any]) -> str:
-    """The benchmark score and the unreadable questions as markdown lines (``""`` when neither applies)."""
+    """The lines :func:`complete_report` adds to ``eval.md``: the benchmark's score and the unreadable
+    questions as a table (``""`` when neither applies)."""
     lines = []
     bench = report.get("benchmark")
     if bench:

@@ -3,19 +3,18 @@
 Record: ``video_name`` (file name with suffix), ``question`` with its options as embedded lines
 ``"(A) ..."``, ``answer`` (letter), ``task_type`` (one of :data:`TASK_TYPES`), ``duration``
 (seconds of the *source* video, not of the clip: never used for planning). ``candidates`` may
-list the options too; they are embedded once. Scoring: the letter ``extract_mcq_answer`` reads
-among A-D equals ``answer``; the metric is the mean over the seven task types of each type's
-percentage right, a type without questions counting 0.
+list the options too; they are embedded once. Reading and metric (the mean over the seven task
+types): :class:`dynvlm.scoring.benchmarks.MLVUScoring`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from ..data.annotations import LETTERS, AnnotationError
-from ..records import MCQuestion
-from .base import Benchmark
+from dynvlm.data.annotations import LETTERS, AnnotationError
+from dynvlm.data.benchmarks.base import Benchmark
+from dynvlm.records import MCQuestion
 
 TASK_TYPES = ("anomaly_reco", "count", "ego", "needle", "order", "plotQA", "topic_reasoning")
 
@@ -31,12 +30,9 @@ def task_question(record: Mapping[str, Any]) -> str:
 
 
 class MLVU(Benchmark):
-    """MLVU dev as its lmms-eval task scores it."""
+    """MLVU dev files and prompt, as its lmms-eval task reads them."""
 
     name = "mlvu"
-    task = "mlvu_dev_local"
-    metric = "mlvu_percetion_score"  # sic: lmms-eval's key
-    scale = 100.0
     post_prompt = "\nOnly give the best option.\nBest option: ("
 
     def detect(self, record: Mapping[str, Any]) -> bool:
@@ -58,13 +54,6 @@ class MLVU(Benchmark):
 
     def prompt(self, record: Mapping[str, Any], question: MCQuestion) -> str:
         return f"{self.pre_prompt}{task_question(record)}{self.post_prompt}"
-
-    def aggregate(self, rows: Sequence[Mapping[str, Any]]) -> float:
-        per_type = []
-        for kind in TASK_TYPES:
-            mine = [r for r in rows if r["group"] == kind]
-            per_type.append(100.0 * sum(bool(r["correct"]) for r in mine) / len(mine) if mine else 0.0)
-        return sum(per_type) / len(TASK_TYPES)
 
 
 BENCHMARK = MLVU()

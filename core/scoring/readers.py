@@ -4,7 +4,8 @@ These are dynvlm's own implementations of the rules the lmms-eval task functions
 their source, tested against them in ``tests/test_benchmark_parity.py``, which runs lmms-eval's
 functions in ``.venv-lmms``). They deliberately keep lmms-eval's quirks — a letter inside a word
 as a last resort, a random option when EgoSchema reads none — because the point is to give the
-same letter from the same output; :func:`dynvlm.answers.extract_choice` is the stricter reading.
+same letter from the same output; :func:`dynvlm.scoring.answers.extract_choice` is the stricter
+reading. :mod:`dynvlm.scoring.benchmarks` applies them per benchmark.
 
 Every function takes the text the task's ``process_results`` would see: the model's answer after
 lmms-eval's reasoning-tag stripping (:func:`drop_reasoning`).
@@ -112,7 +113,7 @@ def egoschema_letter(text: str, options: Sequence[str], seed: str) -> tuple[str,
     Args:
         text: the answer.
         options: the five option strings of the record (``doc["option"]``), stripped.
-        seed: the question's seed (:func:`dynvlm.benchmarks.egoschema.seed_of`).
+        seed: the question's seed (:func:`dynvlm.data.benchmarks.egoschema.seed_of`).
     """
     letters = "ABCDE"
     padded = f" {_trim(text or '', ',.!?;:' + chr(39))} "

@@ -2,8 +2,8 @@
 
 Record: ``videoID``, ``question_id``, ``question``, ``options`` (``["A. ...", ...]``), ``answer``
 (letter), ``duration`` (the video's length *class*: ``short``/``medium``/``long``, not seconds),
-``domain``, ``sub_category``, ``task_type``. Scoring: the letter ``extract_mcq_answer`` reads
-among A-D equals ``answer``; the metric is the percentage right over every question.
+``domain``, ``sub_category``, ``task_type``. Reading and metric:
+:class:`dynvlm.scoring.benchmarks.VideoMMEScoring`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..data.annotations import AnnotationError
-from ..records import MCQuestion
-from .base import Benchmark
+from dynvlm.data.annotations import AnnotationError
+from dynvlm.data.benchmarks.base import Benchmark
+from dynvlm.records import MCQuestion
 
 DURATIONS = ("short", "medium", "long")
 OPTION_PROMPT = ("Select the best answer to the following multiple-choice question based on the video and the "
@@ -21,12 +21,9 @@ OPTION_PROMPT = ("Select the best answer to the following multiple-choice questi
 
 
 class VideoMME(Benchmark):
-    """VideoMME as its lmms-eval task scores it."""
+    """VideoMME files and prompt, as its lmms-eval task reads them."""
 
     name = "videomme"
-    task = "videomme_local"
-    metric = "videomme_perception_score"
-    scale = 100.0
     post_prompt = "\nAnswer with the option's letter from the given choices directly."
 
     def detect(self, record: Mapping[str, Any]) -> bool:

@@ -3,10 +3,8 @@
 
 Record: ``video_id`` (file stem), ``question`` with its options as embedded lines ``"A. ..."``,
 ``answer`` (the whole right option, ``"B. left"``), ``dim`` (``action``, ``speed``,
-``direction``, ``order``, ``attribute_change``). Scoring: rule matching
-(:func:`dynvlm.benchmarks.readers.tempcompass_letter`); an answer the rules cannot match goes to
-lmms-eval's ChatGPT judge, which without an API key scores it 0 — dynvlm scores it 0 as well.
-The metric (``avg_accuracy``) is the percentage right over every question.
+``direction``, ``order``, ``attribute_change``). Reading (rule matching; no judge) and metric:
+:class:`dynvlm.scoring.benchmarks.TempCompassScoring`.
 """
 
 from __future__ import annotations
@@ -14,18 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..records import MCQuestion
-from . import readers
-from .base import Benchmark, Reading, letter_index
+from dynvlm.data.benchmarks.base import Benchmark
+from dynvlm.records import MCQuestion
 
 
 class TempCompass(Benchmark):
-    """TempCompass multi-choice as its lmms-eval task scores it."""
+    """TempCompass multi-choice files and prompt, as its lmms-eval task reads them."""
 
     name = "tempcompass"
-    task = "tempcompass_multi_choice_local"
-    metric = "avg_accuracy"
-    scale = 100.0
     post_prompt = "\nPlease directly give the best option:"
 
     def detect(self, record: Mapping[str, Any]) -> bool:
@@ -44,10 +38,6 @@ class TempCompass(Benchmark):
 
     def prompt(self, record: Mapping[str, Any], question: MCQuestion) -> str:
         return f"{self.pre_prompt}{record['question']}{self.post_prompt}"
-
-    def read(self, output: str, meta: Mapping[str, Any]) -> Reading:
-        letter, _matched = readers.tempcompass_letter(self.reading_text(output), str(meta["task_answer"]))
-        return Reading(letter_index(letter), letter)
 
 
 BENCHMARK = TempCompass()

@@ -1,10 +1,10 @@
 """EgoSchema subset (lmms-eval task ``egoschema_subset``; local ``egoschema_subset_local``).
 
 Record: ``video_idx`` (file stem), ``question_idx``, ``question``, ``option`` (five strings
-``"A. ..."``), ``answer`` (the right option's index, ``"0"``..``"4"``). Scoring: EgoSchema's own
-reading (:func:`dynvlm.benchmarks.readers.egoschema_letter`); when it finds no letter it picks
-one at random, seeded per question (:func:`seed_of`) on both sides so the pick is the same. The
-metric is the share right over every question.
+``"A. ..."``), ``answer`` (the right option's index, ``"0"``..``"4"``). Its task reads the answer
+its own way and, when it finds no letter, picks one at random: seeded per question
+(:func:`seed_of`, stored as ``meta["task_seed"]``) on both sides so the pick is the same
+(:class:`dynvlm.scoring.benchmarks.EgoSchemaScoring`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..data.annotations import AnnotationError
-from ..records import MCQuestion
-from . import readers
-from .base import Benchmark, Reading, letter_index
+from dynvlm.data.annotations import AnnotationError
+from dynvlm.data.benchmarks.base import Benchmark
+from dynvlm.records import MCQuestion
 
 
 def seed_of(record: Mapping[str, Any]) -> str:
@@ -24,12 +23,9 @@ def seed_of(record: Mapping[str, Any]) -> str:
 
 
 class EgoSchema(Benchmark):
-    """EgoSchema as its lmms-eval task scores it."""
+    """EgoSchema files and prompt, as its lmms-eval task reads them."""
 
     name = "egoschema"
-    task = "egoschema_subset_local"
-    metric = "score"
-    scale = 1.0
     post_prompt = "\nAnswer with the option's letter from the given choices directly."
 
     def detect(self, record: Mapping[str, Any]) -> bool:
@@ -47,10 +43,6 @@ class EgoSchema(Benchmark):
     def prompt(self, record: Mapping[str, Any], question: MCQuestion) -> str:
         options = "".join(f"\n{o}" for o in record["option"])
         return f"{self.pre_prompt}{record['question']}{options}{self.post_prompt}"
-
-    def read(self, output: str, meta: Mapping[str, Any]) -> Reading:
-        letter, guessed = readers.egoschema_letter(self.reading_text(output), meta["task_options"], meta["task_seed"])
-        return Reading(letter_index(letter), letter, guessed)
 
 
 BENCHMARK = EgoSchema()
