@@ -20,6 +20,7 @@ from dynvlm.data.images import IMAGES_KIND, image_array
 from dynvlm.data.items import read_items
 from dynvlm.data.video import VideoReadError, read_video
 from dynvlm.scoring.benchmarks import SCORINGS, resolve_mode
+from dynvlm.scoring.records import accuracy_metrics
 
 
 def file_items(cfg: Mapping[str, Any]) -> tuple[list[Item], Path]:
@@ -101,12 +102,11 @@ def complete_report(report: dict[str, Any], cfg: Mapping[str, Any], predictions:
                 f.write(json.dumps(r) + "\n")
     scored = [r for r in records if r.get("kind") == "mc" and r.get("answer") is not None]
     out = dict(report)
-    if scored:
-        out["accuracy"] = sum(r["pred"] == r["answer"] for r in scored) / len(scored)
-        out["questions"] = len(scored)
-        cats = sorted({r["category"] for r in scored if r.get("category")})
-        out["per_category"] = {c: sum(r["pred"] == r["answer"] for r in scored if r["category"] == c)
-                               / sum(r["category"] == c for r in scored) for c in cats}
+    if scored:  # the test loop's metrics, over every question now
+        metrics = accuracy_metrics("test", scored)
+        out["accuracy"] = metrics["test/acc"]
+        out["questions"] = int(metrics["test/n"])
+        out["per_category"] = {k.removeprefix("test/acc/"): v for k, v in metrics.items() if k.startswith("test/acc/")}
     first = items[0].meta if items else {}
     out["mode"] = resolve_mode(eval_cfg.get("mode", "auto"), first)
     out["reading"] = eval_cfg.get("reading", "task")
