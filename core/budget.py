@@ -286,6 +286,32 @@ class BudgetPolicy:
         """Deterministic (evaluation) plan of one sample, given as a :class:`VideoInfo` or a frame count."""
         return self.plan_batch([video])[0]
 
+    def plan_images(self, count: int) -> FramePlan:
+        """The plan of a question about ``count`` images (a ``kind="images"`` sample): every image kept.
+
+        ``M = achievable(clamp(N_max // T, m_min, N))`` (``budget.tokens_per_frame`` when fixed), then
+        lowered while ``T * M > N_max`` (to 1 at least); no image is ever dropped: a question refers
+        to its images by position. The policy is not asked (its frame choice is for videos).
+
+        Args:
+            count: ``T``, the question's images.
+
+        Returns:
+            ``FramePlan((0, ..., T - 1), M)``.
+
+        Raises:
+            ValueError: ``T`` images do not fit ``N_max`` even at one token each, naming both.
+        """
+        cfg = self.cfg
+        if count > cfg.max_tokens:
+            raise ValueError(f"{count} images need at least {count} visual tokens, more than budget.max_tokens="
+                             f"{cfg.max_tokens}: raise budget.max_tokens")
+        wanted = cfg.tokens_per_frame or tokens_per_frame(count, cfg.max_tokens, cfg.min_tokens_per_frame, self.n)
+        m = self.achievable(min(wanted, cfg.max_tokens // count))
+        while m > 1 and count * m > cfg.max_tokens:
+            m = self.achievable(m - 1)
+        return FramePlan(tuple(range(count)), m)
+
     def plan_batch(self, videos: Sequence[int | VideoInfo], training: bool = False,
                    rng: random.Random | None = None) -> list[FramePlan]:
         """Plans for a batch (frame counts are planned as frames at ``k / budget.fps`` without pixels).

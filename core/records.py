@@ -51,7 +51,9 @@ class Sample:
         frames: uint8 ``[T, H, W, 3]`` (``T = 1`` for an image).
         timestamps: ``T`` increasing times in seconds of the decoded frames (``[0.0]`` for images).
         conversation: turns, alternating human/gpt; loss is taken on gpt turns.
-        kind: ``"video"`` or ``"image"``.
+        kind: ``"video"``, ``"image"`` or ``"images"`` (several images of one question, MuirBench: one
+            frame each, timestamps their positions ``0, 1, ...``, one ``<image>`` per image in the
+            first human turn; the budget keeps every one).
         id: a stable identifier (annotation line or question id).
         source: the media path it was decoded from.
         meta: free-form extras (task family, answer, options, duration, ...).

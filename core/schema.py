@@ -65,6 +65,7 @@ class DataConfig:
     shuffle: bool = True  # shuffle training items each epoch
     mc_instruction: str | None = None  # line after MC options; None = "Answer with the option's letter ..."
     cache: bool | None = None  # keep decoded frames in memory; None = on for data.synth, off otherwise
+    benchmark: str = "auto"  # auto (by the records' fields), generic (dynvlm's format) or a name (dynvlm.data.benchmarks)
 
 
 @dataclass
@@ -97,8 +98,11 @@ class EvalConfig:
 
     # loglik: likelihood of each option's letter; cloze: of each option's text after the bare
     # question (no option list); generate: free generation + answer-letter extraction
-    mode: Literal["loglik", "cloze", "generate"] = "loglik"
+    # auto: generate for a benchmark's file (its lmms-eval task generates), loglik for dynvlm's own
+    mode: Literal["auto", "loglik", "cloze", "generate"] = "auto"
     max_new_tokens: int = 16
+    # task: read answers as the benchmark's lmms-eval task does; strict: dynvlm.answers.extract_choice
+    reading: Literal["task", "strict"] = "task"
 
 
 #: top-level sections validated as dataclasses

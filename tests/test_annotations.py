@@ -15,10 +15,10 @@ from dynvlm.data.annotations import (
     AnnotationError,
     format_mc,
     mc_item,
-    read_items,
     read_llava,
     read_mc,
 )
+from dynvlm.data.items import read_items
 from dynvlm.records import MCQuestion
 
 
@@ -188,6 +188,45 @@ def test_mc_item_is_the_contract_prompt(tmp_path):
     assert item.conversation[1].value == "C"
     assert item.meta["options"] == q.options and item.meta["answer"] == 2
     assert item.meta["category"] == "Counting Problem" and item.meta["question_id"] == "001-1"
-    items, _, is_mc = read_items(tmp_path / "mme.jsonl", instruction="Pick one.")
+    items, _, is_mc = read_items(tmp_path / "mme.jsonl", instruction="Pick one.", benchmark="generic")
     assert is_mc and items[0].conversation[0].value.endswith("D. Four.\nPick one.")
+    assert "benchmark" not in items[0].meta
     assert format_mc("Q?", None) == "Q?"
+
+
+# ------------------------------------------------------------------------------------------
+# benchmark files: each benchmark's own fields and prompt (dynvlm.data.benchmarks)
+
+
+def test_videomme_duration_is_a_label_and_the_prompt_is_the_tasks(tmp_path):
+    """VideoMME's `duration` is its length class: checked against the valid ones, never a number of seconds."""
+    items, _, _ = read_items(_jsonl(tmp_path / "mme.jsonl", [VIDEOMME]))
+    (item,) = items
+    assert item.meta["benchmark"] == "videomme" and item.meta["duration_class"] == "short"
+    text = item.conversation[0].value
+    assert text.startswith("<video>\nSelect the best answer to the following multiple-choice question")
+    assert text.count("A. One.") == 1 and text.endswith("D. Four.\n\nAnswer with the option's letter from the given choices directly.")
+    with pytest.raises(AnnotationError, match=r"mme2.jsonl:1: videomme 'duration' is 95.0; valid: short, medium, long"):
+        read_items(_jsonl(tmp_path / "mme2.jsonl", [dict(VIDEOMME, duration=95.0)]))
+
+
+def test_mlvu_lists_its_options_once(tmp_path):
+    """An MLVU record with its options both in the question and in `candidates` lists them once,
+    in MLVU's own "(A) ..." lines, whichever prompt is built."""
+    both = dict(MLVU_LMMS, candidates=["cat", "dog", "bird", "fish"])
+    (q,), _ = read_mc(_jsonl(tmp_path / "mlvu.jsonl", [both]))
+    assert q.question == "Which animal appears?" and q.options == ["cat", "dog", "bird", "fish"]
+    generic, _, _ = read_items(tmp_path / "mlvu.jsonl", benchmark="generic")
+    assert generic[0].conversation[0].value.count("cat") == 1
+    (item,), _, _ = read_items(tmp_path / "mlvu.jsonl")
+    text = item.conversation[0].value
+    assert item.meta["benchmark"] == "mlvu" and text.count("cat") == 1 and "(A) cat" in text
+    assert text.endswith("(D) fish\nOnly give the best option.\nBest option: (")
+    assert item.meta["source_duration"] == 100 and "duration" not in item.meta  # the source video's, not the clip's
+    with pytest.raises(AnnotationError, match=r"mlvu 'task_type' is 'chat'; valid: anomaly_reco, count"):
+        read_items(_jsonl(tmp_path / "bad.jsonl", [dict(MLVU_LMMS, task_type="chat")]))
+
+
+def test_unknown_benchmark_name_lists_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"data.benchmark='videome'; valid: auto, generic, muirbench, tempcompass"):
+        read_items(_jsonl(tmp_path / "mme.jsonl", [VIDEOMME]), benchmark="videome")

@@ -181,7 +181,7 @@ def test_images_root_and_max_samples(tmp_path, synth_dir):
 
 
 def test_bad_sections_are_named():
-    with pytest.raises(ValueError, match="data: unknown key 'trian'; valid keys: backend, batch_size, cache, .*test, train, val$"):
+    with pytest.raises(ValueError, match="data: unknown key 'trian'; valid keys: backend, batch_size, benchmark, cache, .*test, train, val$"):
         VideoDataModule({"trian": "x.jsonl"}, BUDGET)
     with pytest.raises(ValueError, match="no train data: set data.train"):
         VideoDataModule({}, BUDGET).train_dataloader()

@@ -293,3 +293,39 @@ def test_setting_labels_read_the_budget_of_policy_keys():
     # folder names differ where the settings do, and are path-safe
     assert setting_slug(fixed36) == "tome@36_fixed_N12000" and setting_slug(t8) != setting_slug(t32)
     assert "/" not in setting_slug(t8) and " " not in setting_slug(t8)
+
+
+def test_benchmark_files_are_scored_as_their_tasks_with_unreadable_videos_counted(tmp_path, mc_file):
+    """A VideoMME- and an MLVU-shaped file: generated answers (eval.mode auto), the task's metric (MLVU: the
+    mean over its seven task types), and a question whose video is missing counted wrong and listed with its file."""
+    rows = [json.loads(x) for x in mc_file.read_text().splitlines()]
+    videomme = [{"videoID": r["video"].removesuffix(".mp4"), "question_id": r["question_id"], "question": r["question"],
+                 "options": [f"{k}. {o}" for k, o in zip("ABCD", r["options"])], "answer": r["answer"], "duration": "short",
+                 "domain": "Knowledge", "sub_category": "Astronomy", "task_type": "Counting Problem"} for r in rows]
+    videomme.append({**videomme[0], "videoID": "videos/test/ghost", "question_id": "ghost"})
+    mlvu = [{"video_name": r["video"], "question": r["question"] + "".join(f"\n({k}) {o}" for k, o in zip("ABCD", r["options"])),
+             "answer": r["answer"], "task_type": ("count", "order")[i % 2], "duration": 900.0} for i, r in enumerate(rows)]
+    mlvu.append({**mlvu[0], "video_name": "videos/test/ghost.mp4"})
+    cfg = config(tmp_path)
+    for name, records in (("videomme", videomme), ("mlvu", mlvu)):
+        path = mc_file.parent / f"{name}_bench.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        report = evaluate_cli(cfg, data=str(path), out=str(tmp_path / name))
+        saved = json.loads((tmp_path / name / "eval.json").read_text())
+        assert saved["mode"] == "generate" and saved["reading"] == "task" and saved["benchmark"]["name"] == name
+        ghost = str(mc_file.parent / "videos" / "test" / "ghost.mp4")
+        assert saved["unreadable"] == [{"question_id": records[-1].get("question_id", f"{path}:{len(records)}"),
+                                        "file": ghost, "reason": "no such file"}]
+        preds = [json.loads(x) for x in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+        assert saved["questions"] == len(records) == len(preds) and preds[-1]["pred"] == -1
+        assert preds[-1]["unreadable"] == ghost and all("letter" in p for p in preds)
+        right = [p["pred"] == p["answer"] for p in preds]
+        assert report["accuracy"] == pytest.approx(sum(right) / len(records))  # the ghost is in the denominator
+        if name == "videomme":
+            assert saved["benchmark"]["score"] == pytest.approx(100 * saved["accuracy"])
+        else:  # mean over the seven task types, the five without questions counting 0
+            per_type = [sum(k for k, p in zip(right, preds) if p["group"] == t) / sum(p["group"] == t for p in preds)
+                        for t in ("count", "order")]
+            assert saved["benchmark"]["score"] == pytest.approx(100 * sum(per_type) / 7)
+        md = (tmp_path / name / "eval.md").read_text()
+        assert "## Unreadable (1 questions, counted wrong)" in md and ghost in md

@@ -86,6 +86,30 @@ def test_overrides_change_budget_and_compressor_not_weights(trained):
     assert dotted.hparams["config"]["budget"]["max_tokens"] == 32
 
 
+def test_model_args_take_a_config_with_or_without_a_checkpoint(trained, tmp_path):
+    """``config=`` builds the evaluated setting as ``dynvlm eval CONFIG`` does: alone, the config's own
+    weights; with ``checkpoint=``, the checkpoint's weights in the config's model (another compressor)."""
+    import torch
+    import yaml
+
+    from dynvlm.lmms.loading import CheckpointError, load_model
+
+    cfg, ckpt = trained
+    path = tmp_path / "eval.yaml"
+    path.write_text(yaml.safe_dump({**cfg, "model": {**cfg["model"], "compressor": {"name": "tome"}}}))
+    saved = torch.load(ckpt, weights_only=False)["state_dict"]
+    own = load_model(config=path)
+    assert own.hparams["config"]["model"]["compressor"] == {"name": "tome"}
+    assert not torch.equal(own.state_dict()["projector.net.0.weight"], saved["projector.net.0.weight"])
+    both = load_model(ckpt, config=path, tokens_per_frame=4)
+    assert type(both.compressor).__name__ == type(own.compressor).__name__ and both.budget.cfg.tokens_per_frame == 4
+    torch.testing.assert_close(both.state_dict()["projector.net.0.weight"], saved["projector.net.0.weight"])
+    with pytest.raises(CheckpointError, match="checkpoint=PATH, config=PATH, or both"):
+        load_model()
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_model(config=tmp_path / "missing.yaml")
+
+
 # ---------------------------------------------------------------------------------------------
 # lmms-eval environment
 
@@ -149,45 +173,146 @@ def _lmms_eval(python: str, out: Path, tasks: str, model_args: str, env: dict[st
     return results, samples, log
 
 
-def _benchmark_files(folder: Path, present: str) -> dict[str, str]:
-    """Tiny annotation files in each benchmark's published shape; one video present, one missing."""
+BENCH_TASKS = {  # dynvlm benchmark -> (local lmms-eval task, its results key)
+    "videomme": ("videomme_local", "videomme_perception_score,none"),
+    "mlvu": ("mlvu_dev_local", "mlvu_percetion_score,none"),
+    "egoschema": ("egoschema_subset_local", "score,none"),
+    "perceptiontest": ("perceptiontest_val_mc_local", "accuracy,none"),
+    "tempcompass": ("tempcompass_multi_choice_local", "avg_accuracy,none"),
+    "muirbench": ("muirbench_local", "muirbench_score_overall,flexible-extract"),
+}
+
+
+def _benchmark_files(folder: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """Annotation files in each benchmark's lmms-eval shape over real colour clips (and PNG images for
+    MuirBench): two questions whose media exist, then one whose media is missing. Returns the files
+    and the environment naming them for the local task files."""
+    from PIL import Image
+
     folder.mkdir(parents=True, exist_ok=True)
-    opts = ["red", "green", "blue", "black"]
-    videomme = [{"videoID": v, "question_id": f"vm{i}", "question": QUESTION, "options": [f"{k}. {o}" for k, o in zip("ABCD", opts)],
-                 "answer": "A", "duration": "short", "domain": "Knowledge", "sub_category": "Humanity & History",
-                 "task_type": "Counting Problem"} for i, v in enumerate([present, "ghost_vm"])]
-    mlvu = [{"video_name": f"{v}.mp4", "question": f"{QUESTION}\n(A) red\n(B) green\n(C) blue\n(D) black",
-             "answer": "A", "task_type": "count"} for v in [present, "ghost_mlvu"]]
-    ego = [{"video_idx": v, "question_idx": f"eg{i}", "question": QUESTION,
-            "option": [f"{k}. {o}" for k, o in zip("ABCDE", [*opts, "white"])], "answer": "0"} for i, v in enumerate([present, "ghost_ego"])]
-    pt = [{"video_name": v, "question_id": i, "question": QUESTION, "options": opts[:3], "answer_id": 0, "area": "physics",
-           "reasoning": "descriptive", "tag": ["colour"]} for i, v in enumerate([present, "ghost_pt"])]
-    env = {}
-    for name, rows in (("VIDEOMME", videomme), ("MLVU", mlvu), ("EGOSCHEMA", ego), ("PERCEPTIONTEST", pt)):
-        path = folder / f"{name.lower()}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        env[f"DYNVLM_{name}_ANNOTATIONS"] = str(path)
-        env[f"DYNVLM_{name}_VIDEOS"] = str(folder)
-    return env
+    clips = []
+    for i, colour in enumerate(("red", "blue")):
+        write_video(folder / f"b{i}.mp4", COLOURS[colour], 3 + i)
+        Image.new("RGB", (20 + 4 * i, 16), COLOURS[colour]).save(folder / f"img{i}.png")
+        clips.append((f"b{i}", NAMES.index(colour)))
+    clips.append(("ghost", 0))
+    opts = [*NAMES, "black", "white"]
+    rows: dict[str, list[dict]] = {name: [] for name in BENCH_TASKS}
+    for i, (clip, key) in enumerate(clips):
+        letter = "ABCDE"[key]
+        rows["videomme"].append({"videoID": clip, "question_id": f"vm{i}", "question": QUESTION, "answer": letter,
+                                 "options": [f"{k}. {o}" for k, o in zip("ABCD", opts)], "duration": "short",
+                                 "domain": "Knowledge", "sub_category": "Astronomy", "task_type": "Counting Problem"})
+        rows["mlvu"].append({"video_name": f"{clip}.mp4", "question": f"{QUESTION} ({i})\n" + "\n".join(
+            f"({k}) {o}" for k, o in zip("ABCD", opts)), "answer": letter, "task_type": ("count", "order")[i % 2],
+            "duration": 183.5})
+        rows["egoschema"].append({"video_idx": clip, "question_idx": f"eg{i}", "question": QUESTION, "answer": str(key),
+                                  "option": [f"{k}. {o}" for k, o in zip("ABCDE", opts)]})
+        rows["perceptiontest"].append({"video_name": clip, "question_id": i, "question": QUESTION, "options": opts[:3],
+                                       "answer_id": key, "area": "physics", "reasoning": "descriptive", "tag": ["colour"]})
+        rows["tempcompass"].append({"video_id": clip, "question": QUESTION + "\n" + "\n".join(f"{k}. {o}" for k, o in zip("ABC", opts)),
+                                    "answer": f"{letter}. {opts[key]}", "dim": "direction"})
+        images = [f"img{i}.png", "img0.png"] if clip != "ghost" else ["ghost.png", "img0.png"]
+        rows["muirbench"].append({"idx": f"mb{i}", "task": "Visual Retrieval", "image_relation": "Similar", "image_type": "Photo",
+                                  "question": "Which colour do both images share?", "options": opts[:4], "answer": letter,
+                                  "image_list": images})
+    files, env = {}, {}
+    for name, records in rows.items():
+        files[name] = folder / f"{name}.jsonl"
+        files[name].write_text("".join(json.dumps(r) + "\n" for r in records))
+        env[f"DYNVLM_{name.upper()}_ANNOTATIONS"] = str(files[name])
+        env[f"DYNVLM_{name.upper()}_VIDEOS"] = str(folder)
+    return files, env
+
+
+def _lmms_reads(name: str, sample: dict) -> tuple[str, bool]:
+    """(what the task read, whether it scored the question right) from one logged lmms-eval sample."""
+    if name == "videomme":
+        r = sample["videomme_perception_score"]
+        return r["pred_answer"], r["score"] == 1.0
+    if name == "mlvu":
+        r = sample["mlvu_percetion_score"]
+        return r["pred_answer"], r["pred_answer"] == r["answer"]
+    if name == "egoschema":
+        return "ABCDE"[sample["score"]["pred"]] if sample["score"]["pred"] >= 0 else "", \
+            str(sample["score"]["pred"]) == str(sample["score"]["ground_truth"])
+    if name == "perceptiontest":
+        r = sample["accuracy"]
+        return ("ABCD"[r["pred_id"]] if r["pred_id"] >= 0 else ""), r["correct"] == 1
+    if name == "tempcompass":
+        r = sample["avg_accuracy"]
+        return "", r["rating"] == 1
+    r = sample["muirbench_score_overall"]
+    return r["pred"], r["pred"].lower().strip() == r["answer"].lower().strip()
+
+
+def _compare_benchmarks(files: dict[str, Path], results: dict, samples: dict, evals: dict[str, dict], log: str) -> int:
+    """Every benchmark: lmms-eval's metric equals dynvlm eval's, and question by question the same
+    answer text, the same reading and the same verdict. Returns how many questions were right."""
+    from dynvlm.data.items import read_items
+    from dynvlm.scoring.readers import muirbench_filtered
+
+    right_total = 0
+    for name, (task, metric) in BENCH_TASKS.items():
+        report, preds = evals[name]
+        assert metric in results.get(task, {}), (task, log[-6000:])
+        assert results[task][metric] == pytest.approx(report["benchmark"]["score"]), name
+        items, _, _ = read_items(files[name])
+        logged = sorted(samples[task], key=lambda x: x["doc_id"])
+        assert len(logged) == len(items) == len(preds) == 3
+        for item, sample in zip(items, logged):
+            ours = preds[item.meta["question_id"]]
+            theirs, right = _lmms_reads(name, sample)
+            assert (ours["pred"] == ours["answer"]) == right, (name, ours, sample)
+            if name != "tempcompass":
+                assert ours["letter"] == theirs, (name, ours, theirs)
+            raw = sample.get("resps", sample["filtered_resps"])  # the logger drops resps equal to filtered_resps
+            while isinstance(raw, list):
+                raw = raw[0]
+            if ours.get("unreadable") is None:  # the same prompt and pixels: the same generated text
+                # (MuirBench logs its filter's output: the letter of an answer starting "X.")
+                text = muirbench_filtered(ours["text"]) if name == "muirbench" else ours["text"]
+                assert text == raw.strip(), (name, ours, raw)
+            else:
+                assert raw == "" and "ghost" in ours["unreadable"]
+            right_total += right
+        assert [u["file"] for u in report["unreadable"]] == [str(files[name].parent / ("ghost.png" if name == "muirbench" else "ghost.mp4"))]
+    return right_total
+
+
+def _eval_benchmarks(cfg: dict, ckpt: str, files: dict[str, Path], out: Path, **sections) -> dict[str, tuple[dict, dict]]:
+    """``dynvlm eval`` of every benchmark file: (report, {question_id: prediction record})."""
+    from omegaconf import OmegaConf
+
+    from dynvlm.evaluation.command import evaluate_cli
+
+    evals = {}
+    for name, path in files.items():
+        report = evaluate_cli(OmegaConf.create({**cfg, **sections}), checkpoint=ckpt, data=str(path), out=str(out / name))
+        rows = [json.loads(x) for x in (Path(report["written"]) / "predictions.jsonl").read_text().splitlines()]
+        evals[name] = (report, {r["question_id"]: r for r in rows})
+    return evals
 
 
 @pytest.mark.slow
 def test_lmms_eval_accuracy_equals_dynvlm_eval(lmms_python, trained, tmp_path):
     """Same checkpoint, same questions: lmms-eval's accuracy equals ``dynvlm eval``'s, question by question,
-    by generation (chat model, with budget and compressor overrides) and by log-likelihood (--force_simple).
-    The shipped benchmark tasks run offline and count a missing video as unanswered, naming it."""
+    by generation (chat model, with budget and compressor overrides) and by log-likelihood (--force_simple),
+    on dynvlm's own file and on every benchmark's file (its task's metric, the same generated text, the
+    same reading; a missing video or image is named and its question counted wrong on both sides)."""
     cfg, ckpt = trained
     data = _mc_file(tmp_path / "mc")
-    bench = _benchmark_files(tmp_path / "bench", present="c0")
-    write_video(tmp_path / "bench" / "c0.mp4", COLOURS["red"], 3)
-    env = {"DYNVLM_MC_ANNOTATIONS": str(data), **bench}
+    files, bench_env = _benchmark_files(tmp_path / "bench")
+    env = {"DYNVLM_MC_ANNOTATIONS": str(data), **bench_env}
+    tasks = ",".join(["dynvlm_mc", *(t for t, _ in BENCH_TASKS.values())])
 
     # generation, at a budget and compressor the checkpoint was not trained with
     budget = {**cfg["budget"], "tokens_per_frame": 4, "max_frames": 3}
     model = {**cfg["model"], "compressor": {"name": "tome"}}
     gen_acc, gen_preds = _dynvlm_eval(cfg, ckpt, data, tmp_path / "eval_gen", eval={"mode": "generate", "max_new_tokens": 8},
                                       budget=budget, model=model)
-    tasks = "dynvlm_mc,videomme_local,mlvu_dev_local,egoschema_subset_local,perceptiontest_val_mc_local"
+    evals = _eval_benchmarks(cfg, ckpt, files, tmp_path / "eval_gen_bench", eval={"mode": "auto", "max_new_tokens": 8},
+                             budget=budget, model=model)
     results, samples, log = _lmms_eval(lmms_python, tmp_path / "lmms_gen", tasks,
                                        f"checkpoint={ckpt},device=cpu,compressor=tome,tokens_per_frame=4,max_frames=3,max_new_tokens=8",
                                        env)
@@ -196,27 +321,24 @@ def test_lmms_eval_accuracy_equals_dynvlm_eval(lmms_python, trained, tmp_path):
     assert results["dynvlm_mc"]["accuracy,none"] == pytest.approx(gen_acc)
     lmms_preds = {s["accuracy"]["question_id"]: s["accuracy"]["pred"] for s in samples["dynvlm_mc"]}
     assert lmms_preds == gen_preds
-
-    # every shipped benchmark task ran offline; the missing video is named and its question unanswered
-    for task, metric in (("videomme_local", "videomme_perception_score,none"), ("mlvu_dev_local", "mlvu_percetion_score,none"),
-                         ("egoschema_subset_local", "score,none"), ("perceptiontest_val_mc_local", "accuracy,none")):
-        assert metric in results.get(task, {}), (task, log[-6000:])
-        assert len(samples[task]) == 2
-    for ghost in ("ghost_vm.mp4", "ghost_mlvu.mp4", "ghost_ego.mp4", "ghost_pt.mp4"):
-        assert f"cannot read video {tmp_path / 'bench' / ghost}" in log
-    ghost = next(s for s in samples["egoschema_subset_local"] if "ghost_ego" in s["submission"])
+    _compare_benchmarks(files, results, samples, evals, log)
+    for ghost in ("ghost.mp4", "ghost.png"):
+        assert f"cannot read {'image' if ghost.endswith('png') else 'video'} {tmp_path / 'bench' / ghost}" in log
+    ghost = next(s for s in samples["egoschema_subset_local"] if "ghost" in s["submission"])
     assert ghost["score"]["pred"] == -1 and ghost["filtered_resps"] == ""  # never upstream's random pick
-    pt = {s["accuracy"]["video_name"]: s["accuracy"] for s in samples["perceptiontest_val_mc_local"]}
-    assert pt["ghost_pt"]["correct"] == 0 and pt["ghost_pt"]["pred_id"] == -1
 
-    # log-likelihood of the option letters, the checkpoint's own budget
+    # log-likelihood of the option letters at the checkpoint's own budget: dynvlm's file by --force_simple's
+    # log-likelihood requests, the benchmarks' generation requests answered with the likeliest letter (mode=loglik)
     ll_acc, ll_preds = _dynvlm_eval(cfg, ckpt, data, tmp_path / "eval_ll", eval={"mode": "loglik"})
-    results, samples, log = _lmms_eval(lmms_python, tmp_path / "lmms_ll", "dynvlm_mc_ppl", f"checkpoint={ckpt},device=cpu",
+    evals = _eval_benchmarks(cfg, ckpt, files, tmp_path / "eval_ll_bench", eval={"mode": "loglik"})
+    tasks = ",".join(["dynvlm_mc_ppl", *(t for t, _ in BENCH_TASKS.values())])
+    results, samples, log = _lmms_eval(lmms_python, tmp_path / "lmms_ll", tasks, f"checkpoint={ckpt},device=cpu,mode=loglik",
                                        env, "--force_simple")
     assert "dynvlm_mc_ppl" in results, log[-6000:]
     assert 0 < ll_acc < 1 and len(ll_preds) == 6
     assert results["dynvlm_mc_ppl"]["accuracy,none"] == pytest.approx(ll_acc)
     assert {s["accuracy"]["question_id"]: s["accuracy"]["pred"] for s in samples["dynvlm_mc_ppl"]} == ll_preds
+    assert _compare_benchmarks(files, results, samples, evals, log) > 0  # letters: some are right
 
 
 # ---------------------------------------------------------------------------------------------

@@ -54,6 +54,23 @@ def test_generated_answers_are_read_for_a_letter_and_unreadable_ones_are_wrong()
     assert [r["pred"] for r in records] == [1, -1] and records[0]["text"] == "The answer is B."
 
 
+def test_auto_mode_scores_dynvlm_files_by_likelihood_and_benchmark_questions_by_their_task():
+    """eval.mode auto: dynvlm's own questions (no meta["benchmark"]) are scored exactly as loglik (the
+    synthetic files' accuracies do not move); a benchmark's question is generated and read by its task's
+    rule (VideoMME reads "Answer unclear" as A, where extract_choice reads nothing), with its group kept."""
+    answerer = Answerer([], [[0.0, 1.0, -1.0], [3.0, 0.0, 0.0]])
+    generic = [_sample(0, "colour", 1), _sample(1, "colour", 2)]
+    auto, loglik = mc_records(answerer, generic, "auto"), mc_records(answerer, generic, "loglik")
+    assert auto == loglik and [r["pred"] for r in auto] == [1, 0] and [r["letter"] for r in auto] == ["B", "A"]
+    assert not any("benchmark" in r or "guessed" in r for r in auto)
+    bench = _sample(2, "c", 0, options=("red", "green", "blue", "black"))
+    bench.meta.update(benchmark="videomme", task_answer="A", task_group="short")
+    (task,) = mc_records(Answerer(["Answer unclear"], []), [bench], "auto")
+    (strict,) = mc_records(Answerer(["Answer unclear"], []), [bench], "auto", reading="strict")
+    assert (task["pred"], task["letter"], task["benchmark"], task["group"]) == (0, "A", "videomme", "short")
+    assert (strict["pred"], strict["letter"]) == (-1, "")
+
+
 def test_open_records_exact_match_the_last_answer_and_skip_mc_samples():
     open_sample = Sample(torch.zeros(1, 4, 4, 3, dtype=torch.uint8), [0.0],
                          [Turn("human", "<video> colour ?"), Turn("gpt", "red")], id="o", meta={"category": "x"})

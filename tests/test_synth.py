@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dynvlm.data import synth
-from dynvlm.data.annotations import read_items
+from dynvlm.data.items import read_items
 from dynvlm.data.video import read_video
 
 SMALL = dict(seed=3, train=8, val=3, test=6, min_duration=14, max_duration=18, max_visits=3, max_visit_seconds=4)

@@ -2,6 +2,9 @@
 
 - :mod:`dynvlm.data.annotations`: LLaVA-style training files and multiple-choice eval files
   (VideoMME, MLVU, EgoSchema, PerceptionTest shapes) -> items / :class:`~dynvlm.records.MCQuestion`.
+- :mod:`dynvlm.data.benchmarks`: each paper benchmark's record fields and lmms-eval prompt
+  (``data.benchmark``); :func:`~dynvlm.data.items.read_items` reads any file into items with them.
+- :mod:`dynvlm.data.images`: several images of one question (MuirBench) as one sample.
 - :mod:`dynvlm.data.synth`: ``dynvlm data synth`` -- procedurally drawn videos with QA.
 - :class:`VideoDataModule`: yields :class:`DataBatch` (a :class:`~dynvlm.records.Batch`).
 - :mod:`dynvlm.data.bench`: ``dynvlm bench data`` -- decode and loading throughput.
@@ -19,7 +22,7 @@ _EXPORTS = {
     "Item": "annotations",
     "MC_INSTRUCTION": "annotations",
     "format_mc": "annotations",
-    "read_items": "annotations",
+    "read_items": "items",
     "read_llava": "annotations",
     "read_mc": "annotations",
     "DataBatch": "dataset",

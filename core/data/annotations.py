@@ -20,16 +20,22 @@ Two kinds of file, told apart by their records:
 
 Every problem is an :class:`AnnotationError` naming the file and line (JSONL), record (JSON) or
 row (parquet).
+
+This module parses the shapes; :func:`dynvlm.data.items.read_items` reads a file into items, with
+a benchmark's own prompt and reading meta where its records are one benchmark's
+(:mod:`dynvlm.data.benchmarks`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from dynvlm.data.images import IMAGES_KIND, images_prompt
 from dynvlm.records import MCQuestion, Turn
 
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -37,6 +43,7 @@ LETTERS = "ABCDEFGHIJ"
 ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
 PLACEHOLDERS = ("<video>", "<image>")
 VIDEO_KEYS = ("video", "videoID", "video_name", "video_path", "video_idx", "q_uid", "video_id")
+T = TypeVar("T")
 _LETTER_PREFIX = re.compile(r"^\(?([A-J])[\.\):]\s*(.*)$", re.S)
 
 __all__ = [
@@ -46,7 +53,7 @@ __all__ = [
     "format_mc",
     "is_mc_file",
     "mc_item",
-    "read_items",
+    "parse_records",
     "read_llava",
     "read_mc",
     "read_records",
@@ -232,9 +239,12 @@ def mc_question(rec: dict[str, Any], where: str) -> MCQuestion:
     if not isinstance(question, str) or not question.strip():
         raise AnnotationError(where, "needs a non-empty 'question'")
     options = _options(rec)
+    head, embedded = _split_embedded(question)
     if options is None:
         # MLVU (lmms-eval): the options are lines of the question
-        question, options = _split_embedded(question)
+        question, options = head, embedded
+    elif embedded and _strip_letters(embedded) == _strip_letters(options):
+        question = head  # MLVU with `candidates` too: the options are listed once, not twice
     if not options:
         raise AnnotationError(where, "no options: expected 'options', 'candidates', 'option 0'.. or 'option'")
     options = _strip_letters(options)
@@ -246,7 +256,7 @@ def mc_question(rec: dict[str, Any], where: str) -> MCQuestion:
         video += ".mp4"
     answer = _answer_index(rec, options, where)
     qid = next((str(rec[k]) for k in ("question_id", "q_uid", "question_idx", "id", "uid") if rec.get(k) is not None), where)
-    category = next((str(rec[k]) for k in ("category", "task_type", "question_type", "area") if rec.get(k)), "")
+    category = next((str(rec[k]) for k in ("category", "task_type", "question_type", "area", "dim") if rec.get(k)), "")
     used = {"question", "options", "candidates", "option", "answer", "answer_id", *VIDEO_KEYS}
     meta = {k: v for k, v in rec.items() if k not in used and not k.startswith("option ")}
     return MCQuestion(qid, video, question.strip(), options, answer, category, meta)
@@ -318,15 +328,24 @@ def format_mc(question: str, options: list[str] | None, instruction: str = MC_IN
     return "\n".join(lines)
 
 
-def mc_item(q: MCQuestion, instruction: str = MC_INSTRUCTION, where: str = "") -> Item:
+def mc_item(q: MCQuestion, instruction: str = MC_INSTRUCTION, where: str = "", prompt: str | None = None) -> Item:
     """An :class:`MCQuestion` as an eval item: ``[human "<video>\\n{question}\\nA. ...", gpt "{letter}"]``;
-    ``meta`` = the question's meta plus ``options``, ``answer`` (index), ``category``, ``question_id``."""
-    human = "<video>\n" + format_mc(q.question, q.options, instruction)
+    ``meta`` = the question's meta plus ``options``, ``answer`` (index), ``category``, ``question_id``.
+
+    ``prompt`` replaces the question text after the placeholder (a benchmark's own ``doc_to_text``).
+    A question with ``meta["images"]`` (several images, MuirBench) becomes a ``kind="images"`` item
+    with one ``<image>`` per image (:func:`dynvlm.data.images.images_prompt`).
+    """
+    text = prompt if prompt is not None else format_mc(q.question, q.options, instruction)
+    human = "<video>\n" + text
     conv = [Turn("human", human), Turn("gpt", q.answer_letter or "")]
     meta = {**q.meta, "options": q.options, "answer": q.answer, "category": q.category, "question_id": q.id,
             "question": q.question}
     kind = "image" if Path(q.video).suffix.lower() in {".png", ".jpg", ".jpeg"} else "video"
-    if kind == "image":
+    if q.meta.get("images"):
+        kind = IMAGES_KIND
+        conv[0].value = images_prompt(text, len(q.meta["images"]))
+    elif kind == "image":
         conv[0].value = conv[0].value.replace("<video>", "<image>", 1)
     return Item(q.id, q.video, kind, conv, meta, where)
 
@@ -334,31 +353,26 @@ def mc_item(q: MCQuestion, instruction: str = MC_INSTRUCTION, where: str = "") -
 # ------------------------------------------------------------------------------------------
 
 
-def read_items(path: str | Path, on_error: str = "raise", instruction: str = MC_INSTRUCTION) -> tuple[list[Item], list[tuple[str, str]], bool]:
-    """Any supported annotation file -> ``(items, problems, is_mc)``; MC questions become eval items."""
-    _check_on_error(on_error)
-    bad: list[tuple[str, str]] = []
-    records = read_records(path, bad if on_error == "skip" else None)
-    if is_mc_file(records):
-        qs, problems = _read_records(records, on_error, mc_question)
-        return [mc_item(q, instruction, where) for q, where in qs], bad + problems, True
-    items, problems = _read_records(records, on_error, llava_item)
-    return [i for i, _ in items], bad + problems, False
-
-
-def _check_on_error(on_error: str) -> None:
+def check_on_error(on_error: str) -> None:
+    """Raise ``ValueError`` unless ``on_error`` is ``"skip"`` or ``"raise"``."""
     if on_error not in ("skip", "raise"):
         raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
 
 
 def _read(path, on_error, parse):
-    _check_on_error(on_error)
+    check_on_error(on_error)
     bad: list[tuple[str, str]] = []
-    got, problems = _read_records(read_records(path, bad if on_error == "skip" else None), on_error, parse)
+    got, problems = parse_records(read_records(path, bad if on_error == "skip" else None), on_error, parse)
     return [x for x, _ in got], bad + problems
 
 
-def _read_records(records, on_error, parse):
+def parse_records(records: list[tuple[str, dict[str, Any]]], on_error: str,
+                  parse: Callable[[dict[str, Any], str], T]) -> tuple[list[tuple[T, str]], list[tuple[str, str]]]:
+    """``parse(record, where)`` of every ``(where, record)`` pair: ``(parsed, problems)``.
+
+    ``parsed`` holds ``(result, where)`` pairs; an :class:`AnnotationError` is raised
+    (``on_error="raise"``) or listed in ``problems`` as ``(where, reason)`` (``"skip"``).
+    """
     out, problems = [], []
     for where, rec in records:
         try:

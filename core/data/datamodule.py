@@ -10,8 +10,9 @@ from typing import Any
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from dynvlm.data.annotations import MC_INSTRUCTION, Item, read_items
+from dynvlm.data.annotations import MC_INSTRUCTION, Item
 from dynvlm.data.dataset import DataBatch, VideoQADataset, collate
+from dynvlm.data.items import read_items
 from dynvlm.data.video import VideoReadError
 from dynvlm.schema import BudgetConfig, DataConfig, section
 from dynvlm.util.paths import synth_file
@@ -111,7 +112,7 @@ class VideoDataModule(pl.LightningDataModule):
             # used outside a Trainer (which calls prepare_data first, on one process): generate now
             self.prepare_data()
         instruction = self.data.mc_instruction if self.data.mc_instruction is not None else MC_INSTRUCTION
-        items, problems, is_mc = read_items(path, self.data.on_error, instruction)
+        items, problems, is_mc = read_items(path, self.data.on_error, instruction, self.data.benchmark)
         self.is_mc[split] = is_mc
         if problems:
             self._record(split, problems)

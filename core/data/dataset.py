@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dynvlm.data.annotations import Item
+from dynvlm.data.images import IMAGES_KIND, image_array, stack_images
 from dynvlm.data.video import VideoReadError, read_video
 from dynvlm.records import Batch, Sample
 
@@ -54,7 +55,7 @@ class VideoQADataset(Dataset):
     """Decodes annotation items into :class:`~dynvlm.records.Sample` (uint8 ``[T, H, W, 3]`` frames).
 
     Args:
-        items: records from :func:`dynvlm.data.annotations.read_items`.
+        items: records from :func:`dynvlm.data.items.read_items`.
         root: folder relative media paths are resolved against.
         fps, max_frames, backend: passed to :func:`dynvlm.data.video.read_video`.
         on_error: ``"raise"`` or ``"skip"``.
@@ -96,6 +97,8 @@ class VideoQADataset(Dataset):
         ``index`` (the item's position) keys the frame cache when ``cache`` is on.
         """
         path = self.path_of(item)
+        if item.kind == IMAGES_KIND:
+            return self._decode_images(item, path)
         hit = self._frames.get(index) if index is not None else None
         key = _shared_key(path, self.fps, self.max_frames, self.backend) if self.cache and hit is None else None
         if hit is None and key is not None:
@@ -109,11 +112,26 @@ class VideoQADataset(Dataset):
             self._frames[index] = hit
         frames, timestamps, backend, duration, native_fps = hit
         kind = "image" if backend == "image" else item.kind
-        meta = {**item.meta, "duration": item.meta.get("duration", duration)}
+        meta = dict(item.meta)
+        # the decoded clip's length plans the budget: an annotation's `duration` may be a label
+        # (VideoMME: "short") or the length of the source video the clip was cut from (MLVU)
+        annotated = meta.pop("duration", None)
+        if annotated is not None:
+            meta["annotated_duration"] = annotated
+        meta["duration"] = duration
         # policies read the source frame rate through VideoInfo.from_sample (keyframes, frames)
         meta.setdefault("native_fps", native_fps)
         conv = [type(t)(t.role, t.value) for t in item.conversation]  # copies: samples may be edited downstream
         return Sample(frames, list(timestamps), conv, kind, item.id, str(path), meta)
+
+    def _decode_images(self, item: Item, path: Path) -> Sample:
+        """A multi-image item (``meta["images"]``) -> a ``kind="images"`` sample: the images stacked as
+        frames at positions ``0, 1, ...`` (see :mod:`dynvlm.data.images`)."""
+        frames = stack_images([image_array(src, self.root) for src in item.meta["images"]])
+        meta = {k: v for k, v in item.meta.items() if k != "images"}  # image bytes stay out of the sample
+        meta["duration"] = 0.0
+        conv = [type(t)(t.role, t.value) for t in item.conversation]
+        return Sample(frames, [float(i) for i in range(len(frames))], conv, IMAGES_KIND, item.id, str(path), meta)
 
     def __getitem__(self, index: int) -> Loaded:
         skipped: list[tuple[str, str]] = []

@@ -32,6 +32,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dynvlm.evaluation.report import complete_report, report_markdown
 from dynvlm.model.checkpoint import read_checkpoint, trained_config
 from dynvlm.model.restore import restore
 from dynvlm.schema import BudgetConfig
@@ -130,8 +131,10 @@ def evaluate(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None, folder
     result["checkpoint"] = checkpoint
     report = summarise(result, cfg, checkpoint, trained=trained, used=usage, dropped=dropped,
                        cost=result.get("cost"))
+    # every question counts, unreadable ones wrong; a benchmark's file also gets its task's metric
+    report = complete_report(report, config_dict(cfg), folder / "predictions.jsonl")
     (folder / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / "eval.md").write_text(markdown(report))
+    (folder / "eval.md").write_text(markdown(report) + report_markdown(report))
     return {**report, "written": str(folder)}
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from dynvlm.config import load_config
 from dynvlm.model.checkpoint import read_checkpoint
 from dynvlm.model.restore import restore
 from dynvlm.model.video_llm import VideoLLM
@@ -86,4 +87,40 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu", **settings: Any
         model, _ = restore(cfg, ckpt, source=str(p))
     except Exception as exc:
         raise CheckpointError(f"dynvlm checkpoint {str(p)!r}: cannot rebuild its model ({exc})") from exc
+    return model.eval()
+
+
+def load_model(checkpoint: str | Path | None = None, config: str | Path | None = None, map_location: str = "cpu",
+               **settings: Any) -> VideoLLM:
+    """The model ``lmms-eval --model dynvlm`` serves, as ``dynvlm eval CONFIG --checkpoint C`` builds it.
+
+    Args:
+        checkpoint: a dynvlm ``.ckpt``; without ``config`` its saved config rebuilds the model
+            (:func:`load_checkpoint`).
+        config: a run config file (``base:`` followed): the evaluated setting. With a checkpoint, its
+            weights are loaded into that model under the compressor swap rule of ``dynvlm eval``;
+            without one, the config's own weights are used (``stage.resume_from``, else its init).
+        map_location: where checkpoint tensors are loaded.
+        settings: the overrides of :func:`resolve_config` (compressor, budget keys, backend, overrides).
+
+    Raises:
+        CheckpointError: naming the checkpoint or config that cannot be used.
+    """
+    if config is None:
+        if checkpoint is None:
+            raise CheckpointError("dynvlm needs model_args checkpoint=PATH, config=PATH, or both")
+        return load_checkpoint(checkpoint, map_location, **settings)
+    if not Path(str(config)).expanduser().is_file():
+        raise CheckpointError(f"dynvlm config {str(config)!r}: no such file")
+    cfg = resolve_config(config_dict(load_config(Path(str(config)).expanduser())), **settings)
+    ckpt = None
+    if checkpoint is not None:
+        if not Path(str(checkpoint)).expanduser().is_file():
+            raise CheckpointError(f"dynvlm checkpoint {str(checkpoint)!r}: no such file")
+        ckpt = read_checkpoint(Path(str(checkpoint)).expanduser(), map_location)
+    try:
+        model, _ = restore(cfg, ckpt, source=str(checkpoint) if checkpoint else None)  # dynvlm eval's rule and seed
+    except Exception as exc:
+        raise CheckpointError(f"dynvlm config {str(config)!r}"
+                              f"{f' with checkpoint {str(checkpoint)!r}' if checkpoint else ''}: cannot build its model ({exc})") from exc
     return model.eval()

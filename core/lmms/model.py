@@ -6,6 +6,8 @@
 key                          meaning
 ============================ ==================================================================
 ``checkpoint``               a dynvlm ``.ckpt`` (its resolved config rebuilds the model)
+``config``                   a run config file: the evaluated setting (alone: its own weights)
+``mode``                     ``generate`` (default), ``loglik`` or ``cloze`` (the likeliest letter)
 ``compressor``               compressor name to use instead of the trained one (e.g. ``tome``)
 ``tokens_per_frame``         fixed ``M`` (``none``/``dynamic`` = the budget rule)
 ``max_tokens``               ``N_max``, the per-video visual-token budget
@@ -45,13 +47,17 @@ from lmms_eval.api.model import lmms
 from lmms_eval.protocol import ChatMessages
 from tqdm import tqdm
 
+from dynvlm.data.annotations import mc_question
+from dynvlm.data.benchmarks import detect_benchmark
+from dynvlm.data.images import IMAGES_KIND, image_array, images_prompt, stack_images
 from dynvlm.data.video import VideoReadError, read_video
-from dynvlm.lmms.loading import load_checkpoint
+from dynvlm.lmms.loading import load_model
 from dynvlm.records import Sample, Turn
 
 log = logging.getLogger("dynvlm.lmms")
 
 UNANSWERED = ""  # the answer of a request whose video could not be read
+MODES = ("generate", "loglik", "cloze")  # how a generation request is answered (model_args mode)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -60,6 +66,12 @@ class DynVLM(lmms):
 
     Args:
         checkpoint: path of a ``.ckpt`` written by ``dynvlm fit``.
+        config: a run config file: the evaluated setting (as ``dynvlm eval CONFIG``); without a
+            checkpoint the config's own weights are used.
+        mode: ``generate`` (default: the task's generation request is answered by generating),
+            ``loglik`` or ``cloze``: the request is answered with the letter of the option whose
+            letter (``loglik``) or text (``cloze``) is most likely — ``dynvlm eval``'s
+            ``eval.mode``, for models that answer in words (the task then reads that letter).
         compressor, tokens_per_frame, max_tokens, min_tokens_per_frame, max_frames, fps, backend:
             budget and compressor overrides (see the module docstring).
         max_new_tokens: generation length when a request's ``gen_kwargs`` have none.
@@ -72,7 +84,8 @@ class DynVLM(lmms):
 
     is_simple = False
 
-    def __init__(self, checkpoint: str, compressor: str | None = None, tokens_per_frame: Any = None,
+    def __init__(self, checkpoint: str | None = None, config: str | None = None, mode: str = "generate",
+                 compressor: str | None = None, tokens_per_frame: Any = None,
                  max_tokens: Any = None, min_tokens_per_frame: Any = None, max_frames: Any = None, fps: Any = None,
                  backend: str | None = None, max_new_tokens: int | None = None, device: str | None = None,
                  dtype: str = "float32", batch_size: int | str = 1, **kwargs: Any) -> None:
@@ -83,8 +96,11 @@ class DynVLM(lmms):
             log.warning("dynvlm: ignoring model_args %s", ignored)
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r}; valid: {', '.join(DTYPES)}")
+        if mode not in MODES:
+            raise ValueError(f"dynvlm model_args mode={mode!r}; valid: {', '.join(MODES)}")
+        self.mode = mode
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = load_checkpoint(checkpoint, compressor=compressor, backend=backend, overrides=overrides,
+        self.model = load_model(checkpoint, config, compressor=compressor, backend=backend, overrides=overrides,
                                      tokens_per_frame=tokens_per_frame, max_tokens=max_tokens,
                                      min_tokens_per_frame=min_tokens_per_frame, max_frames=max_frames, fps=fps)
         self.model.to(self.device)
@@ -131,23 +147,50 @@ class DynVLM(lmms):
                 if content.type == "text":
                     parts.append(content.text)
                 elif content.type in ("video", "image"):
-                    if not media:  # a dynvlm sample holds one video; later ones are dropped
-                        parts.append("<media>")
+                    parts.append("<media>")
                     media.append(content.url)
-        if len(media) > 1:
-            log.warning("dynvlm: %d media in one request; only the first is used", len(media))
         return "\n".join(parts), media
 
     def _sample(self, text: str, media: Sequence[Any], doc_id: Any, history: Sequence[Turn] = ()) -> Sample | None:
         """A :class:`Sample` of the conversation ``history + [human text]``; ``None`` when its video is unreadable."""
         if not media:
             raise ValueError(f"doc {doc_id}: dynvlm needs one video or image per request, got none")
+        if len(media) > 1 and all(_is_image(m) for m in media):
+            return self._images_sample(text, media, doc_id, history)
+        if len(media) > 1:  # a dynvlm sample holds one video; later media are dropped
+            log.warning("dynvlm: %d media in one request; only the first is used", len(media))
+            head, _, tail = text.partition("<media>")
+            text = head + "<media>" + tail.replace("<media>\n", "").replace("<media>", "")
         read = self._read(media[0])
         if read is None:
             return None
         frames, timestamps, kind = read
         text = text.replace("<media>", f"<{kind}>", 1)
         return Sample(frames, timestamps, [*history, Turn("human", text)], kind, str(doc_id), str(media[0]), {})
+
+    def _images_sample(self, text: str, media: Sequence[Any], doc_id: Any, history: Sequence[Turn]) -> Sample | None:
+        """Several images of one request -> a ``kind="images"`` sample, built as ``dynvlm eval`` builds
+        it (:mod:`dynvlm.data.images`): the same pixels and the same ``<image>`` placement."""
+        try:
+            frames = stack_images([image_array(m) for m in media])
+        except VideoReadError as exc:
+            log.error("dynvlm: cannot read image %s (%s): the question counts as unanswered", exc.path, exc.reason)
+            self.missing.append(str(exc.path))
+            return None
+        words = "\n".join(line for line in text.split("\n") if line != "<media>")
+        turn = Turn("human", images_prompt(words, len(media)))
+        return Sample(frames, [float(i) for i in range(len(media))], [*history, turn], IMAGES_KIND, str(doc_id), "", {})
+
+    def _choose(self, sample: Sample, doc: Any) -> str:
+        """``mode`` loglik/cloze: the letter of the most likely option of ``doc``'s question (read with
+        :mod:`dynvlm.data.benchmarks`, or dynvlm's generic reader), as ``dynvlm eval`` scores it."""
+        record = {k: v for k, v in dict(doc).items() if v is not None}
+        bench = detect_benchmark(record)
+        q = bench.question(record, f"doc {sample.id}") if bench else mc_question(record, f"doc {sample.id}")
+        sample.meta.update(options=q.options, question=q.question)
+        with self._autocast():
+            scores = self.model.score_options([sample], cloze=self.mode == "cloze").scores[0]
+        return chr(ord("A") + max(range(len(scores)), key=scores.__getitem__))
 
     # -- requests ---------------------------------------------------------------------------------
     def _generate(self, samples: Sequence[Sample], gen_kwargs: dict[str, Any]) -> list[str]:
@@ -170,7 +213,10 @@ class DynVLM(lmms):
         for i, req in enumerate(tqdm(requests, disable=self.rank != 0, desc="dynvlm: reading")):
             text, media, gen_kwargs, doc_id = self._inputs(req)
             sample = self._sample(text, media, doc_id)
-            if sample is not None:
+            if sample is not None and self.mode != "generate":
+                doc_id, task, split = req.args[-3:]
+                answers[i] = self._choose(sample, self.task_dict[task][split][doc_id])
+            elif sample is not None:
                 todo.append((i, sample, gen_kwargs))
         for lo in tqdm(range(0, len(todo), self.batch_size), disable=self.rank != 0, desc="dynvlm: generating"):
             groups: dict[str, list[tuple[int, Sample, dict[str, Any]]]] = {}
@@ -292,3 +338,10 @@ class DynVLMSimple(DynVLM):
     def generate_until_multi_round(self, requests: list[Instance]) -> list[list[str]]:
         raise NotImplementedError("dynvlm: multi-round tasks need the chat model (run without --force_simple)")
 
+
+
+def _is_image(media: Any) -> bool:
+    """A PIL image, an image cell (``{"bytes", "path"}``) or an image file path."""
+    if hasattr(media, "convert") or isinstance(media, dict):
+        return True
+    return str(media).lower().endswith((".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"))

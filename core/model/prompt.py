@@ -99,7 +99,11 @@ class PromptBuilder:
                 raise ValueError(f"prompt: turns {i - 1} and {i} are both {turn.role!r}; roles must alternate")
             text = turn.value
             n_ph = text.count(VIDEO) + text.count(IMAGE)
-            if i == 0:
+            if i == 0 and kind == "images":  # several images: one <image> per kept image, no timestamps
+                if n_ph != len(timestamps) or VIDEO in text:
+                    raise ValueError(f"prompt: a question about {len(timestamps)} images needs {len(timestamps)} "
+                                     f"{IMAGE} placeholders (and no {VIDEO}) in its first human turn, found {n_ph}")
+            elif i == 0:
                 if n_ph != 1:
                     raise ValueError(f"prompt: the first human turn must hold exactly one {VIDEO} or {IMAGE} "
                                      f"placeholder, found {n_ph} in {text!r}")

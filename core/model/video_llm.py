@@ -29,6 +29,7 @@ from torch import Tensor
 
 from dynvlm.budget import BudgetPolicy, FramePlan, VideoInfo
 from dynvlm.config import build_component, provenance_record
+from dynvlm.data.images import IMAGES_KIND
 from dynvlm.data.questions import vocabulary
 from dynvlm.model.checkpoint import (
     CKPT_KEY,
@@ -143,13 +144,19 @@ class VideoLLM(pl.LightningModule):
 
         The policy sees each sample's timestamps, ``meta["duration"]`` and decoded frames
         (:meth:`dynvlm.budget.VideoInfo.from_sample`): ``keyframes`` picks frames by their pixels.
+        A question about several images (``kind="images"``) keeps every image
+        (:meth:`dynvlm.budget.BudgetPolicy.plan_images`).
         """
         for s in samples:
             if s.frames.dim() != 4 or s.frames.shape[-1] != 3:
                 raise ValueError(f"sample {s.id!r}: frames must be [T, H, W, 3], got {tuple(s.frames.shape)}")
             if len(s.timestamps) != s.frames.shape[0]:
                 raise ValueError(f"sample {s.id!r}: {len(s.timestamps)} timestamps for {s.frames.shape[0]} frames")
-        return self.budget.plan_batch([VideoInfo.from_sample(s) for s in samples], training=training)
+        plans = self.budget.plan_batch([VideoInfo.from_sample(s) for s in samples], training=training)
+        if any(s.kind == IMAGES_KIND for s in samples):  # several images in one question: every one is kept
+            plans = [self.budget.plan_images(len(s.timestamps)) if s.kind == IMAGES_KIND else p
+                     for s, p in zip(samples, plans)]
+        return plans
 
     def visual_features(self, samples: Sequence[Sample], plans: Sequence[FramePlan]) -> VisualFeatures:
         """Kept frames of each sample -> projected visual tokens ``[T_i * M_i, D]`` per sample, the aux
@@ -281,13 +288,13 @@ class VideoLLM(pl.LightningModule):
         # puts them on the module's device, which a distributed sync needs)
         self.log("val/tokens/planned", float(out["visual_tokens"]), batch_size=len(samples), sync_dist=True)
         self.log("val/tokens/actual", float(out["actual_tokens"]), batch_size=len(samples), sync_dist=True)
-        self._eval_records.extend(mc_records(self, samples, self.eval_cfg.mode))
+        self._eval_records.extend(mc_records(self, samples, self.eval_cfg.mode, self.eval_cfg.reading))
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         if not _has_samples(batch):
             return
         samples = _samples(batch)
-        self._eval_records.extend(mc_records(self, samples, self.eval_cfg.mode) + open_records(self, samples))
+        self._eval_records.extend(mc_records(self, samples, self.eval_cfg.mode, self.eval_cfg.reading) + open_records(self, samples))
 
     def on_validation_epoch_start(self) -> None:
         self._eval_records = []

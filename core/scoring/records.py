@@ -4,8 +4,10 @@ A record is a plain dict (one line of ``predictions.jsonl``):
 
 - multiple choice: ``kind="mc"``, ``question_id``, ``category``, ``pred`` (option index, ``-1`` for
   an answer no option could be read from), ``answer`` (index or ``None``), ``text`` (the generated
-  answer in ``generate`` mode, else ``None``), ``planned_tokens``, ``actual_tokens``, ``frames``,
-  and ``ceiling`` where the sample carries ``evidence_groups`` (synthetic data);
+  answer in ``generate`` mode, else the likeliest option's letter), ``letter`` (what the reading
+  read), ``planned_tokens``, ``actual_tokens``, ``frames``, and ``ceiling`` where the sample carries
+  ``evidence_groups`` (synthetic data); a benchmark's question adds ``benchmark`` and ``group`` (the
+  key its task aggregates by) and ``guessed`` where the task picked an option at random;
 - open-ended: ``kind="open"``, ``text``, ``answer_text``, ``correct`` (exact match) and the usage keys.
 
 The model is reached through :class:`Answerer` (``VideoLLM`` is one), so this module sits below the
@@ -19,7 +21,8 @@ from typing import Any, Protocol
 
 from dynvlm.data.questions import coverage_ceiling
 from dynvlm.records import Sample, VisualUsage
-from dynvlm.scoring.answers import exact_match, extract_choice
+from dynvlm.scoring.answers import exact_match
+from dynvlm.scoring.benchmarks import read_answer, resolve_mode
 
 
 class _Generated(Protocol):
@@ -46,33 +49,50 @@ def _usage_keys(usage: VisualUsage) -> dict[str, Any]:
             "frames": len(usage.kept_times)}
 
 
-def mc_records(model: Answerer, samples: Sequence[Sample], mode: str) -> list[dict[str, Any]]:
+def mc_records(model: Answerer, samples: Sequence[Sample], mode: str, reading: str = "task") -> list[dict[str, Any]]:
     """Records of the multiple-choice samples among ``samples`` (those with ``meta["options"]``).
 
     Args:
         model: answers the questions.
         samples: a batch; samples without options are left to :func:`open_records`.
         mode: ``eval.mode``: ``loglik`` (option letters by likelihood), ``cloze`` (option texts after
-            the bare question) or ``generate`` (a generated answer read for a letter).
+            the bare question), ``generate`` (a generated answer read for a letter) or ``auto``
+            (``generate`` for a benchmark's question, ``loglik`` for dynvlm's own format).
+        reading: ``eval.reading``: ``task`` (a benchmark's question read as its lmms-eval task
+            reads it) or ``strict`` (:func:`~dynvlm.scoring.answers.extract_choice`).
+
+    Returns:
+        One record per question (see the module docstring); ``text`` is the generated answer or, by
+        likelihood, the best option's letter; ``letter`` what the reading read; a benchmark's
+        question adds ``benchmark`` and ``group`` (its aggregation key), and ``guessed`` where the
+        task picked at random.
     """
     mc = [s for s in samples if s.meta.get("options")]
     if not mc:
         return []
+    mode = resolve_mode(mode, mc[0].meta)
     if mode == "generate":
         generated = model.generate(mc)
-        texts: list[str | None] = list(generated.texts)
-        preds = [extract_choice(t, len(s.meta["options"]), s.meta["options"]) for t, s in zip(generated.texts, mc)]
-        preds = [-1 if p is None else p for p in preds]  # unreadable answers count as wrong
+        texts = list(generated.texts)
+        reads = [read_answer(t, s.meta, reading) for t, s in zip(texts, mc)]  # unreadable answers: pred -1, wrong
         usage = generated.usage
     else:
         scored = model.score_options(mc, cloze=mode == "cloze")
-        texts = [None] * len(mc)
-        preds = [max(range(len(sc)), key=sc.__getitem__) for sc in scored.scores]
+        best = [max(range(len(sc)), key=sc.__getitem__) for sc in scored.scores]
+        texts = [chr(ord("A") + b) for b in best]
+        # a benchmark's task reads the best letter like a generated answer (VideoMME reads A-D only)
+        reads = [read_answer(t, s.meta, reading) if s.meta.get("benchmark") and reading == "task"
+                 else {"pred": b, "letter": t, "guessed": False} for t, b, s in zip(texts, best, mc)]
         usage = scored.usage
     records = []
-    for s, pred, text, use in zip(mc, preds, texts, usage):
+    for s, r, text, use in zip(mc, reads, texts, usage):
         record = {"kind": "mc", "question_id": s.meta.get("question_id", s.id), "category": s.meta.get("category", ""),
-                  "pred": pred, "answer": s.meta.get("answer"), "text": text, **_usage_keys(use)}
+                  "pred": r["pred"], "answer": s.meta.get("answer"), "text": text, "letter": r["letter"],
+                  **_usage_keys(use)}
+        if r["guessed"]:
+            record["guessed"] = True
+        if s.meta.get("benchmark"):
+            record.update(benchmark=s.meta["benchmark"], group=s.meta.get("task_group", ""))
         if s.meta.get("evidence_groups") is not None:
             # the best accuracy the frames this model really kept allow (synthetic evidence)
             record["ceiling"] = coverage_ceiling(s.meta["evidence_groups"], use.kept_times, len(s.meta["options"]))

@@ -1,11 +1,16 @@
 """EgoSchema subset (local files): upstream lmms-eval prompt and scoring; see dynvlm.lmms.tasks.
 
-Upstream scoring picks a random option when it reads no letter; a question whose video is
-missing is scored wrong before that can happen.
+Upstream scoring picks a random option when it reads no letter: the global RNG is seeded per
+question first (:func:`dynvlm.data.benchmarks.egoschema.seed_of`), as ``dynvlm eval`` seeds its pick,
+so both pick the same letter. A question whose video is missing is scored wrong before that can
+happen.
 """
+
+import random
 
 from lmms_eval.tasks.egoschema import utils as upstream
 
+from dynvlm.data.benchmarks.egoschema import seed_of
 from dynvlm.lmms.tasks import annotations_loader, unanswered_guard, video_finder
 
 process_docs = annotations_loader("DYNVLM_EGOSCHEMA_ANNOTATIONS")
@@ -21,4 +26,9 @@ def _unanswered(doc, result):
     return result
 
 
-process_results = unanswered_guard(upstream.egoschema_process_results_generation, doc_to_visual, _unanswered)
+def _seeded(doc, results):
+    random.seed(seed_of(doc))
+    return upstream.egoschema_process_results_generation(doc, results)
+
+
+process_results = unanswered_guard(_seeded, doc_to_visual, _unanswered)
