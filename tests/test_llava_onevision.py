@@ -230,3 +230,74 @@ def test_import_then_eval_runs_end_to_end(imported, tmp_path):
                  str(synth / "test_mc.jsonl"), "--out", str(out2)]) == 0
     tome = json.loads((out2 / "eval.json").read_text())
     assert tome["questions"] == report["questions"] and tome["evaluated_with"]["compressor"] == "tome"
+
+
+def knob_config(**model):
+    from tiny_vlm import ENCODER, LLM
+
+    encoder = dict(ENCODER, hidden_size=16, intermediate_size=32)  # C = 16, D = 32
+    return {"model": {"encoder": {"name": "siglip", "config": encoder}, "compressor": {"name": "prune"},
+                      "llm": {"name": "hf", "config": dict(LLM), "vocabulary": list(WORDS)}, **model},
+            "budget": {"max_tokens": 16, "tokens_per_frame": 4, "max_frames": 4}}
+
+
+def test_the_knobs_train_after_the_projector_with_a_separator():
+    """LLaVA-OV's order with a learned compressor (prune's scorer at width D) and the separator: a
+    training step reaches the separator, which sits right after the video's last frame."""
+    torch.manual_seed(0)
+    model = VideoLLM(knob_config(compressor_at="after_projector", projector={"separator": True},
+                                 prompt={"name": "llava_ov"}))
+    assert model.compressor.dim == model.llm.width != model.encoder.width
+    sample = video_sample(3)
+    out = model([sample], training=True)
+    out["loss"].backward()
+    assert model.projector.separator.grad is not None and model.projector.separator.grad.abs().sum() > 0
+    assert out["actual_tokens"] == 3 * 4 + 1 and out["visual_tokens"] == 3 * 4
+    plans = model.plan([sample])
+    ids = model.encode_prompts([sample], plans)[0].ids
+    first = ids.index(IMAGE_TOKEN_ID)
+    assert ids[first : first + 13] == [IMAGE_TOKEN_ID] * 13 and ids[first + 13] != IMAGE_TOKEN_ID
+    visual = model.visual_features([sample], plans).tokens[0]
+    assert torch.equal(visual[-1], model.projector.separator.detach())
+
+
+def test_a_compressor_that_needs_the_encoders_width_is_refused_after_the_projector(monkeypatch):
+    from dynvlm.plugins.compressors.pool import AdaptivePool
+
+    monkeypatch.setattr(AdaptivePool, "needs_encoder_width", True)
+    cfg = knob_config(compressor_at="after_projector")
+    cfg["model"]["compressor"] = {"name": "pool"}
+    with pytest.raises(ValueError, match="needs_encoder_width"):
+        VideoLLM(cfg)
+    VideoLLM(knob_config())  # before the projector it is fine
+
+
+def test_the_llava_ov_recipes_need_only_their_paths(imported, tmp_path):
+    """experiments/llava_ov with the /path/to/... entries pointed at an import: the recipe's model is the
+    import's model.yaml, and the training-free study runs on imported.ckpt (two of its points here)."""
+    from dynvlm.data.synth import generate
+    from dynvlm.evaluation.transfer import run_transfer
+    from dynvlm.util.configs import config_dict
+
+    recipes = PUBLISHED.parent
+    paths = [f"model.encoder.path={imported / 'encoder'}", f"model.llm.path={imported / 'llm'}",
+             f"stage.resume_from={imported / 'projector.safetensors'}", "model.encoder.dtype=float32",
+             "model.llm.dtype=float32", f"output_dir={tmp_path}", "trainer.accelerator=cpu"]
+    settings = [line for p in recipes.glob("*.yaml") for line in p.read_text().splitlines() if not line.startswith("#")]
+    assert sum(line.count("/path/to/llava-ov-dynvlm/") for line in settings) == 3  # encoder, llm, projector
+    written = config_dict(load_config(imported / "model.yaml"))["model"]
+    for name in ("reproduce", "study", "finetune"):
+        cfg = config_dict(load_config(recipes / f"{name}.yaml", paths))
+        assert cfg["model"] == written, name
+    study = config_dict(load_config(recipes / "study.yaml", paths))
+    assert study["budget"]["max_tokens"] == 196 * 32
+    synth = tmp_path / "synth"
+    generate({"out": str(synth), "seed": 3, "train": 0, "val": 0, "test": 1, "size": 16, "min_duration": 12,
+              "max_duration": 14, "max_visits": 2, "max_visit_seconds": 3}, progress=False)
+    study["data"] = {"test": str(synth / "test_mc.jsonl"), "max_samples": 2}
+    study["budget"].update(tokens_per_frame=9, max_tokens=72)  # the tiny model's 3x3 pooled grid, 8 frames
+    study["sweep"] = {"model.compressor.name": ["bilinear", "pool"], "budget.tokens_per_frame": [9]}
+    result = run_transfer(study, checkpoint=str(imported / "imported.ckpt"), out=str(tmp_path / "transfer"))
+    assert result["points"] == 2 and result["trained_with"]["label"] == "bilinear@9"
+    rows = (tmp_path / "transfer" / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and "bilinear" in rows[1] and "pool" in rows[2]

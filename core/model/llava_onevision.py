@@ -12,6 +12,8 @@ load, and writes:
 - ``DIR/model.yaml``: a ready config that reproduces the model's video forward: ``bilinear`` at the
   checkpoint's pooled tokens per frame after the projector, the separator, the ``llava_ov`` prompt,
   ``select_layer`` from ``vision_feature_layer``;
+- ``DIR/imported.ckpt``: the same projector weights as a dynvlm checkpoint whose config is ``model.yaml``
+  (``dynvlm eval SWEEP.yaml --checkpoint DIR/imported.ckpt``: training-free grids, ``experiments/llava_ov``);
 - ``DIR/manifest.json``: the source (path, files and their sha256), every source key -> ``part:key``,
   the written files' sha256 and what is not used.
 
@@ -22,7 +24,6 @@ plan runs on a model built on the meta device, so published configs can be check
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 
 from dynvlm.config import ConfigError
 from dynvlm.model.projector import Projector
+from dynvlm.util.paths import sha256
 
 #: the source kind ``dynvlm import`` names
 KIND = "llava-onevision"
@@ -176,14 +178,6 @@ def plan_from_config(config: Any) -> ImportPlan:
 # -- the import command -----------------------------------------------------------------------
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _files(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -219,6 +213,20 @@ budget: {{tokens_per_frame: {m}, max_tokens: {m * frames}, max_frames: {frames},
 stage: {{name: video_sft, resume_from: ${{here}}/projector.safetensors}}
 eval: {{mode: loglik}}
 """
+
+
+def write_checkpoint(path: Path, state: Mapping[str, Tensor], config_file: Path) -> None:
+    """A dynvlm checkpoint of the imported weights outside the encoder and LLM folders (the projector and
+    separator) with the ready config as what it was "trained" with, so ``dynvlm eval SWEEP.yaml
+    --checkpoint imported.ckpt`` evaluates the imported model at every point of a training-free grid."""
+    from dynvlm.config import load_config
+    from dynvlm.model.checkpoint import CKPT_KEY
+    from dynvlm.util.configs import config_dict
+
+    config = config_dict(load_config(config_file, validate=False))
+    torch.save({"state_dict": {k: v.contiguous() for k, v in state.items()},
+                "hyper_parameters": {"config": config},
+                CKPT_KEY: {"trainable": [], "carried": sorted(state), "stage": "imported"}}, str(path))
 
 
 def import_llava_onevision(path: str | Path, out: str | Path, frames: int = 32,
@@ -264,6 +272,8 @@ def import_llava_onevision(path: str | Path, out: str | Path, frames: int = 32,
 
     save_file({f"projector.{k}": v.contiguous() for k, v in parts["projector"].items()}, str(dst / "projector.safetensors"))
     (dst / "model.yaml").write_text(ready_config(plan, dtype, frames))
+    write_checkpoint(dst / "imported.ckpt", {f"projector.{k}": v for k, v in parts["projector"].items()},
+                     dst / "model.yaml")
     manifest = {
         "source": {"kind": KIND, "path": str(src.resolve()), "files": _files(src)},
         "architecture": {"grid": list(plan.grid), "tokens_per_frame": plan.tokens_per_frame,
@@ -273,7 +283,7 @@ def import_llava_onevision(path: str | Path, out: str | Path, frames: int = 32,
         "unused": {"keys": plan.unused, "why": UNUSED_WHY},
         "written": {name: sha256(dst / name) for name in [*(f"{part}/{f}" for part in ("encoder", "llm")
                                                               for f in _files(dst / part)),
-                                                            "projector.safetensors", "model.yaml"]},
+                                                            "projector.safetensors", "model.yaml", "imported.ckpt"]},
     }
     (dst / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     log(f"imported {len(plan.mapping)} tensors; config: {dst / 'model.yaml'}")
