@@ -7,6 +7,11 @@ tokenises the conversations with ``M`` visual positions per ``<image>``, and the
 tokens are scattered into those positions of the LLM's input embeddings. Loss = LLM loss on
 the answers + ``optim.aux_weight`` x the compressor's auxiliary loss.
 
+Pretrained video LLMs that run another order (LLaVA-OneVision, :mod:`dynvlm.model.llava_onevision`)
+are served by three model options, all off by default: ``model.compressor_at: after_projector``
+(project ``[F, N, D]``, then compress to ``[F, M, D]``), ``model.projector.separator`` (a learned
+vector after each video's tokens) and ``model.prompt`` (the prompt format plugin).
+
 Nothing here assumes one process: the strategy (DDP, FSDP, DeepSpeed) comes from the trainer
 config, metrics that need every rank's predictions are gathered explicitly.
 
