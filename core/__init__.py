@@ -3,7 +3,7 @@
 Public API:
 
 - component interfaces: :class:`Compressor`, :class:`Compressed`, :class:`VisionEncoder`,
-  :class:`LanguageModel` (shapes in :mod:`dynvlm.interfaces`)
+  :class:`LanguageModel`, :class:`PromptFormat` (shapes in :mod:`dynvlm.interfaces`)
 - plugin markers: :data:`hookimpl` (and :data:`hookspec` for new hook kinds)
 - the registry: :func:`get_registry`, :class:`Registry`, :class:`PluginError`, :class:`Component`
 - configs: :func:`load_config`, :func:`build_component`, :class:`ConfigError`
@@ -23,6 +23,7 @@ _EXPORTS = {
     "Compressed": "interfaces",
     "Compressor": "interfaces",
     "LanguageModel": "interfaces",
+    "PromptFormat": "interfaces",
     "VisionEncoder": "interfaces",
     "hookimpl": "hookspecs",
     "hookspec": "hookspecs",
@@ -42,6 +43,7 @@ __all__ = [
     "ConfigError",
     "LanguageModel",
     "PluginError",
+    "PromptFormat",
     "Registry",
     "VisionEncoder",
     "__version__",
@@ -55,7 +57,7 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from dynvlm.config import ConfigError, build_component, load_config
     from dynvlm.hookspecs import hookimpl, hookspec
-    from dynvlm.interfaces import Compressed, Compressor, LanguageModel, VisionEncoder
+    from dynvlm.interfaces import Compressed, Compressor, LanguageModel, PromptFormat, VisionEncoder
     from dynvlm.registry import Component, PluginError, Registry, get_registry
 
 

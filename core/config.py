@@ -183,6 +183,9 @@ def _validate_tree(data: dict, origins: dict[str, str], registry: Registry) -> N
             _check_component(model[key], kind, f"model.{key}", registry, ctx)
     if model.get("projector") is not None:
         _check_dataclass(model["projector"], schema.ProjectorConfig, "model.projector", ctx)
+    for key, expected in schema.MODEL_OPTIONS.items():
+        if model.get(key) is not None:
+            _check_type(model[key], expected, f"model.{key}", ctx)
     policy = (data.get("budget") or {}).get("policy")
     if policy is not None:  # a registered budget policy, by name or as {name, its own keys}
         _check_component({"name": policy} if isinstance(policy, str) else policy, "budget", "budget.policy", registry, ctx)

@@ -44,10 +44,21 @@ def register_budgets(register: Register) -> None:
     """
 
 
+@hookspec
+def register_prompt_formats(register: Register) -> None:
+    """Register prompt formats (subclasses of :class:`dynvlm.PromptFormat`): ``register(name, cls)``.
+
+    A format writes a conversation with visual content as text: the system turn, where the kept
+    frames go (timestamps, contiguous frames, several images) and the chat rendering.
+    ``model.prompt`` names it (default ``dynvlm``).
+    """
+
+
 #: hook name -> component kind it registers
 HOOK_KINDS: dict[str, str] = {
     "register_compressors": "compressor",
     "register_encoders": "encoder",
     "register_llms": "llm",
     "register_budgets": "budget",
+    "register_prompt_formats": "prompt",
 }

@@ -10,12 +10,17 @@ Shapes used throughout:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["Compressed", "Compressor", "VisionEncoder", "LanguageModel", "check_compressor_call"]
+__all__ = ["Compressed", "Compressor", "VisionEncoder", "LanguageModel", "PromptFormat", "check_compressor_call",
+           "IMAGE", "VIDEO", "format_seconds", "video_text"]
+
+#: one frame's place in a prompt (expanded to the frame's ``M`` visual positions); a sample's visual placeholder
+IMAGE, VIDEO = "<image>", "<video>"
 
 
 @dataclass
@@ -70,6 +75,11 @@ class Compressor(nn.Module):
     #: ``True`` for a compressor that always serves all ``N`` tokens whatever is asked (``identity``):
     #: the budget then pays for ``N`` per frame, and the encoder's ``downsample`` option needs one.
     keeps_all: bool = False
+
+    #: ``True`` for a compressor that only works on the encoder's tokens (width ``C``): it is then
+    #: refused after the projector (``model.compressor_at: after_projector``), where it would get
+    #: ``dim = D``, the language model's width. Width-agnostic compressors leave it ``False``.
+    needs_encoder_width: bool = False
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -133,3 +143,58 @@ class LanguageModel(nn.Module):
         """Greedy/sampled generation from embeddings -> new token ids ``[B, L_new]``."""
         raise NotImplementedError
 
+
+
+def format_seconds(t: float) -> str:
+    """A timestamp as dynvlm's prompt writes it: ``1.0 -> "1s"``, ``0.5 -> "0.5s"`` (one decimal)."""
+    r = round(float(t), 1)
+    return f"{int(r)}s" if r == int(r) else f"{r}s"
+
+
+def video_text(timestamps: Sequence[float]) -> str:
+    """``"1s: <image>; 2s: <image>"`` for the kept frames' timestamps (dynvlm's video text)."""
+    return "; ".join(f"{format_seconds(t)}: {IMAGE}" for t in timestamps)
+
+
+class PromptFormat:
+    """Base class of prompt formats (``model.prompt``): how a conversation with visual content is written.
+
+    A format decides three things; this base class implements dynvlm's own format (``dynvlm``):
+
+    - :meth:`system`: the system turn (dynvlm: the language model's ``system_prompt``);
+    - :meth:`expand`: the first human turn's text with its placeholder (``<video>`` or ``<image>``)
+      replaced by one :data:`IMAGE` per kept frame, where the frames go in the text (dynvlm:
+      ``"1s: <image>; 2s: <image>"`` from the kept frames' timestamps);
+    - :meth:`render`: chat messages -> the text that is tokenised (dynvlm: the tokenizer's chat template).
+
+    The prompt builder then turns each :data:`IMAGE` into the frame's ``M`` visual positions.
+    :meth:`render` must render a conversation as a growing prefix (the text up to an assistant
+    header is a prefix of the text with that answer), so answers can be located. Formats are
+    built from ``model.prompt`` (``{name: <registered>, **kwargs}``); the core supplies nothing.
+    """
+
+    def system(self, default: str | None) -> str | None:
+        """The system turn's text, or ``None`` for none; ``default`` is the language model's ``system_prompt``."""
+        return default
+
+    def expand(self, text: str, kind: str, timestamps: Sequence[float]) -> str:
+        """``text`` (the first human turn) with its visual placeholder replaced by one :data:`IMAGE` per kept frame.
+
+        Args:
+            text: the turn, holding exactly one ``<video>`` or ``<image>``.
+            kind: the sample's kind (``video``, ``image``, ...).
+            timestamps: the kept frames' times in seconds, in order (at least one).
+        """
+        if not timestamps:
+            raise ValueError("prompt: a sample needs at least one kept frame")
+        if VIDEO in text:
+            return text.replace(VIDEO, video_text(timestamps))
+        if len(timestamps) != 1:
+            raise ValueError(f"prompt: an {IMAGE} placeholder stands for one frame, but {len(timestamps)} frames "
+                             f"were kept (kind {kind!r}); use {VIDEO} for videos")
+        return text
+
+    def render(self, messages: Sequence[Mapping[str, str]], tokenizer: Any, generation_prompt: bool) -> str:
+        """Chat ``messages`` (``role``: ``system``/``user``/``assistant``, ``content``) -> the text to tokenise;
+        ``generation_prompt`` appends the assistant header."""
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)

@@ -18,10 +18,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 #: component kind of each ``model.*`` key that holds a plugin spec
-COMPONENT_KEYS: dict[str, str] = {"encoder": "encoder", "compressor": "compressor", "llm": "llm"}
+COMPONENT_KEYS: dict[str, str] = {"encoder": "encoder", "compressor": "compressor", "llm": "llm", "prompt": "prompt"}
 
 #: constructor arguments the core supplies (never from YAML), per component kind
-CORE_SUPPLIED: dict[str, tuple[str, ...]] = {"compressor": ("dim",), "encoder": (), "llm": ()}
+CORE_SUPPLIED: dict[str, tuple[str, ...]] = {"compressor": ("dim",), "encoder": (), "llm": (), "prompt": ()}
+
+#: the prompt format of a model config without ``model.prompt``
+DEFAULT_PROMPT = "dynvlm"
+
+#: plain ``model.*`` keys (not component specs) and their types. ``compressor_at``: where the compressor
+#: runs, on the encoder's tokens (width C, dynvlm's walk, the default) or on the projected ones (width D,
+#: LLaVA-OneVision's order: project every patch, then pool)
+MODEL_OPTIONS: dict[str, Any] = {"compressor_at": Literal["before_projector", "after_projector"]}
 
 
 @dataclass
@@ -30,6 +38,9 @@ class ProjectorConfig:
 
     depth: int = 2
     hidden: int | None = None  # hidden width; None = D
+    # a learned D-vector appended after each video's visual tokens (LLaVA-OneVision's image_newline);
+    # it trains with the projector and takes one more LLM position per video
+    separator: bool = False
 
 
 @dataclass
@@ -126,7 +137,7 @@ TOP_LEVEL: dict[str, Any] = {
     **{k: dict for k in SECTIONS},
 }
 
-MODEL_KEYS = (*COMPONENT_KEYS, "projector")
+MODEL_KEYS = (*COMPONENT_KEYS, "projector", *MODEL_OPTIONS)
 
 T = TypeVar("T")
 

@@ -151,3 +151,21 @@ def test_configured_variants_train_every_parameter(name, kw):
 def test_bad_options_raise(name, kw, match):
     with pytest.raises(ValueError, match=match):
         _build(name, **kw)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_compressor_runs_after_the_projector_unless_it_declares_it_cannot(name):
+    """``model.compressor_at: after_projector`` builds the compressor with the LLM's width ``D`` and
+    gives it projected tokens ``[F, N, D]``; a compressor that only works on the encoder's tokens
+    declares ``needs_encoder_width`` and the model refuses that placement (test_llava_onevision.py)."""
+    comp_cls = dynvlm.get_registry().get("compressor", name).cls
+    if comp_cls.needs_encoder_width:
+        return
+    d = C + 8
+    torch.manual_seed(0)
+    comp = dynvlm.build_component("compressor", {"name": name}, dim=d).eval()
+    x = torch.randn(2, N, d, generator=torch.Generator().manual_seed(1)) + 0.2
+    for tokens in (1, 4, N):
+        out = comp(x, GRID, tokens)
+        assert out.x.shape == (2, comp.achievable(tokens, GRID), d)
+        assert torch.isfinite(out.x).all()

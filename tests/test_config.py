@@ -132,7 +132,7 @@ def test_component_spec_needs_a_name():
 
 
 def test_unknown_model_key():
-    with pytest.raises(ConfigError, match="model.decoder: unknown key 'decoder'; valid keys of model: compressor, encoder, llm, projector"):
+    with pytest.raises(ConfigError, match="model.decoder: unknown key 'decoder'; valid keys of model: compressor, compressor_at, encoder, llm, projector, prompt"):
         load_config(None, ["model.decoder.name=x"])
 
 

@@ -107,12 +107,26 @@ def test_siglip_preprocess_squashes_without_crop_and_reads_the_folder_config(fol
         ({"path": "/nonexistent/clip"}, FileNotFoundError, "does not exist"),
         ({"config": ENCODER, "select_layer": 3}, ValueError, r"select_layer=3 is outside \[-3, 2\]"),
         ({"config": ENCODER, "dtype": "float8"}, ValueError, "dtype must be one of"),
-        ({"config": dict(ENCODER, image_size=18)}, ValueError, "not a multiple of patch_size"),
     ],
 )
 def test_bad_encoder_specs_say_what_is_wrong(spec, error, message):
     with pytest.raises(error, match=message):
         dynvlm.build_component("encoder", {"name": "clip", **spec})
+
+
+@pytest.mark.parametrize("name", ["clip", "siglip"])
+def test_an_image_size_not_a_multiple_of_the_patch_floors_the_grid_as_the_tower_does(name):
+    # SigLIP-384/14 of LLaVA-OneVision: 27x27 patches, the last pixels unused; here 18 px with 4 px patches
+    torch.manual_seed(0)
+    enc = dynvlm.build_component("encoder", {"name": name, "config": dict(ENCODER, image_size=18), "select_layer": -1})
+    assert enc.grid == (4, 4) and enc.image_size == 18
+    frames = torch.randint(0, 256, (2, 20, 22, 3), dtype=torch.uint8)
+    px = enc.preprocess(frames)
+    assert px.shape == (2, 3, 18, 18)
+    out = enc(px)
+    assert out.shape == (2, 16, ENCODER["hidden_size"])
+    hf = enc.model(px, output_hidden_states=True).hidden_states[-1]  # the tower's own answer
+    assert torch.equal(out, hf[:, 1:] if name == "clip" else hf)
 
 
 def test_bad_frames_are_rejected(folders):

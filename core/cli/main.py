@@ -6,6 +6,7 @@ Subcommands::
     dynvlm run CONFIG [key=value ...] [--print-config]   # a sweep when the file has `sweep:`
     dynvlm eval CONFIG --checkpoint CKPT [--data FILE] [key=value ...]
     dynvlm cost CONFIG [key=value ...] [--meta] [--duration S]  # FLOPs per part, KV bytes, latency
+    dynvlm import llava-onevision PATH --out DIR         # a pretrained video LLM -> dynvlm parts + config
     dynvlm plugins                                       # installed plugins, and failures
     dynvlm bench {kernels,model,data} [args ...]
     dynvlm data synth [args ...]
@@ -21,6 +22,7 @@ import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from dynvlm.util.tables import format_table
@@ -31,6 +33,8 @@ BENCH_TARGETS = {
     "model": "dynvlm.measure.model_bench:main",
     "data": "dynvlm.data.bench:main",
 }
+#: ``dynvlm import SOURCE`` -> "module:function" taking (path, out, frames=, log=)
+IMPORTERS = {"llava-onevision": "dynvlm.model.llava_onevision:import_llava_onevision"}
 #: ``dynvlm data ACTION``
 DATA_ACTIONS = {"synth": "dynvlm.data.synth:main"}
 
@@ -88,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-config", help="a config.json for the encoder (instead of its checkpoint)")
     p.add_argument("--llm-config", help="a config.json for the LLM (instead of its checkpoint)")
     p.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    p = sub.add_parser("import", help="import a pretrained video LLM checkpoint as dynvlm weights and a ready config")
+    p.add_argument("source", choices=sorted(IMPORTERS), help="the checkpoint's architecture")
+    p.add_argument("path", help="a local checkpoint folder (save_pretrained layout, old or new key names)")
+    p.add_argument("--out", required=True, help="folder for the encoder, LLM, projector weights, model.yaml and manifest.json")
+    p.add_argument("--frames", type=int, default=32, help="frames per video in the written config (default 32)")
     sub.add_parser("plugins", help="list installed plugins").add_argument("--json", action="store_true")
     p = sub.add_parser("bench", help="run a benchmark")
     p.add_argument("target", choices=sorted(BENCH_TARGETS))
@@ -118,6 +127,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return int(_resolve(BENCH_TARGETS[args.target])(args.args) or 0)
     if args.command == "data":
         return int(_resolve(DATA_ACTIONS[args.action])(args.args) or 0)
+    if args.command == "import":
+        manifest = _resolve(IMPORTERS[args.source])(args.path, args.out, frames=args.frames,
+                                                    log=lambda line: print(line, file=sys.stderr))
+        print(json.dumps({"config": str(Path(args.out) / "model.yaml"), "tensors": len(manifest["key_map"]),
+                          "unused": manifest["unused"]["keys"]}, indent=2))
+        return 0
 
     from dynvlm.config import load_config, to_yaml
 

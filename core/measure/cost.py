@@ -378,10 +378,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _architecture(data: Mapping[str, Any], key: str) -> tuple[dict[str, Any], str | None]:
-    """Config kwargs from a ``config.json``-like mapping (an encoder's ``vision_config`` when nested)
-    and its ``model_type``."""
-    if key == "encoder" and isinstance(data.get("vision_config"), Mapping):
-        data = data["vision_config"]
+    """Config kwargs from a ``config.json``-like mapping (an encoder's ``vision_config``, an LLM's
+    ``text_config`` when nested, as in a LLaVA-OneVision ``config.json``) and its ``model_type``."""
+    nested = {"encoder": "vision_config", "llm": "text_config"}.get(key)
+    if nested and isinstance(data.get(nested), Mapping):
+        data = data[nested]
     model_type = data.get("model_type")
     return {k: v for k, v in data.items() if k not in _META_KEYS}, (str(model_type) if model_type else None)
 

@@ -1,11 +1,13 @@
 """The prompt builder: a conversation + planned visual tokens -> token ids, labels and visual positions.
 
-A video's placeholder becomes ``"0.5s: <image>; 1.5s: <image>; ..."`` from the real timestamps of
-the kept frames; an image's stays a single ``<image>``. The conversation is rendered with the
-language model's own chat template, then each ``<image>`` is expanded to the frame's ``M``
-visual positions, marked with :data:`IMAGE_TOKEN_ID` (a sentinel the model replaces with
-projected visual embeddings). Labels are :data:`IGNORE_INDEX` everywhere except the assistant
-answers (their text and end-of-turn token). Batches pad to the longest sequence.
+A prompt format (:class:`dynvlm.PromptFormat`, ``model.prompt``) writes the conversation: by default
+(``dynvlm``) a video's placeholder becomes ``"0.5s: <image>; 1.5s: <image>; ..."`` from the real
+timestamps of the kept frames, an image's stays a single ``<image>``, and the language model's own
+chat template renders it. Then each ``<image>`` is expanded to the frame's ``M`` visual positions,
+marked with :data:`IMAGE_TOKEN_ID` (a sentinel the model replaces with projected visual embeddings);
+with a separator (``model.projector.separator``) a video's last frame is followed by one more
+visual position. Labels are :data:`IGNORE_INDEX` everywhere except the assistant answers (their
+text and end-of-turn token). Batches pad to the longest sequence.
 """
 
 from __future__ import annotations
@@ -17,23 +19,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dynvlm.interfaces import IMAGE, VIDEO, PromptFormat, format_seconds, video_text
 from dynvlm.records import Turn
+
+__all__ = ["IMAGE", "VIDEO", "IMAGE_TOKEN_ID", "IGNORE_INDEX", "Encoded", "PromptBatch", "PromptBuilder",
+           "format_seconds", "video_text"]
 
 IMAGE_TOKEN_ID = -200  # never a real token id: marks one visual position
 IGNORE_INDEX = -100  # label value the loss skips
-IMAGE, VIDEO = "<image>", "<video>"
 ROLES = {"human": "user", "gpt": "assistant"}
-
-
-def format_seconds(t: float) -> str:
-    """A timestamp as the prompt writes it: ``1.0 -> "1s"``, ``0.5 -> "0.5s"`` (one decimal)."""
-    r = round(float(t), 1)
-    return f"{int(r)}s" if r == int(r) else f"{r}s"
-
-
-def video_text(timestamps: Sequence[float]) -> str:
-    """``"1s: <image>; 2s: <image>"`` for the kept frames' timestamps."""
-    return "; ".join(f"{format_seconds(t)}: {IMAGE}" for t in timestamps)
 
 
 @dataclass
@@ -73,14 +67,18 @@ class PromptBuilder:
         system_prompt: system turn text, or ``None`` to leave it out.
         max_length: raise when a sequence is longer (``None`` = no limit).
         cache_size: tokenised conversations kept (keyed by text and timestamps; M is applied after).
+        format: the prompt format (default: dynvlm's, :class:`dynvlm.PromptFormat`).
+        separator: one more visual position after a video's last frame (the model's learned separator).
     """
 
     def __init__(self, tokenizer: Any, system_prompt: str | None = None, max_length: int | None = None,
-                 cache_size: int = 16384) -> None:
+                 cache_size: int = 16384, format: PromptFormat | None = None, separator: bool = False) -> None:
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError("prompt: the tokenizer has no chat template")
         self.tokenizer = tokenizer
-        self.system_prompt = system_prompt
+        self.format = format if format is not None else PromptFormat()
+        self.system_prompt = self.format.system(system_prompt)
+        self.separator = bool(separator)
         self.max_length = max_length
         # rendering and tokenising do not depend on M, and an epoch sees the same samples again
         self.cache_size = cache_size
@@ -107,25 +105,14 @@ class PromptBuilder:
                 if n_ph != 1:
                     raise ValueError(f"prompt: the first human turn must hold exactly one {VIDEO} or {IMAGE} "
                                      f"placeholder, found {n_ph} in {text!r}")
-                text = self._expand(text, kind, timestamps)
+                text = self.format.expand(text, kind, timestamps)
             elif n_ph:
                 raise ValueError(f"prompt: turn {i} holds a {VIDEO}/{IMAGE} placeholder; only the first human turn may")
             msgs.append({"role": ROLES[turn.role], "content": text})
         return msgs
 
-    @staticmethod
-    def _expand(text: str, kind: str, timestamps: Sequence[float]) -> str:
-        if not timestamps:
-            raise ValueError("prompt: a sample needs at least one kept frame")
-        if VIDEO in text:
-            return text.replace(VIDEO, video_text(timestamps))
-        if len(timestamps) != 1:
-            raise ValueError(f"prompt: an {IMAGE} placeholder stands for one frame, but {len(timestamps)} frames "
-                             f"were kept (kind {kind!r}); use {VIDEO} for videos")
-        return text
-
     def _render(self, msgs: list[dict[str, str]], generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
+        return self.format.render(msgs, self.tokenizer, generation_prompt)
 
     # -- tokens ----------------------------------------------------------------------------
     def encode(
@@ -146,7 +133,8 @@ class PromptBuilder:
         key = (tuple((t.role, t.value) for t in conversation), tuple(timestamps), kind, generation_prompt)
         segments = self._cache.get(key)
         if segments is None:
-            segments = self._segments(self._pieces(conversation, timestamps, kind, generation_prompt), len(timestamps))
+            segments = self._segments(self._pieces(conversation, timestamps, kind, generation_prompt), len(timestamps),
+                                      self.separator and kind == "video")
             if len(self._cache) >= self.cache_size:
                 self._cache.clear()
             self._cache[key] = segments
@@ -182,9 +170,10 @@ class PromptBuilder:
             done = len(full)
         return pieces
 
-    def _segments(self, pieces: list[tuple[str, bool]], frames: int) -> list[tuple[str, list[int]]]:
-        """Pieces -> ``(kind, token ids)`` segments, kind ``text``, ``answer``, ``image`` (one ``<image>``)
-        or ``end`` (closes an answer span). All text chunks go through the tokenizer in one batched call."""
+    def _segments(self, pieces: list[tuple[str, bool]], frames: int, separator: bool = False) -> list[tuple[str, list[int]]]:
+        """Pieces -> ``(kind, token ids)`` segments, kind ``text``, ``answer``, ``image`` (one ``<image>``),
+        ``separator`` (one position after the last ``<image>``, with ``separator``) or ``end`` (closes an
+        answer span). All text chunks go through the tokenizer in one batched call."""
         layout: list[tuple[str, int]] = []  # (kind, chunk index)
         chunks: list[str] = []
         for text, is_answer in pieces:
@@ -202,6 +191,9 @@ class PromptBuilder:
         if n_images != frames:
             raise ValueError(f"prompt: {n_images} {IMAGE} positions in the rendered text but {frames} frames; "
                              f"text must not contain a literal {IMAGE}")
+        if separator:
+            last = max(i for i, (kind, _) in enumerate(layout) if kind == "image")
+            layout.insert(last + 1, ("separator", -1))
         ids = self.tokenizer(chunks, add_special_tokens=False)["input_ids"] if chunks else []
         return [(kind, list(ids[i]) if i >= 0 else []) for kind, i in layout]
 
@@ -210,12 +202,16 @@ class PromptBuilder:
         labels: list[int] = []
         spans: list[tuple[int, int]] = []
         start: int | None = None
-        n_images = 0
+        n_images = extra = 0
         for kind, tok in segments:
             if kind == "image":
                 ids.extend([IMAGE_TOKEN_ID] * m)
                 labels.extend([IGNORE_INDEX] * m)
                 n_images += 1
+            elif kind == "separator":
+                ids.append(IMAGE_TOKEN_ID)
+                labels.append(IGNORE_INDEX)
+                extra += 1
             elif kind == "end":
                 spans.append((len(ids) if start is None else start, len(ids)))
                 start = None
@@ -226,7 +222,7 @@ class PromptBuilder:
                 labels.extend(tok if kind == "answer" else [IGNORE_INDEX] * len(tok))
         if self.max_length is not None and len(ids) > self.max_length:
             raise ValueError(f"prompt: sequence of {len(ids)} tokens exceeds max_length={self.max_length}")
-        return Encoded(ids, labels, spans, n_images * m)
+        return Encoded(ids, labels, spans, n_images * m + extra)
 
     # -- batching --------------------------------------------------------------------------
     def collate(self, items: Sequence[Encoded], padding_side: str = "right") -> PromptBatch:

@@ -7,6 +7,11 @@ tokenises the conversations with ``M`` visual positions per ``<image>``, and the
 tokens are scattered into those positions of the LLM's input embeddings. Loss = LLM loss on
 the answers + ``optim.aux_weight`` x the compressor's auxiliary loss.
 
+Pretrained video LLMs that run another order (LLaVA-OneVision, :mod:`dynvlm.model.llava_onevision`)
+are served by three model options, all off by default: ``model.compressor_at: after_projector``
+(project ``[F, N, D]``, then compress to ``[F, M, D]``), ``model.projector.separator`` (a learned
+vector after each video's tokens) and ``model.prompt`` (the prompt format plugin).
+
 Nothing here assumes one process: the strategy (DDP, FSDP, DeepSpeed) comes from the trainer
 config, metrics that need every rank's predictions are gathered explicitly.
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -42,7 +48,7 @@ from dynvlm.model.projector import Projector
 from dynvlm.model.prompt import Encoded, PromptBatch, PromptBuilder
 from dynvlm.model.stages import apply_stage, stage_config
 from dynvlm.records import Batch, Sample, Turn, VisualUsage, question_turns
-from dynvlm.schema import EvalConfig, OptimConfig, ProjectorConfig, section
+from dynvlm.schema import DEFAULT_PROMPT, MODEL_OPTIONS, EvalConfig, OptimConfig, ProjectorConfig, section
 from dynvlm.scoring.records import accuracy_metrics, mc_records, open_records, unique_records
 from dynvlm.util.configs import config_dict
 
@@ -61,6 +67,15 @@ def with_named_vocabulary(llm_spec: Mapping[str, Any]) -> dict[str, Any]:
     if spec.get("vocabulary") == SYNTHETIC_VOCABULARY:
         spec["vocabulary"] = vocabulary()
     return spec
+
+
+def compressor_place(model_cfg: Mapping[str, Any]) -> str:
+    """``model.compressor_at`` of a model config: ``before_projector`` (the default) or ``after_projector``."""
+    place = model_cfg.get("compressor_at") or "before_projector"
+    places = typing.get_args(MODEL_OPTIONS["compressor_at"])
+    if place not in places:
+        raise ValueError(f"model.compressor_at: {place!r} is not one of {', '.join(places)}")
+    return place
 
 
 class VisualFeatures(NamedTuple):
@@ -106,16 +121,26 @@ class VideoLLM(pl.LightningModule):
             if not model_cfg.get(key):
                 raise ValueError(f"model.{key}: missing; a run config needs model.encoder, model.compressor and model.llm")
         self.encoder = build_component("encoder", model_cfg["encoder"])
-        self.compressor = build_component("compressor", model_cfg["compressor"], dim=self.encoder.width)
+        self.compressor_at = compressor_place(model_cfg)
+        if self.compressor_at == "before_projector":  # built in this order: inline random inits keep their draws
+            self.compressor = build_component("compressor", model_cfg["compressor"], dim=self.encoder.width)
         self.llm = build_component("llm", with_named_vocabulary(model_cfg["llm"]))
+        if self.compressor_at == "after_projector":
+            self.compressor = build_component("compressor", model_cfg["compressor"], dim=self.llm.width)
+            if self.compressor.needs_encoder_width:
+                raise ValueError(f"model.compressor {model_cfg['compressor'].get('name')!r} needs the encoder's tokens "
+                                 "(needs_encoder_width); it cannot run after the projector (model.compressor_at)")
         proj = section(ProjectorConfig, model_cfg.get("projector"), "model.projector")
         if getattr(self.encoder, "downsample", False) and not self.compressor.keeps_all:
             # refused here, not at the first batch: a misconfigured run must not start training
             raise ValueError("model.encoder.downsample: true already yields the planned tokens per frame; "
                              "it needs model.compressor.name: identity (a second compressor would be a no-op)")
-        self.projector = Projector(self.encoder.width, self.llm.width, depth=proj.depth, hidden=proj.hidden)
+        self.projector = Projector(self.encoder.width, self.llm.width, depth=proj.depth, hidden=proj.hidden,
+                                   separator=proj.separator)
         self.budget = BudgetPolicy(cfg.get("budget"), self.encoder.grid, self._achievable)
-        self.prompts = PromptBuilder(self.llm.tokenizer, getattr(self.llm, "system_prompt", None))
+        self.prompt_format = build_component("prompt", model_cfg.get("prompt") or {"name": DEFAULT_PROMPT})
+        self.prompts = PromptBuilder(self.llm.tokenizer, getattr(self.llm, "system_prompt", None),
+                                     format=self.prompt_format, separator=proj.separator)
         self.optim_cfg: OptimConfig = section(OptimConfig, cfg.get("optim"), "optim")
         self.eval_cfg: EvalConfig = section(EvalConfig, cfg.get("eval"), "eval")
         self.stage = stage_config(cfg.get("stage"))
@@ -182,7 +207,10 @@ class VideoLLM(pl.LightningModule):
                 # evaluation of long videos: bound the encoder's working memory
                 return torch.cat([self.encoder(c, **kw) for c in px.split(ENCODER_CHUNK)])
 
+        after = self.compressor_at == "after_projector"  # LLaVA-OneVision's order: project every patch, then compress
         feats = None if downsample else encode(pixels)  # [F, N, C]
+        if after and feats is not None:
+            feats = self.projector(feats)  # [F, N, D]
         outputs: dict[int, Tensor] = {}
         aux: Tensor | None = None
         groups = sorted(set(per_frame_m.tolist()))
@@ -192,6 +220,7 @@ class VideoLLM(pl.LightningModule):
                 grid = self.encoder.downsample_grid(int(m))
                 px = pixels if len(groups) == 1 else pixels[idx.to(pixels.device)]
                 x = encode(self.encoder.resize_to_grid(px, grid), grid)  # [f, a*b, C]
+                x = self.projector(x) if after else x
             else:
                 grid = self.encoder.grid
                 x = feats if len(groups) == 1 else feats[idx.to(feats.device)]  # training: one M, no gather
@@ -199,7 +228,7 @@ class VideoLLM(pl.LightningModule):
             if out.x.shape[1] != m:
                 raise RuntimeError(f"compressor returned {out.x.shape[1]} tokens per frame for a planned {m} "
                                    "(its achievable() must report exact counts)")
-            outputs[m] = self.projector(out.x)  # [f, M, D]
+            outputs[m] = out.x if after else self.projector(out.x)  # [f, M, D]
             if out.aux_loss is not None:
                 aux = out.aux_loss if aux is None else aux + out.aux_loss
         # every frame of a sample shares its M, so each sample is one contiguous slice of its group
@@ -209,6 +238,10 @@ class VideoLLM(pl.LightningModule):
             group = outputs[p.tokens]
             per_sample.append(group[cursor[p.tokens] : cursor[p.tokens] + c].reshape(-1, group.shape[-1]))
             cursor[p.tokens] += c
+        sep = self.projector.separator  # one learned position after each video's frames
+        if sep is not None:
+            per_sample = [torch.cat([t, sep[None].to(t.dtype)]) if s.kind == "video" else t
+                          for s, t in zip(samples, per_sample)]
         usage = [VisualUsage(p.visual_tokens, [s.timestamps[i] for i in p.indices]) for s, p in zip(samples, plans)]
         return VisualFeatures(per_sample, aux, usage)
 

@@ -7,6 +7,7 @@ One home for the names: ``<output_dir>/<name>/`` holds ``config.yaml``, ``checkp
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -58,3 +59,12 @@ def shown(path: str | Path) -> str:
         return str(full)
     text = str(rel)
     return text if len(text) < len(str(full)) else str(full)
+
+
+def sha256(path: str | Path) -> str:
+    """Hex sha256 of a file (read in 16 MiB blocks: checkpoints of many GB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -38,6 +37,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+
+from dynvlm.util.paths import sha256
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -176,15 +177,6 @@ def evaluate(weights: Path, runs: Path | None, split: str = "val", compressors: 
             results[f"{comp}@M={m}"] = row
             print(f"eval {comp} M={m}: {row}", flush=True)
     return results
-
-
-def sha256(path: Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def machine() -> dict[str, Any]:

@@ -36,7 +36,8 @@ class HFVisionEncoder(VisionEncoder):
             ``preprocessor_config.json`` with ``image_mean``/``image_std``/``do_center_crop``).
         config: inline config keyword arguments for a randomly initialised tower (exclusive with ``path``).
         select_layer: index into the tower's hidden states (``0`` = embeddings, ``-1`` = last layer);
-            ``-2`` (LLaVA's choice) takes the penultimate layer.
+            ``-2`` (LLaVA's choice) takes the penultimate layer. LLaVA-OneVision checkpoints need ``-1``: their
+            towers were saved without the last layer, so their last is the one they use.
         dtype: parameter dtype name (``float32``, ``bfloat16``, ``float16``).
         attn_implementation: passed to ``transformers`` (``eager``, ``sdpa``, ...); ``None`` = its default.
         gradient_checkpointing: recompute layer activations in backward (memory grows with frames).
@@ -83,8 +84,8 @@ class HFVisionEncoder(VisionEncoder):
         vcfg = model.config
         self.image_size = int(vcfg.image_size)
         patch = int(vcfg.patch_size)
-        if self.image_size % patch:
-            raise ValueError(f"{self.kind_name}: image_size {self.image_size} is not a multiple of patch_size {patch}")
+        # the patch convolution floors, as the tower's own position table does: SigLIP-384/14 (LLaVA-OneVision)
+        # sees a 27x27 grid of a 384 px frame, its last 6 pixel rows and columns unused
         side = self.image_size // patch
         self.grid = (side, side)
         self.patch_size = patch
@@ -159,20 +160,22 @@ class HFVisionEncoder(VisionEncoder):
 
     # -- forward --------------------------------------------------------------------------
     def forward(self, frames: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
-        """Preprocessed ``[F, 3, a*patch, b*patch]`` -> hidden state of ``select_layer`` without CLS, ``[F, a*b, C]``.
+        """Preprocessed ``[F, 3, a*patch, b*patch]`` (``[F, 3, S, S]`` for the full grid) -> hidden state of
+        ``select_layer`` without CLS, ``[F, a*b, C]``.
 
         ``grid`` is the patch grid ``(a, b)`` of the frames (default :attr:`grid`, i.e. ``[F, 3, S, S]``
         in and ``[F, N, C]`` out); a smaller one (frames from :meth:`resize_to_grid`) gets the
         tower's position embeddings interpolated to it (``interpolate_pos_encoding``).
         """
         a, b = (int(grid[0]), int(grid[1])) if grid is not None else self.grid
-        size = (a * self.patch_size, b * self.patch_size)
+        full = (a, b) == tuple(self.grid)  # frames of image_size, which need not be a multiple of the patch
+        size = (self.image_size, self.image_size) if full else (a * self.patch_size, b * self.patch_size)
         if frames.dim() != 4 or frames.shape[1] != 3 or tuple(frames.shape[-2:]) != size:
             raise ValueError(f"{self.kind_name}: expected preprocessed frames [F, 3, {size[0]}, {size[1]}] for the "
                              f"{a}x{b} patch grid, got {tuple(frames.shape)}; call preprocess() first"
                              f"{' and resize_to_grid()' if (a, b) != self.grid else ''}")
         vm = getattr(self.model, "vision_model", self.model)
-        if (a, b) == self.grid:
+        if full:
             h = vm.embeddings(frames.to(self.dtype))
         else:
             h = vm.embeddings(frames.to(self.dtype), interpolate_pos_encoding=True)
