@@ -29,12 +29,17 @@ locked_torch=$(sed -n 's/^torch==//p' "$LOCK")
 if ! "$VPY" -c "import torch" 2>/dev/null; then
     "$VPY" -m pip install -q "torch==${DYNVLM_TORCH_VERSION:-$locked_torch}"
 fi
+have=$("$VPY" -c "import torch; print(torch.__version__.split('+')[0])")
 if [ "$NEWEST" = 1 ]; then
-    "$VPY" -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+    # everything at its newest release but torch, which stays the build installed above (upgrading
+    # it from the index would pull a multi-GB CUDA build)
+    keep=$(mktemp)
+    trap 'rm -f "$keep"' EXIT
+    echo "torch==$have" > "$keep"
+    "$VPY" -m pip install -q --upgrade --upgrade-strategy eager -c "$keep" -e ".[dev]"
 else
     constraints=$(mktemp)
     trap 'rm -f "$constraints"' EXIT
-    have=$("$VPY" -c "import torch; print(torch.__version__.split('+')[0])")
     if [ "$have" = "$locked_torch" ]; then
         cp "$LOCK" "$constraints"
     else
