@@ -6,6 +6,7 @@ Subcommands::
     dynvlm run CONFIG [key=value ...] [--print-config]   # a sweep when the file has `sweep:`
     dynvlm eval CONFIG --checkpoint CKPT [--data FILE] [key=value ...]
     dynvlm cost CONFIG [key=value ...] [--meta] [--duration S]  # FLOPs per part, KV bytes, latency
+    dynvlm cost CONFIG --train [--devices N]             # per-GPU training memory plan
     dynvlm plugins                                       # installed plugins, and failures
     dynvlm bench {kernels,model,data} [args ...]
     dynvlm data synth [args ...]
@@ -88,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-config", help="a config.json for the encoder (instead of its checkpoint)")
     p.add_argument("--llm-config", help="a config.json for the LLM (instead of its checkpoint)")
     p.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    p.add_argument("--train", action="store_true",
+                   help="print the per-GPU memory plan of training the config instead (weights, gradients, AdamW "
+                        "states, activations per part, LM head and loss; the configured strategy, devices, precision, "
+                        "checkpointing and batch), from the meta device")
+    p.add_argument("--devices", type=int, help="--train: devices in all (default trainer.devices x trainer.num_nodes)")
+    p.add_argument("--text-tokens", type=int, default=256, help="--train: prompt words per sample (default 256)")
+    p.add_argument("--answer-tokens", type=int, default=64, help="--train: answer words per sample (default 64)")
+    p.add_argument("--kind", choices=["image", "video"],
+                   help="--train: sample kind (default: image for pretrain and image_sft, video otherwise)")
     sub.add_parser("plugins", help="list installed plugins").add_argument("--json", action="store_true")
     p = sub.add_parser("bench", help="run a benchmark")
     p.add_argument("target", choices=sorted(BENCH_TARGETS))
@@ -125,6 +135,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    if args.command == "cost" and args.train:
+        from dynvlm.measure.memory_plan import plan_cli
+
+        return plan_cli(cfg, config_path=args.config, devices=args.devices, duration=args.duration,
+                        text_tokens=args.text_tokens, answer_tokens=args.answer_tokens, kind=args.kind,
+                        as_json=args.json, encoder_config=args.encoder_config, llm_config=args.llm_config)
     if args.command == "cost":
         from dynvlm.measure.cost import cost_cli
 

@@ -47,6 +47,7 @@ from pytorch_lightning.strategies import FSDPStrategy
 from torch import nn
 
 from dynvlm.config import ConfigError
+from dynvlm.model.parallel import enable_activation_checkpointing, layer_classes
 from dynvlm.schema import StrategyConfig, section
 
 log = logging.getLogger(__name__)
@@ -62,30 +63,6 @@ def strategy_config(spec: Any) -> StrategyConfig | None:
     if isinstance(spec, Mapping):
         return section(StrategyConfig, spec, "trainer.strategy")
     return None
-
-
-def layer_classes(model: nn.Module) -> set[type[nn.Module]]:
-    """The layer classes of the model: each Hugging Face model's ``_no_split_modules`` (e.g.
-    ``Qwen2DecoderLayer``, ``CLIPEncoderLayer``) that occur in ``model`` as items of a layer list."""
-    names: set[str] = set()
-    for module in model.modules():
-        names.update(getattr(module, "_no_split_modules", None) or ())
-    return {type(m) for lst in model.modules() if isinstance(lst, nn.ModuleList) for m in lst
-            if type(m).__name__ in names}
-
-
-def enable_activation_checkpointing(model: nn.Module) -> int:
-    """Turn on gradient checkpointing in every Hugging Face model inside ``model``; returns how many."""
-    n = 0
-    for module in model.modules():
-        if hasattr(module, "activation_checkpointing_enable"):  # transformers >= 5 name
-            module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        elif hasattr(module, "gradient_checkpointing_enable") and getattr(module, "supports_gradient_checkpointing", False):
-            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            continue
-        n += 1
-    return n
 
 
 def _precision(trainer_cfg: Mapping[str, Any]) -> str:
