@@ -4,6 +4,7 @@ Subcommands::
 
     dynvlm fit|validate|test CONFIG [key=value ...] [--checkpoint CKPT] [--print-config]
     dynvlm run CONFIG [key=value ...] [--print-config]   # a sweep when the file has `sweep:`
+    dynvlm run SWEEP [--shard I/N | --merge]              # a sweep spread over processes or nodes
     dynvlm eval CONFIG --checkpoint CKPT [--data FILE] [key=value ...]
     dynvlm cost CONFIG [key=value ...] [--meta] [--duration S]  # FLOPs per part, KV bytes, latency
     dynvlm cost CONFIG --train [--devices N]             # per-GPU training memory plan
@@ -71,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="fit and test a config, or run its sweep (same as `lightning run`)")
     _add_config_args(p)
     _add_rerun_arg(p)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--shard", metavar="I/N", help="run every N-th point of the sweep from point I (0 <= I < N), "
+                       "writing results.shard-I-of-N.csv; the shard that finds every point done merges")
+    group.add_argument("--merge", action="store_true", help="merge results.csv and the shard files into results.csv, "
+                       "results.md and the plots")
     p = sub.add_parser("eval", help="evaluate a checkpoint on a multiple-choice file")
     _add_config_args(p)
     p.add_argument("--checkpoint", help="checkpoint to evaluate (default: the run's last.ckpt); the overrides may "
@@ -150,7 +156,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     from dynvlm.run.console import quiet_console
     from dynvlm.util.paths import run_dir, shown
 
-    log_file = run_dir(cfg) / "run.log"
+    shard = getattr(args, "shard", None)
+    log_file = run_dir(cfg) / ("run.log" if not shard else "run.shard-{}-of-{}.log".format(*_shard(shard)))
     print(f"dynvlm: library messages and warnings go to {shown(log_file)}", file=sys.stderr)
     with quiet_console(log_file):
         result = _run_command(args, cfg)
@@ -161,6 +168,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _run_command(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     """The config commands that train or evaluate: ``run``, ``eval``, ``fit``, ``validate``, ``test``."""
+    from dynvlm.config import ConfigError
+    from dynvlm.util.configs import config_dict
+
+    if args.command == "run" and (args.shard or args.merge):
+        from dynvlm.run import shards
+
+        if not cfg.get("sweep"):
+            raise ConfigError("--shard and --merge need a config with sweep:")
+        data = config_dict(cfg)
+        return shards.run_shard(data, _shard(args.shard), rerun_changed=args.rerun_changed) if args.shard \
+            else shards.merge(data)
     if args.command == "run":
         from dynvlm.run.sweep import run
 
@@ -174,6 +192,12 @@ def _run_command(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     if args.command == "fit":
         return train.fit(cfg, rerun_changed=args.rerun_changed)
     return getattr(train, args.command)(cfg, checkpoint=args.checkpoint)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from dynvlm.run.shards import parse_shard
+
+    return parse_shard(text)
 
 
 def _shown_paths(result: Any) -> Any:

@@ -41,14 +41,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from dynvlm.model.parallel import MIXED, TRUE_HALF
 from dynvlm.records import Sample, Turn
 from dynvlm.util.live_memory import LiveTensorMemory
 from dynvlm.util.tables import format_table
 
 PARTS = ("encoder", "compressor", "projector", "llm")
 LM_HEAD = "lm head + loss"
-MIXED = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16, "bf16": torch.bfloat16, "16": torch.float16}
-TRUE_HALF = {"bf16-true": torch.bfloat16, "16-true": torch.float16}
 GiB = 2**30
 
 

@@ -1,12 +1,19 @@
-"""How a model splits for sharding and recomputation: its repeated layers, and activation checkpointing.
+"""How a model splits for sharding and recomputation: its repeated layers, activation checkpointing, and the
+``trainer.precision`` values that train in a half dtype.
 
 Used by the strategy builder (:mod:`dynvlm.run.strategy`: the FSDP units) and the memory plan
-(:mod:`dynvlm.measure.memory_plan`: what one unit holds), so both see the same layers.
+(:mod:`dynvlm.measure.memory_plan`: what one unit holds), so both see the same layers and precisions.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+#: ``trainer.precision`` values that keep fp32 weights and compute in a half dtype
+MIXED = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16, "bf16": torch.bfloat16, "16": torch.float16}
+#: ``trainer.precision`` values that train in a half dtype throughout
+TRUE_HALF = {"bf16-true": torch.bfloat16, "16-true": torch.float16}
 
 
 def layer_classes(model: nn.Module) -> set[type[nn.Module]]:

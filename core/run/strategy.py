@@ -47,15 +47,11 @@ from pytorch_lightning.strategies import FSDPStrategy
 from torch import nn
 
 from dynvlm.config import ConfigError
-from dynvlm.model.parallel import enable_activation_checkpointing, layer_classes
+from dynvlm.model.parallel import MIXED, TRUE_HALF, enable_activation_checkpointing, layer_classes
 from dynvlm.schema import StrategyConfig, section
 
 log = logging.getLogger(__name__)
 
-#: ``trainer.precision`` values that keep fp32 weights and compute in a half dtype
-MIXED = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16, "bf16": torch.bfloat16, "16": torch.float16}
-#: ``trainer.precision`` values that train in a half dtype throughout
-TRUE_HALF = {"bf16-true": torch.bfloat16, "16-true": torch.float16}
 
 
 def strategy_config(spec: Any) -> StrategyConfig | None:
