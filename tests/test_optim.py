@@ -125,3 +125,20 @@ def test_the_config_reference_documents_every_strategy_key():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
     missing = [f.name for f in dataclasses.fields(StrategyConfig) if f"`trainer.strategy.{f.name}`" not in doc]
     assert not missing and "`optim.answer_only_loss`" in doc, missing
+
+
+def test_a_sharded_index_naming_code_is_refused(tmp_path):
+    import pickle
+
+    from dynvlm.model.checkpoint import CheckpointRefused, read_sharded_checkpoint
+
+    class Evil:
+        def __reduce__(self):
+            return (__import__("os").system, ("echo owned",))
+
+    folder = tmp_path / "last.ckpt"
+    folder.mkdir()
+    torch.save({"global_step": 1}, folder / "meta.pt")
+    (folder / ".metadata").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CheckpointRefused, match="posix.system"):
+        read_sharded_checkpoint(folder)
