@@ -274,6 +274,8 @@ def _check_trainer(trainer: Any, ctx: _Ctx) -> None:
 
     params = [n for n in inspect.signature(Trainer.__init__).parameters if n != "self"]
     _check_keys(trainer, params, "trainer", ctx)
+    if isinstance(trainer.get("strategy"), dict):  # dynvlm's strategy mapping (dynvlm.run.strategy)
+        _check_dataclass(trainer["strategy"], schema.StrategyConfig, "trainer.strategy", ctx)
 
 
 def _check_type(value: Any, expected: Any, key: str, ctx: _Ctx) -> None:

@@ -91,6 +91,9 @@ class OptimConfig:
     schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float | None = 1.0  # max gradient norm (used when trainer.gradient_clip_val is unset)
     aux_weight: float = 1.0  # weight of the compressor's auxiliary loss
+    # the LM head and the loss run only on answer (label) positions: memory no longer grows with the
+    # prompt's length times the vocabulary; same loss value (off by default: float sums in another order)
+    answer_only_loss: bool = False
 
 
 @dataclass
@@ -101,6 +104,25 @@ class StageConfig:
     trainable: list[str] | None = None  # subset of encoder, compressor, projector, llm (required for `custom`)
     resume_from: str | None = None  # a .ckpt (or .safetensors state dict) of the previous stage
     checkpoint_every_n_steps: int | None = None  # also write last.ckpt every n steps (resume points)
+
+
+@dataclass
+class StrategyConfig:
+    """``trainer.strategy`` given as a mapping: how training is spread over devices (:mod:`dynvlm.run.strategy`).
+
+    A plain string (``ddp``, ``fsdp``, ``auto``, ...) is still passed to Lightning as it is.
+    """
+
+    name: Literal["auto", "ddp", "fsdp", "deepspeed"] = "ddp"
+    # FSDP units: ``layers`` = one unit per decoder layer and per vision-tower layer (plus the root);
+    # ``none`` = the whole model is one unit (every parameter is gathered at once)
+    wrap: Literal["layers", "none"] = "layers"
+    activation_checkpointing: bool = False  # recompute each decoder / vision layer in backward
+    sharding: Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"] = "FULL_SHARD"  # FSDP
+    state_dict: Literal["sharded", "full"] = "sharded"  # FSDP checkpoints: one shard per rank, or one file
+    zero_stage: Literal[1, 2, 3] = 2  # DeepSpeed ZeRO stage
+    cpu_offload: bool = False  # FSDP / DeepSpeed: keep sharded parameters (and ZeRO optimizer states) in CPU memory
+    process_group_backend: str | None = None  # e.g. gloo; default: nccl on GPUs, gloo on CPU
 
 
 @dataclass

@@ -4,9 +4,11 @@ Subcommands::
 
     dynvlm fit|validate|test CONFIG [key=value ...] [--checkpoint CKPT] [--print-config]
     dynvlm run CONFIG [key=value ...] [--print-config]   # a sweep when the file has `sweep:`
+    dynvlm run SWEEP [--shard I/N | --merge]              # a sweep spread over processes or nodes
     dynvlm eval CONFIG --checkpoint CKPT [--data FILE] [key=value ...]
     dynvlm cost CONFIG [key=value ...] [--meta] [--duration S]  # FLOPs per part, KV bytes, latency
     dynvlm import llava-onevision PATH --out DIR         # a pretrained video LLM -> dynvlm parts + config
+    dynvlm cost CONFIG --train [--devices N]             # per-GPU training memory plan
     dynvlm plugins                                       # installed plugins, and failures
     dynvlm bench {kernels,model,data} [args ...]
     dynvlm data synth [args ...]
@@ -74,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="fit and test a config, or run its sweep (same as `lightning run`)")
     _add_config_args(p)
     _add_rerun_arg(p)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--shard", metavar="I/N", help="run every N-th point of the sweep from point I (0 <= I < N), "
+                       "writing results.shard-I-of-N.csv; the shard that finds every point done merges")
+    group.add_argument("--merge", action="store_true", help="merge results.csv and the shard files into results.csv, "
+                       "results.md and the plots")
     p = sub.add_parser("eval", help="evaluate a checkpoint on a multiple-choice file")
     _add_config_args(p)
     p.add_argument("--checkpoint", help="checkpoint to evaluate (default: the run's last.ckpt); the overrides may "
@@ -92,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-config", help="a config.json for the encoder (instead of its checkpoint)")
     p.add_argument("--llm-config", help="a config.json for the LLM (instead of its checkpoint)")
     p.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    p.add_argument("--train", action="store_true",
+                   help="print the per-GPU memory plan of training the config instead (weights, gradients, AdamW "
+                        "states, activations per part, LM head and loss; the configured strategy, devices, precision, "
+                        "checkpointing and batch), from the meta device")
+    p.add_argument("--devices", type=int, help="--train: devices in all (default trainer.devices x trainer.num_nodes)")
+    p.add_argument("--text-tokens", type=int, default=256, help="--train: prompt words per sample (default 256)")
+    p.add_argument("--answer-tokens", type=int, default=64, help="--train: answer words per sample (default 64)")
+    p.add_argument("--kind", choices=["image", "video"],
+                   help="--train: sample kind (default: image for pretrain and image_sft, video otherwise)")
     p = sub.add_parser("import", help="import a pretrained video LLM checkpoint as dynvlm weights and a ready config")
     p.add_argument("source", choices=sorted(IMPORTERS), help="the checkpoint's architecture")
     p.add_argument("path", help="a local checkpoint folder (save_pretrained layout, old or new key names)")
@@ -140,6 +156,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    if args.command == "cost" and args.train:
+        from dynvlm.measure.memory_plan import plan_cli
+
+        return plan_cli(cfg, config_path=args.config, devices=args.devices, duration=args.duration,
+                        text_tokens=args.text_tokens, answer_tokens=args.answer_tokens, kind=args.kind,
+                        as_json=args.json, encoder_config=args.encoder_config, llm_config=args.llm_config)
     if args.command == "cost":
         from dynvlm.measure.cost import cost_cli
 
@@ -149,7 +171,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     from dynvlm.run.console import quiet_console
     from dynvlm.util.paths import run_dir, shown
 
-    log_file = run_dir(cfg) / "run.log"
+    shard = getattr(args, "shard", None)
+    log_file = run_dir(cfg) / ("run.log" if not shard else "run.shard-{}-of-{}.log".format(*_shard(shard)))
     print(f"dynvlm: library messages and warnings go to {shown(log_file)}", file=sys.stderr)
     with quiet_console(log_file):
         result = _run_command(args, cfg)
@@ -160,6 +183,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _run_command(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     """The config commands that train or evaluate: ``run``, ``eval``, ``fit``, ``validate``, ``test``."""
+    from dynvlm.config import ConfigError
+    from dynvlm.util.configs import config_dict
+
+    if args.command == "run" and (args.shard or args.merge):
+        from dynvlm.run import shards
+
+        if not cfg.get("sweep"):
+            raise ConfigError("--shard and --merge need a config with sweep:")
+        data = config_dict(cfg)
+        return shards.run_shard(data, _shard(args.shard), rerun_changed=args.rerun_changed) if args.shard \
+            else shards.merge(data)
     if args.command == "run":
         from dynvlm.run.sweep import run
 
@@ -173,6 +207,12 @@ def _run_command(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     if args.command == "fit":
         return train.fit(cfg, rerun_changed=args.rerun_changed)
     return getattr(train, args.command)(cfg, checkpoint=args.checkpoint)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from dynvlm.run.shards import parse_shard
+
+    return parse_shard(text)
 
 
 def _shown_paths(result: Any) -> Any:

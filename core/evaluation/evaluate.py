@@ -165,7 +165,7 @@ def run_test(cfg: DictConfig | Mapping[str, Any], checkpoint: Mapping[str, Any] 
     cfg = OmegaConf.create(config_dict(cfg))
     model, dropped = restore(cfg, checkpoint, source)
     model.predictions_path = predictions
-    trainer = train.make_trainer(cfg, fit=False)
+    trainer = train.make_trainer(cfg, fit=False, model=model)
     results = trainer.test(model, datamodule=train.make_datamodule(cfg), verbose=False)
     metrics = {k: float(v) for r in results for k, v in r.items()}
     records = [json.loads(line) for line in predictions.read_text().splitlines()] if predictions.is_file() else []

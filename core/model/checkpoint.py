@@ -189,9 +189,13 @@ def checkpoint_run(path: str | Path) -> Path:
 
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:
-    """The state dict held by a Lightning ``.ckpt`` (its ``state_dict``), a ``.pt`` state dict or a
-    ``.safetensors`` file, loaded without running code (:class:`CheckpointRefused` otherwise)."""
+    """The state dict held by a Lightning ``.ckpt`` (its ``state_dict``), a ``.pt`` state dict, a
+    ``.safetensors`` file or a sharded checkpoint folder (FSDP ``state_dict: sharded``; the weights are
+    assembled from the shards in CPU memory, the optimizer's are not read), loaded without running code
+    (:class:`CheckpointRefused` otherwise). Files are memory-mapped: only the weights used are read."""
     path = Path(path).expanduser()
+    if path.is_dir() and (path / SHARDED_META).is_file():
+        return _sharded_weights(path)
     if not path.is_file():
         raise FileNotFoundError(f"stage.resume_from: checkpoint {str(path)!r} does not exist")
     if path.suffix == ".safetensors":
@@ -239,3 +243,63 @@ def load_weights(model: nn.Module, weights: Mapping[str, Tensor], source: str = 
         raise ValueError(f"{source}: shape mismatch for {len(bad)} weights, e.g. {bad[:3]}")
     model.load_state_dict(dict(weights), strict=False)
     return list(weights)
+
+
+#: the files of a Lightning sharded (FSDP) checkpoint folder: the non-weight state, and the shards' index
+SHARDED_META = "meta.pt"
+SHARDED_INDEX = ".metadata"
+#: what the shards' index (a pickle written by ``torch.distributed.checkpoint``) may name: its own
+#: metadata classes, tensor sizes and dtypes, and plain containers. Anything else is refused unread.
+_INDEX_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.planner",
+                  "torch.distributed.checkpoint.filesystem", "torch.distributed.checkpoint._extension")
+_INDEX_GLOBALS = {("torch", "Size"), ("torch", "device"), ("collections", "OrderedDict"), ("builtins", "set"),
+                  ("builtins", "frozenset"),
+                  ("pathlib", "PosixPath"), ("torch.serialization", "_get_layout")}
+
+
+def _read_shard_index(folder: Path) -> Any:
+    """The ``torch.distributed.checkpoint`` index of a sharded folder, unpickled with an allow-list
+    (:data:`_INDEX_MODULES`, :data:`_INDEX_GLOBALS`, dtypes): the index is a pickle, and nothing else in a
+    checkpoint may run code. Raises :class:`CheckpointRefused` naming a global outside the list."""
+    import pickle
+
+    index = folder / SHARDED_INDEX
+
+    class IndexUnpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+            if module in _INDEX_MODULES or (module, name) in _INDEX_GLOBALS or dtype:
+                return super().find_class(module, name)
+            raise CheckpointRefused(f"{index}: refused: it names the Python global {module}.{name}, which a "
+                                    "sharded checkpoint's index does not hold; dynvlm never runs code from a checkpoint")
+
+    with open(index, "rb") as f:
+        return IndexUnpickler(f).load()
+
+
+def read_sharded_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning sharded checkpoint folder as :func:`read_checkpoint` gives a file: its ``meta.pt``
+    (loop state, hparams, the ``dynvlm`` entry; weights-only) with a ``state_dict`` of meta-device tensors
+    of the shapes the shards hold (names and shapes, no data: what the checks before resuming need)."""
+    folder = Path(path)
+    if not (folder / SHARDED_META).is_file() or not (folder / SHARDED_INDEX).is_file():
+        raise ConfigError(f"checkpoint folder {str(folder)!r}: not a sharded checkpoint (no {SHARDED_META} and {SHARDED_INDEX})")
+    data = _load_weights_only(folder / SHARDED_META)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{folder / SHARDED_META}: not a Lightning checkpoint's metadata")
+    entries = _read_shard_index(folder).state_dict_metadata
+    data["state_dict"] = {k.removeprefix("model."): torch.empty(tuple(m.size), dtype=m.properties.dtype, device="meta")
+                          for k, m in entries.items() if k.startswith("model.") and hasattr(m, "size")}
+    return data
+
+
+def _sharded_weights(folder: Path) -> dict[str, Tensor]:
+    """The model weights of a sharded checkpoint folder, assembled in CPU memory without a process group."""
+    import torch.distributed.checkpoint as dcp
+
+    shapes = read_sharded_checkpoint(folder)["state_dict"]
+    state = {"model": {k: torch.empty(v.shape, dtype=v.dtype) for k, v in shapes.items()}}
+    dcp.load(state, checkpoint_id=str(folder), no_dist=True)
+    if not state["model"]:
+        raise IncompleteCheckpoint(f"{folder}: holds no weights")
+    return state["model"]

@@ -44,6 +44,7 @@ from dynvlm.model.checkpoint import (
     read_weights,
     stale_compressor_weights,
 )
+from dynvlm.model.optim import clean_name, clip_gradients, param_groups
 from dynvlm.model.projector import Projector
 from dynvlm.model.prompt import Encoded, PromptBatch, PromptBuilder
 from dynvlm.model.stages import apply_stage, stage_config
@@ -142,6 +143,8 @@ class VideoLLM(pl.LightningModule):
         self.prompts = PromptBuilder(self.llm.tokenizer, getattr(self.llm, "system_prompt", None),
                                      format=self.prompt_format, separator=proj.separator)
         self.optim_cfg: OptimConfig = section(OptimConfig, cfg.get("optim"), "optim")
+        if self.optim_cfg.answer_only_loss and not hasattr(self.llm, "answer_loss"):
+            raise ValueError(f"optim.answer_only_loss: the LLM {type(self.llm).__name__} has no answer_loss method")
         self.eval_cfg: EvalConfig = section(EvalConfig, cfg.get("eval"), "eval")
         self.stage = stage_config(cfg.get("stage"))
         self.trainable = apply_stage(self, self.stage)
@@ -261,7 +264,7 @@ class VideoLLM(pl.LightningModule):
         embeds = self.llm.embed(batch.input_ids.to(self.device))
         vis = torch.cat(list(visual)).to(embeds.dtype)
         mask = batch.visual_mask.to(self.device)
-        filled = [int(n) for n in mask.sum(1).tolist()]  # [B]: visual positions per prompt row
+        filled = [int(n) for n in batch.visual_mask.sum(1).tolist()]  # [B]: visual positions per row (host copy: no sync)
         if sum(filled) != vis.shape[0]:
             raise RuntimeError(f"{sum(filled)} visual positions in the prompt but {vis.shape[0]} visual tokens")
         if usage is not None:
@@ -288,8 +291,10 @@ class VideoLLM(pl.LightningModule):
         prompt = self.prompts.collate(self.encode_prompts(samples, plans), "right")
         visual, aux, usage = self.visual_features(samples, plans)
         embeds = self.splice(prompt, visual, usage=usage)
-        out = self.llm(embeds, prompt.attention_mask.to(self.device), prompt.labels.to(self.device))
-        lm_loss = out.loss
+        if self.optim_cfg.answer_only_loss:  # LM head and loss on the label positions only
+            lm_loss = self.llm.answer_loss(embeds, prompt.attention_mask.to(self.device), prompt.labels)
+        else:
+            lm_loss = self.llm(embeds, prompt.attention_mask.to(self.device), prompt.labels.to(self.device)).loss
         aux_loss = aux if aux is not None else lm_loss.new_zeros(())
         return {
             "loss": lm_loss + self.optim_cfg.aux_weight * aux_loss,
@@ -455,22 +460,14 @@ class VideoLLM(pl.LightningModule):
 
     # -- optimisation ------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
-        """AdamW groups: encoder at ``lr * encoder_lr_ratio``, the rest at ``lr``; no decay on biases/norms."""
+        """AdamW groups: encoder at ``lr * encoder_lr_ratio``, the rest at ``lr``; no decay on biases, norms and
+        free-standing vectors, decided by role (:func:`dynvlm.model.optim.param_groups`), so FSDP's flat shards
+        decay as the unsharded model does."""
         o = self.optim_cfg
-        groups: dict[tuple[str, bool], list[Tensor]] = {}
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            part = "encoder" if name.startswith("encoder.") else "main"
-            groups.setdefault((part, p.dim() >= 2), []).append(p)
+        groups = param_groups(self, o.lr, o.weight_decay, o.encoder_lr_ratio)
         if not groups:
             raise ValueError(f"stage {self.stage.name!r}: nothing to train")
-        return [
-            {"params": params, "name": f"{part}{'' if decay else '/no_decay'}",
-             "lr": o.lr * (o.encoder_lr_ratio if part == "encoder" else 1.0),
-             "weight_decay": o.weight_decay if decay else 0.0}
-            for (part, decay), params in sorted(groups.items())
-        ]
+        return groups
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim_cfg
@@ -488,25 +485,31 @@ class VideoLLM(pl.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # the trainer's setting wins; otherwise optim.grad_clip (norm) applies
         val = gradient_clip_val if gradient_clip_val is not None else self.optim_cfg.grad_clip
-        if val:
-            self.clip_gradients(optimizer, gradient_clip_val=val, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+        if val:  # under any strategy: FSDP clips over every rank's shards (dynvlm.model.optim.clip_gradients)
+            clip_gradients(self, optimizer, val, gradient_clip_algorithm or "norm")
 
     # -- checkpoints ---------------------------------------------------------------------------
     def saved_keys(self) -> list[str]:
         """State-dict keys a checkpoint keeps: trainable parameters, carried weights, persistent buffers."""
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        params = {n for n, _ in self.named_parameters()}
-        return [k for k in self.state_dict() if k in trainable or k in self.carried or k not in params]
+        # names without FSDP's wrapper parts, and no state_dict() call: under FSDP that would gather every weight
+        modules = list(self.named_modules(remove_duplicate=False))  # tied weights under each of their names
+        trainable = {clean_name(f"{m}.{n}" if m else n) for m, mod in modules for n, p in mod._parameters.items()
+                     if p is not None and p.requires_grad}
+        buffers = [clean_name(f"{m}.{b}" if m else b) for m, mod in modules for b, t in mod._buffers.items()
+                   if t is not None and b not in mod._non_persistent_buffers_set]
+        return list(dict.fromkeys([*sorted(trainable | self.carried), *buffers]))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = set(self.saved_keys())
         sd = checkpoint.get("state_dict")
-        if sd is not None:  # sharded strategies save elsewhere
+        if sd is not None and not _is_sharded(sd):  # a sharded checkpoint (FSDP) keeps every weight's shard
             checkpoint["state_dict"] = {k: v for k, v in sd.items() if k in keep}
         checkpoint[CKPT_KEY] = {"trainable": list(self.trainable), "carried": sorted(self.carried),
                                 "stage": self.stage.name}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "state_dict" not in checkpoint:  # a sharded checkpoint: the strategy loaded the weights (checked before)
+            return
         sd = checkpoint.get("state_dict") or {}
         # evaluated with another compressor than the trained one (training-free transfer): the
         # trained compressor's own weights are dropped with a notice, and only those; a new
@@ -545,6 +548,11 @@ def _scoring_prompt(sample: Sample, cloze: bool) -> list[Turn]:
     marker = "<image>" if sample.kind == "image" else "<video>"
     head = f"{marker}\n" if marker in base[-1].value else ""  # the visual stays where the question had it
     return [*base[:-1], Turn("human", head + question)]
+
+
+def _is_sharded(state_dict: Mapping[str, Any]) -> bool:
+    """Whether a state dict holds shards (FSDP's sharded format: ``ShardedTensor`` or ``DTensor`` values)."""
+    return any(type(v).__name__ in ("ShardedTensor", "DTensor") for v in state_dict.values())
 
 
 def _samples(batch: Batch | Sequence[Sample]) -> list[Sample]:

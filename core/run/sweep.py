@@ -110,10 +110,11 @@ def _point_config(base: Mapping[str, Any], name: str, point: Mapping[str, Any]) 
 
 
 def _drop_stale_rows(out: Path, rows: list[dict[str, Any]], configs: Mapping[str, Mapping[str, Any]],
-                     rerun_changed: bool) -> list[dict[str, Any]]:
+                     rerun_changed: bool, csv_path: Path | None = None) -> list[dict[str, Any]]:
     """``rows`` less those of points whose config changed since they ran (their ``fingerprint`` differs
     from the point's config now, or a row has none), when ``rerun_changed``; their run folders are set
-    aside. Without it a changed point is refused, so results.csv never mixes two configs.
+    aside. Without it a changed point is refused, so results.csv never mixes two configs. The kept rows are
+    written to ``csv_path`` (default ``<out>/results.csv``).
 
     Raises:
         StaleRunError: naming the changed points and keys.
@@ -140,8 +141,18 @@ def _drop_stale_rows(out: Path, rows: list[dict[str, Any]], configs: Mapping[str
             set_aside(folder, r.get("fingerprint") or "unknown")
     gone = {r["point"] for r in stale}
     kept = [r for r in rows if r["point"] not in gone]
-    write_csv_rows(out / RESULTS_CSV, kept)
+    write_csv_rows(csv_path or out / RESULTS_CSV, kept)
     return kept
+
+
+def sweep_setup(data: Mapping[str, Any]) -> tuple[Path, list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """``(output folder, points in order, slug -> the point's run config)`` of a sweep config."""
+    base = {k: v for k, v in data.items() if k != "sweep"}
+    name = str(base.get("name") or "sweep")
+    out = Path(str(base.get("output_dir") or "runs")) / name
+    out.mkdir(parents=True, exist_ok=True)
+    points = sweep_points(data["sweep"])
+    return out, points, {point_slug(p): _point_config(base, name, p) for p in points}
 
 
 def run_sweep(data: Mapping[str, Any], callbacks: Sequence[Any] = (), rerun_changed: bool = False) -> dict[str, Any]:
@@ -149,32 +160,45 @@ def run_sweep(data: Mapping[str, Any], callbacks: Sequence[Any] = (), rerun_chan
 
     A point whose row was made with another config (its ``fingerprint``) is refused, or with
     ``rerun_changed`` run again (:func:`_drop_stale_rows`)."""
-    from tqdm.auto import tqdm
-
-    base = {k: v for k, v in data.items() if k != "sweep"}
-    name = str(base.get("name") or "sweep")
-    out = Path(str(base.get("output_dir") or "runs")) / name
-    out.mkdir(parents=True, exist_ok=True)
-    points = sweep_points(data["sweep"])
-    configs = {point_slug(p): _point_config(base, name, p) for p in points}
+    out, points, configs = sweep_setup(data)
     rows = _drop_stale_rows(out, read_csv_rows(out / RESULTS_CSV), configs, rerun_changed)
     done = {r["point"] for r in rows}
     todo = [p for p in points if point_slug(p) not in done]
-    bar = tqdm(points, desc=f"sweep {name}", unit="point", initial=len(points) - len(todo))
+    run_points(todo, configs, rows, out / RESULTS_CSV, f"sweep {out.name}", len(points), callbacks, rerun_changed)
+    summary = write_summary(out, rows, sweep_keys(data["sweep"]))
+    return {"results": str(out / RESULTS_CSV), "points": len(points), "ran": len(todo), **summary}
+
+
+def run_points(todo: Sequence[Mapping[str, Any]], configs: Mapping[str, Mapping[str, Any]], rows: list[dict[str, Any]],
+               csv_path: Path, desc: str, total: int, callbacks: Sequence[Any] = (), rerun_changed: bool = False,
+               claim: Any = None) -> int:
+    """Fit, test and measure each point of ``todo``, appending its row to ``rows`` and rewriting ``csv_path``
+    (atomically) after each; returns how many ran. ``claim(slug)``, when given, is a context manager that
+    yields whether this process may run the point (another holding it is skipped)."""
+    import contextlib
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="point", initial=total - len(todo))
+    ran = 0
     for point in todo:
         slug = point_slug(point)
         bar.set_postfix_str(slug)
-        point_data = configs[slug]
-        probe = CostProbe(point_data)
-        result = run_point(point_data, callbacks=[*callbacks, probe], rerun_changed=rerun_changed)
-        cost = probe.cost if probe.cost is not None else checkpoint_cost(point_data, result.get("checkpoint"))
-        rows.append(sweep_row(slug, point, point_data, {**result, **cost}))
-        write_csv_rows(out / RESULTS_CSV, rows)
+        with (claim(slug) if claim is not None else contextlib.nullcontext(True)) as mine:
+            if not mine:
+                bar.write(f"{slug}: run by another process, skipped")
+                continue
+            point_data = configs[slug]
+            probe = CostProbe(point_data)
+            result = run_point(point_data, callbacks=[*callbacks, probe], rerun_changed=rerun_changed)
+            cost = probe.cost if probe.cost is not None else checkpoint_cost(point_data, result.get("checkpoint"))
+            rows.append(sweep_row(slug, point, point_data, {**result, **cost}))
+            write_csv_rows(csv_path, rows)
+            ran += 1
         bar.write(point_line(rows[-1]))
         bar.update(1)
     bar.close()
-    summary = write_summary(out, rows, sweep_keys(data["sweep"]))
-    return {"results": str(out / RESULTS_CSV), "points": len(points), "ran": len(todo), **summary}
+    return ran
 
 
 def point_line(row: Mapping[str, Any]) -> str:

@@ -20,8 +20,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dynvlm.config import ConfigError, to_yaml
-from dynvlm.model.checkpoint import IncompleteCheckpoint, read_checkpoint
+from dynvlm.model.checkpoint import IncompleteCheckpoint, read_checkpoint, read_sharded_checkpoint
 from dynvlm.model.video_llm import VideoLLM
+from dynvlm.run.strategy import make_strategy, prepare_precision
+from dynvlm.schema import OptimConfig
 from dynvlm.util.configs import config_dict
 from dynvlm.util.fingerprint import changed_keys, config_fingerprint, read_fingerprint, result_keys, write_fingerprint
 from dynvlm.util.paths import LAST_CHECKPOINT, last_checkpoint, run_dir, shown
@@ -36,13 +38,18 @@ def make_datamodule(cfg: DictConfig | Mapping[str, Any]) -> pl.LightningDataModu
     return VideoDataModule(cfg.get("data") or {}, cfg.get("budget") or {})
 
 
-def make_trainer(cfg: DictConfig | Mapping[str, Any], callbacks: Sequence[pl.Callback] = (), *, fit: bool) -> pl.Trainer:
+def make_trainer(cfg: DictConfig | Mapping[str, Any], callbacks: Sequence[pl.Callback] = (), *, fit: bool,
+                 model: VideoLLM | None = None) -> pl.Trainer:
     """A ``Trainer`` from ``cfg.trainer`` plus the run's logger and (for ``fit``) checkpointing.
 
-    ``trainer.*`` keys are ``Trainer`` keyword arguments as given (strategy, devices, precision, ...),
-    except ``logger``: a tracker name or a list of them (:func:`make_loggers`).
+    ``trainer.*`` keys are ``Trainer`` keyword arguments as given (devices, precision, ...), except
+    ``logger``: a tracker name or a list of them (:func:`make_loggers`), and ``strategy`` given as a
+    mapping: FSDP / DDP / DeepSpeed settings built for ``model`` (:func:`dynvlm.run.strategy.make_strategy`).
     """
     kwargs = dict(cfg.get("trainer") or {})
+    if "strategy" in kwargs:
+        grad_clip = (cfg.get("optim") or {}).get("grad_clip", OptimConfig().grad_clip)
+        kwargs["strategy"] = make_strategy(kwargs, model, grad_clip)
     out = run_dir(cfg)
     kwargs.setdefault("default_root_dir", str(out))
     # the model summary table goes to the run's log (fit logs it), not to the console of every sweep point
@@ -170,7 +177,7 @@ def check_run_folder(cfg: Mapping[str, Any], rerun_changed: bool = False) -> Non
         StaleRunError: the configs differ; the message names the keys and the ways forward.
     """
     out = run_dir(cfg)
-    if not (out / "checkpoints" / LAST_CHECKPOINT).is_file():
+    if not (out / "checkpoints" / LAST_CHECKPOINT).exists():
         return
     recorded = read_fingerprint(out)
     if recorded is None and (out / "config.yaml").is_file():
@@ -211,9 +218,10 @@ def fit(cfg: DictConfig | Mapping[str, Any], datamodule: pl.LightningDataModule 
     check_run_folder(data, rerun_changed)
     out = run_dir(cfg)
     last = out / "checkpoints" / LAST_CHECKPOINT
-    resume = str(last) if last.is_file() else None
+    resume = str(last) if last.exists() else None  # a file, or a folder of shards (FSDP state_dict: sharded)
     model = VideoLLM(cfg)
-    trainer = make_trainer(cfg, callbacks, fit=True)
+    prepare_precision(model, cfg.get("trainer") or {})
+    trainer = make_trainer(cfg, callbacks, fit=True, model=model)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(data))
@@ -226,7 +234,7 @@ def fit(cfg: DictConfig | Mapping[str, Any], datamodule: pl.LightningDataModule 
         trainer.save_checkpoint(str(last))  # the final state, even when max_steps ends mid-epoch
     return {
         "run_dir": str(out),
-        "checkpoint": str(last) if last.is_file() else None,
+        "checkpoint": str(last) if last.exists() else None,
         "resumed_from": resume,
         "global_step": int(trainer.global_step),
         "interrupted": bool(trainer.interrupted),
@@ -240,7 +248,7 @@ def _check_before_lightning(model: VideoLLM, path: str) -> None:
     """Read ``path`` weights-only and check that it fits ``model`` (the rules of ``restore``), so that
     a file with code in it, or one that is empty, partial or not Lightning's, is refused with its
     name before Lightning reads it."""
-    data = read_checkpoint(path)
+    data = read_sharded_checkpoint(path) if Path(path).is_dir() else read_checkpoint(path)
     try:
         model.on_load_checkpoint({**data, "state_dict": dict(data["state_dict"])})
     except IncompleteCheckpoint as exc:
@@ -254,13 +262,14 @@ def _evaluate(kind: str, cfg: DictConfig | Mapping[str, Any], checkpoint: str | 
               datamodule: pl.LightningDataModule | None, predictions: str | Path | None = None) -> dict[str, Any]:
     cfg = _prepare(cfg)
     model = VideoLLM(cfg)
+    prepare_precision(model, cfg.get("trainer") or {})
     ckpt = checkpoint
     if ckpt is None:
         last = last_checkpoint(cfg)
-        ckpt = str(last) if last.is_file() else None
+        ckpt = str(last) if last.exists() else None
     if kind == "test":
         model.predictions_path = Path(predictions) if predictions else run_dir(cfg) / "predictions.jsonl"
-    trainer = make_trainer(cfg, fit=False)
+    trainer = make_trainer(cfg, fit=False, model=model)
     dm = datamodule or make_datamodule(cfg)
     run = trainer.test if kind == "test" else trainer.validate
     if ckpt is not None:

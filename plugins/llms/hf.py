@@ -196,6 +196,22 @@ class HFCausalLM(LanguageModel):
         """Embeddings ``[B, L, D]``, mask ``[B, L]``, labels ``[B, L]`` (-100 ignored) -> ``CausalLMOutputWithPast``."""
         return self.model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, use_cache=False)
 
+    def answer_loss(self, embeds: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor:
+        """The causal-LM loss of :meth:`forward` with the LM head run on the label positions only.
+
+        Mean cross-entropy (fp32) over the positions whose next token is labelled (``labels != -100``),
+        the same value as ``forward(...).loss``, but the logits are ``[answer tokens, V]`` instead of
+        ``[B, L, V]``: memory follows the answers, not the prompt length times the vocabulary. ``labels``
+        may stay on the host (the positions are found there, without a device sync).
+        """
+        hidden = self.model.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
+                                          use_cache=False).last_hidden_state  # [B, L, D]
+        targets = labels[:, 1:]  # position t predicts token t + 1
+        rows, cols = (targets != -100).nonzero(as_tuple=True)  # on the labels' device (the host: no sync)
+        picked = hidden[rows.to(hidden.device), cols.to(hidden.device)]  # [answer tokens, D]
+        logits = self.model.get_output_embeddings()(picked).float()  # [answer tokens, V]
+        return torch.nn.functional.cross_entropy(logits, targets[rows, cols].to(hidden.device))
+
     @torch.no_grad()
     def generate(self, embeds: Tensor, attention_mask: Tensor, max_new_tokens: int = 16, **kw: Any) -> Tensor:
         """Greedy generation from left-padded embeddings ``[B, L, D]`` -> new token ids ``[B, L_new]``."""
