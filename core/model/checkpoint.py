@@ -128,9 +128,11 @@ class IncompleteCheckpoint(ConfigError):
 def check_checkpoint_fits(model: nn.Module, checkpoint: Mapping[str, Any], source: str = "the checkpoint") -> None:
     """Refuse a checkpoint whose ``state_dict`` does not fit ``model``.
 
-    A checkpoint must hold every parameter the model's stage trains (``requires_grad``): those come
-    from training and nowhere else; and every weight its own ``dynvlm`` entry says it carries (the
-    frozen weights it loaded from a previous stage). It must not hold weights the model lacks.
+    A dynvlm checkpoint must hold every parameter of the modules its ``dynvlm`` entry says its run
+    trained (those come from training and nowhere else) and every weight the entry says it carries
+    (the frozen weights it loaded from a previous stage, or an import's). Another file must hold
+    every parameter the model's own stage trains (``requires_grad``). Neither may hold weights the
+    model lacks.
     The one documented exception is the compressor swap of a training-free evaluation: the trained
     compressor's weights are dropped before this check (:func:`stale_compressor_weights`), and a
     parameter-free compressor needs nothing from the checkpoint.
@@ -145,15 +147,21 @@ def check_checkpoint_fits(model: nn.Module, checkpoint: Mapping[str, Any], sourc
         raise IncompleteCheckpoint(
             f"{source} holds {len(unknown)} weights this model does not have, e.g. {unknown[:3]}; "
             "was it saved from a different model config?")
-    needed = [n for n, p in model.named_parameters() if p.requires_grad]
-    needed += [k for k in (checkpoint.get(CKPT_KEY) or {}).get("carried", []) if k not in needed]
+    record = checkpoint.get(CKPT_KEY)
+    if isinstance(record, Mapping):
+        # a dynvlm checkpoint says which modules its run trained and which weights it carried
+        trained = tuple(f"{m}." for m in record.get("trainable", []))
+        needed = [n for n, _ in model.named_parameters() if n.startswith(trained)] if trained else []
+        needed += [k for k in record.get("carried", []) if k not in needed and k in own]
+    else:  # any other file: it must hold what the model's own stage trains
+        needed = [n for n, p in model.named_parameters() if p.requires_grad]
     missing = [k for k in needed if k not in state]
     if missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
         raise IncompleteCheckpoint(
             f"{source} lacks {len(missing)} of the {len(needed)} weights this model needs from it ({shown}): "
-            "the parameters its stage trains and the weights the checkpoint says it carries. It is empty, "
-            "partial, or from a run whose stage trained other modules; evaluate it with that run's config")
+            "the parameters of the modules it was trained on and the weights it says it carries. It is empty, "
+            "partial or damaged")
 
 
 def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
