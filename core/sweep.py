@@ -454,7 +454,7 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], cells: Mapping[tuple[str
                 accs = cells.get((comp, t))
                 vals.append(_fmt_cell(accs) if accs else "—")
             lines.append(f"| {comp} | " + " | ".join(vals) + " |")
-        lines += ["", *findings(cells), ""]
+        lines += ["", *findings(cells), *family_bests(rows, sweep_keys), ""]
     lines += dynamic_table(rows, sweep_keys)
     if cells:
         lines += ceiling_table(rows)
@@ -561,6 +561,27 @@ def findings(cells: Mapping[tuple[str, int], list[float]]) -> list[str]:
             beyond = "beyond" if spread_t > 2 * max(pair) else "within"
             out.append(f"- M={t}: compressors differ by {100 * spread_t:.1f} points ({hi} − {lo}), {beyond} "
                        f"seed noise (their larger seed spread {100 * max(pair):.1f}).")
+    return out
+
+
+def family_bests(rows: Sequence[Mapping[str, Any]], sweep_keys: Sequence[str] = ()) -> list[str]:
+    """One line per setting with a tokens-per-frame axis: each question family's best mean accuracy
+    (over seeds) and the M where it is reached, so a family no M serves shows up."""
+    acc: dict[tuple[str, str, int], list[float]] = {}
+    for row in rows:
+        setting = row_setting(row, sweep_keys)
+        if setting is None or dynamic_row(row):
+            continue
+        for key, value in row.items():
+            if key.startswith("acc/") and _float(value) is not None:
+                acc.setdefault((setting[0], key.removeprefix("acc/"), setting[1]), []).append(float(value))
+    out = []
+    for label in sorted({k[0] for k in acc}):
+        best = []
+        for fam in sorted({k[1] for k in acc if k[0] == label}):
+            m, a = max(((k[2], statistics.fmean(v)) for k, v in acc.items() if k[:2] == (label, fam)), key=lambda t: t[1])
+            best.append(f"{fam} {100 * a:.1f} % at M={m}")
+        out.append(f"- {label}: best per family: {', '.join(best)}.")
     return out
 
 

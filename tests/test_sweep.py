@@ -234,3 +234,11 @@ def test_dynamic_rows_are_compared_with_every_fixed_m_per_clip_length(tmp_path):
     rows[-1]["accuracy"] = 0.70  # a seed far off: the spread (20 points) now swallows the gain
     text = sweep.results_markdown(rows, sweep._cells(rows, keys), keys)
     assert "not above M=4, M=16 by more than twice" in text
+
+
+def test_each_family_reports_its_best_m():
+    rows = [_row("a", "fixed", 0, 0.6, m=1, **{"acc/perception": 0.3, "acc/presence": 0.9}),
+            _row("b", "fixed", 0, 0.7, m=16, **{"acc/perception": 0.8, "acc/presence": 0.6}),
+            _row("c", "dynamic", 0, 0.9, mean_m=10, **{"acc/perception": 0.99, "acc/presence": 0.99})]  # apart
+    assert sweep.family_bests(rows, ["model.compressor.name", "budget.tokens_per_frame"]) == [
+        "- pool (fixed): best per family: perception 80.0 % at M=16, presence 90.0 % at M=1."]
