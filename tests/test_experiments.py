@@ -92,6 +92,13 @@ def test_shipped_base_matches_its_manifest():
     assert sum((WEIGHTS / n).stat().st_size for n in manifest["files"]) < 8 * 2**20  # a few MB
     for key in ("command", "recipe", "machine", "stages", "wall_s", "accuracy_val", "trained_on"):
         assert key in manifest
+    # the recipe in the repository is the one that made the weights, and it trains on the recorded data
+    assert manifest["recipe_sha256"] == make_base.recipe_digest()
+    from omegaconf import OmegaConf
+
+    synth = OmegaConf.to_container(make_base.stage_config(make_base.STAGES[-1], None, None, []).data.synth)
+    synth.pop("out")
+    assert manifest["trained_on"]["synth"] == synth
 
 
 def test_shipped_base_loads_by_path_and_answers(tmp_path):
@@ -129,9 +136,12 @@ def test_no_test_clip_or_question_in_the_base_training_data():
         # a question is about one clip: with the clips disjoint, no (clip, question) pair repeats;
         # the ids of generated records ("test_000123_q4") never name a training clip either
         assert not {sc.id for sc in train_scenes} & {sc.id for sc in test_scenes}
-    # the scene settings (everything but the split sizes) are the base's, so the test clips are its held-out ones
-    for key in ("seed", "size", "min_duration", "max_duration", "max_visits", "min_visit_seconds", "max_visit_seconds"):
-        assert synth[key] == trained[key], key
+        # the scenes are the base's (seed, frame, symbols, flashes), at clip and flash lengths it was trained on
+        for key in ("seed", "size", "symbols", "max_visits", "flashes"):
+            assert synth[key] == trained[key], key
+        assert all(trained["min_duration"] <= sc.duration <= trained["max_duration"] for sc in test_scenes)
+        assert all(trained["min_flash_seconds"] <= f.seconds <= trained["max_flash_seconds"]
+                   for sc in test_scenes for f in sc.flashes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +176,6 @@ def test_transfer_yaml_evaluates_the_synthetic_model_at_every_point(tmp_path):
     assert len(rows) == len(points) and [r["compressor"] for r in rows] == [p["model.compressor.name"] for p in points]
     assert all(0.0 <= float(r["accuracy"]) <= 1.0 and int(r["questions"]) > 0 for r in rows)
     identity = next(r for r in rows if r["compressor"] == "identity")
-    assert identity["used_tokens_per_frame"] == "64" and float(identity["frames_per_sample"]) == 1.0  # 8x8 grid, N_max 64
+    assert identity["used_tokens_per_frame"] == "64" and float(identity["frames_per_sample"]) == 2.0  # 8x8 grid, N_max 128
     md = Path(result["results_md"]).read_text()
     assert "- trained with pool@4" in md and "| pool * | 4 |" in md

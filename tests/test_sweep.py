@@ -145,7 +145,7 @@ def test_findings_compare_gap_to_seed_noise():
     text = "\n".join(findings(cells))
     assert "gap 29.5 points" in text and "is more than twice" in text
     assert "pool: accuracy peaks at a middle tokens per frame (M=4)" in text
-    assert "M=4: compressors differ by 20.5 points, beyond seed noise" in text
+    assert "M=4: compressors differ by 20.5 points (pool − tome), beyond seed noise" in text
     single = "\n".join(findings({("pool", 1): [0.4], ("pool", 4): [0.5]}))
     assert "seed noise is not measured" in single
     noisy = "\n".join(findings({("pool", 1): [0.40, 0.46], ("pool", 4): [0.47, 0.49], ("pool", 16): [0.44, 0.45]}))
@@ -181,14 +181,15 @@ def test_summary_keeps_policies_and_swept_keys_apart(tmp_path):
         ("pool optim.lr=0.01", 4): [0.40, 0.50],
         ("pool (fixed) optim.lr=0.01", 4): [0.60],
         ("pool (frames) optim.lr=0.01", 16): [0.70],
-        ("pool optim.lr=0.01", 36): [0.30],
         ("pool optim.lr=0.01", 16): [0.10, 0.20],
         ("pool optim.lr=0.001", 16): [0.90],
     }
     sweep.write_summary(tmp_path, rows, keys)
     text = (tmp_path / "results.md").read_text()
-    assert "| pool (frames) optim.lr=0.01 | — | 70.0 | — |" in text  # columns M=4, 16, 36
-    assert "| pool optim.lr=0.01 | 45.0 ± 5.0 | 15.0 ± 5.0 | 30.0 |" in text
+    assert "| pool (frames) optim.lr=0.01 | — | 70.0 |" in text  # columns M=4, 16: no M=36 for the dynamic row
+    assert "| pool optim.lr=0.01 | 45.0 ± 5.0 | 15.0 ± 5.0 |" in text
+    # the dynamic row (no fixed M) in a table of its own, beside the fixed M of its compressor and lr
+    assert "| pool optim.lr=0.01 | dynamic | 36.2 | 30.0 |" in text and "| pool (fixed) optim.lr=0.01 | M=4 |" in text
     assert "| pool (fixed) optim.lr=0.01 | 4 |" in text and "| pool optim.lr=0.001 | 16 |" in text  # cost table
     assert "| 16 (frames) |" in text and "| 4 (fixed) |" in text  # ceiling rows per policy and M
     assert (tmp_path / "accuracy_vs_tokens.png").is_file() and (tmp_path / "accuracy_vs_prefill_flops.png").is_file()
@@ -202,3 +203,43 @@ def test_summary_default_labels_are_the_compressor():
     assert cells == {("pool", 1): [0.4, 0.6], ("pool (frames)", 1): [0.5]}
     text = sweep.sweep_markdown(rows, cells, keys)
     assert "| pool | 50.0 ± 10.0 |" in text and "| pool (frames) | 50.0 |" in text and "M=1" in text
+
+
+def test_peaks_are_judged_by_their_own_seeds():
+    # prune's noise (10 points) must not veto pool's peak (2.0 points above the ends, spread 0.5)
+    cells = {("pool", 1): [0.700, 0.705], ("pool", 16): [0.720, 0.725], ("pool", 64): [0.695, 0.700],
+             ("prune", 1): [0.40, 0.50], ("prune", 16): [0.55, 0.60], ("prune", 64): [0.50, 0.55]}
+    text = "\n".join(findings(cells))
+    assert "pool: accuracy peaks at a middle tokens per frame (M=16): 2.0 points above both ends" in text
+    assert "prune: highest at M=16, but no peak can be claimed" in text
+    assert "M=1: compressors differ by 25.2 points (pool − prune), beyond seed noise (their larger seed spread 10.0)" in text
+
+
+def test_dynamic_rows_are_compared_with_every_fixed_m_per_clip_length(tmp_path):
+    def row(point, seed, acc, m="", policy="fixed", short=0.0, long=0.0, mean_m=""):
+        return dict(_row(point, policy, seed, acc, m=m, mean_m=mean_m or m),
+                    **{"budget.policy": policy, "acc_len/8s": short, "acc_len/28-32s": long})
+
+    rows = [row("f4s0", 0, 0.80, 4, short=0.70, long=0.90), row("f4s1", 1, 0.81, 4, short=0.71, long=0.91),
+            row("f16s0", 0, 0.78, 16, short=0.90, long=0.66), row("f16s1", 1, 0.78, 16, short=0.90, long=0.66),
+            row("d0", 0, 0.90, policy="dynamic", short=0.90, long=0.90, mean_m=10.0),
+            row("d1", 1, 0.89, policy="dynamic", short=0.89, long=0.89, mean_m=10.0)]
+    keys = ["model.compressor.name", "budget.policy", "budget.tokens_per_frame", "seed"]
+    text = sweep.results_markdown(rows, sweep._cells(rows, keys), keys)
+    assert "| setting | budget | mean M | all clips | 8s clips | 28-32s clips |" in text
+    assert "| pool | dynamic | 10.0 | 89.5 ± 0.5 | 89.5 ± 0.5 | 89.5 ± 0.5 |" in text
+    assert "| pool (fixed) | M=4 | 4.0 | 80.5 ± 0.5 | 70.5 ± 0.5 | 90.5 ± 0.5 |" in text
+    assert ("pool: dynamic 89.5 % against the best fixed M=4 (80.5 %): +9.0 points (larger seed spread of the two 1.0); "
+            "above every fixed M") in text
+    assert "| pool | M=" not in text.split("## Dynamic")[0]  # the main table holds fixed rows only
+    rows[-1]["accuracy"] = 0.70  # a seed far off: the spread (20 points) now swallows the gain
+    text = sweep.results_markdown(rows, sweep._cells(rows, keys), keys)
+    assert "not above M=4, M=16 by more than twice" in text
+
+
+def test_each_family_reports_its_best_m():
+    rows = [_row("a", "fixed", 0, 0.6, m=1, **{"acc/perception": 0.3, "acc/presence": 0.9}),
+            _row("b", "fixed", 0, 0.7, m=16, **{"acc/perception": 0.8, "acc/presence": 0.6}),
+            _row("c", "dynamic", 0, 0.9, mean_m=10, **{"acc/perception": 0.99, "acc/presence": 0.99})]  # apart
+    assert sweep.family_bests(rows, ["model.compressor.name", "budget.tokens_per_frame"]) == [
+        "- pool (fixed): best per family: perception 80.0 % at M=16, presence 90.0 % at M=1."]

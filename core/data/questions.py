@@ -4,13 +4,17 @@ Question types (``qtype`` -> family): ``shape`` (perception, needs detail), ``wh
 needs detail), ``colour_at`` (perception), ``when`` (temporal, "at what second"), ``order``
 (temporal: first/last ball), ``count`` (counting), ``seen`` (presence: which colour of ball
 appears; the wrong options are colours nowhere in the clip, so one kept frame of the ball's
-visit answers it). Each records ``evidence_groups``: the seconds
+visit answers it), ``flash`` (presence: the colour of the clip's one full-frame flash; the wrong
+options are the other flash colours, so one kept frame inside the flash answers it, even pooled to a
+single token). Each records ``evidence_groups``: the seconds
 at which its evidence is on screen; a set of frames can answer it when every group holds one of
 their timestamps (:func:`answerable`), which gives accuracy ceilings per budget (:func:`ceiling`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,7 +24,7 @@ import numpy as np
 
 from dynvlm.budget import uniform_indices
 from dynvlm.data.annotations import MC_INSTRUCTION
-from dynvlm.data.scenes import COLOURS, POSITIONS, SHAPES, Scene
+from dynvlm.data.scenes import COLOURS, FLASH_COLOURS, POSITIONS, SHAPES, Scene, render
 from dynvlm.data.video import sample_times
 
 QTYPES: dict[str, str] = {
@@ -31,7 +35,10 @@ QTYPES: dict[str, str] = {
     "order": "temporal",
     "count": "counting",
     "seen": "presence",
+    "flash": "presence",
 }
+#: question types about balls: they need every clip to have one
+BALL_QTYPES = ("colour_at", "when", "order", "count", "seen")
 #: the question types a dataset asks unless ``qtypes`` says otherwise
 DEFAULT_QTYPES = ("shape", "where", "colour_at", "when", "order", "count")
 TEMPLATES = {
@@ -43,7 +50,14 @@ TEMPLATES = {
     "last": "What colour is the last ball?",
     "count": "How many balls appear?",
     "seen": "What colour balls appear?",
+    "flash": "What colour is the flash?",
 }
+#: the fewest tokens per frame ``M`` (frames average-pooled to a ``sqrt(M) x sqrt(M)`` grid) at which a
+#: question's answer is still in a 16 px frame's pixels, by construction: an equal-area 6 px glyph lies
+#: inside one cell up to M = 4 (every shape pools to the same value) and straddles 4 x 4 px cells
+#: differently per shape at M = 16; a flash fills most of every cell at any M. Checked on decoded
+#: frames by tests/test_evidence.py (:func:`evidence_present`).
+EVIDENCE_TOKENS = {"shape": 16, "flash": 1}
 LETTERS = "ABCDEFGH"
 WORD_RE = re.compile(r"<video>|<image>|[A-Za-z]+|\d+|[^\sA-Za-z\d]")
 
@@ -119,6 +133,11 @@ def ask(rng: np.random.Generator, scene: Scene, qtypes: Sequence[str], options: 
             absent = [c for c in colours if c not in shown]
             dis = _distractors(rng, v.colour, (), absent, k)
             qs.append(Question(qtype, family, TEMPLATES[qtype], v.colour, dis, False, [v.seconds_visible()]))
+        elif qtype == "flash":
+            f = scene.flashes[0]
+            # wrong options: the other flash colours, which nothing in the clip ever shows
+            dis = _distractors(rng, f.colour, (), list(FLASH_COLOURS), k)
+            qs.append(Question(qtype, family, TEMPLATES[qtype], f.colour, dis, False, [f.seconds_visible()]))
         elif qtype == "count":
             ans = str(len(scene.visits))
             pool = [str(i) for i in range(1, max(options, len(COLOURS)) + 1)]
@@ -192,6 +211,54 @@ def ceilings(records: Iterable[dict[str, Any]], fps: float | None = 1.0, max_fra
 
 
 # ------------------------------------------------------------------------------------------
+# evidence in pooled pixels
+
+
+def pool_pixels(frame: np.ndarray, tokens: int) -> np.ndarray:
+    """``[H, W, 3]`` frame -> ``[a, a, 3]`` float means of an ``a x a`` grid of cells, ``a = isqrt(tokens)``
+    (windows as ``adaptive_avg_pool2d``'s: the grid the ``pool`` compressor makes of a square frame)."""
+    a = math.isqrt(int(tokens))
+    h, w = frame.shape[:2]
+    x = frame.astype(np.float64)
+    out = np.empty((a, a, x.shape[2]))
+    for i in range(a):
+        for j in range(a):
+            cell = x[i * h // a : -(-(i + 1) * h // a), j * w // a : -(-(j + 1) * w // a)]
+            out[i, j] = cell.mean((0, 1))
+    return out
+
+
+def option_scene(scene: Scene, record: dict[str, Any], option: str) -> Scene:
+    """``scene`` with the answer of ``record`` (a ``shape`` or ``flash`` MC record about it) replaced by
+    ``option``: the named symbol drawn with that shape, or the flash in that colour."""
+    if record["qtype"] == "shape":
+        colour = next(c for c in COLOURS if f" {c} " in record["question"])
+        symbols = [dataclasses.replace(s, shape=option) if s.colour == colour else s for s in scene.symbols]
+        return dataclasses.replace(scene, symbols=symbols)
+    if record["qtype"] == "flash":
+        return dataclasses.replace(scene, flashes=[dataclasses.replace(scene.flashes[0], colour=option)])
+    raise ValueError(f"option_scene: no counterfactual for qtype {record['qtype']!r}; valid: shape, flash")
+
+
+def evidence_present(frame: np.ndarray, scene: Scene, record: dict[str, Any], t: float, tokens: int,
+                     tol: float = 4.0) -> bool:
+    """Whether a frame pooled to ``tokens`` per frame still answers ``record``: the frame at ``t``
+    rendered with each option as the answer (:func:`option_scene`) is pooled (:func:`pool_pixels`);
+    the answer is present when every wrong option pools more than ``tol`` (0-255 levels, above codec
+    noise) away from the right one and ``frame`` (decoded, ``[H, W, 3]`` uint8) pools nearest the right one.
+    """
+    pooled = {o: pool_pixels(render(option_scene(scene, record, o), t), tokens) for o in record["options"]}
+    answer = record["options"][LETTERS.index(record["answer"])]
+    seen = pool_pixels(frame, tokens)
+
+    def dist(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.abs(a - b).max())
+
+    apart = all(dist(pooled[o], pooled[answer]) > tol for o in pooled if o != answer)
+    return apart and min(pooled, key=lambda o: dist(pooled[o], seen)) == answer
+
+
+# ------------------------------------------------------------------------------------------
 # vocabulary
 
 
@@ -207,7 +274,7 @@ def vocabulary(max_duration: int = 60, options: int = 4) -> list[str]:
     """
     texts: list[str] = [MC_INSTRUCTION, "<video>", "<image>", "s : ; ."]
     texts += [f"{LETTERS[i]}." for i in range(options)]
-    texts += list(COLOURS) + list(SHAPES) + list(POSITIONS)
+    texts += list(COLOURS) + list(FLASH_COLOURS) + list(SHAPES) + list(POSITIONS)
     texts += [str(i) for i in range(max(max_duration, len(COLOURS)) + 1)]
     for template in TEMPLATES.values():
         texts.append(template.format(colour="red", second=0))

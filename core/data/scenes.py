@@ -4,12 +4,15 @@ A scene (``size`` x ``size`` px) holds up to four **symbols** -- small glyphs (s
 triangle, cross) of distinct colours, one per corner region, on screen the whole clip -- and a
 few **balls**: discs of distinct colours, none a symbol's colour, that slide across the middle
 band, one at a time, each for several seconds. Symbols never enter the band, so every question's evidence is unambiguous.
+A **flash** turns the whole black background one colour of :data:`FLASH_COLOURS` (never a symbol's
+or a ball's) for a few seconds: evidence that fills most of the frame, so it survives pooling a
+frame to a single token, yet is brief, so only frames that fall inside it see it.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +29,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "magenta": (255, 0, 255),
     "cyan": (0, 255, 255),
     "white": (255, 255, 255),
+}
+#: background colours of a flash: a palette of their own, so a flash's colour is nowhere else in the clip
+FLASH_COLOURS: dict[str, tuple[int, int, int]] = {
+    "orange": (255, 128, 0),
+    "purple": (128, 0, 192),
+    "grey": (128, 128, 128),
+    "brown": (128, 64, 0),
 }
 SHAPES = ("square", "circle", "triangle", "cross")
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")
@@ -57,6 +67,18 @@ class Visit:
 
 
 @dataclass
+class Flash:
+    """The background takes ``colour`` (of :data:`FLASH_COLOURS`) for ``start <= t < start + seconds``."""
+
+    colour: str
+    start: int
+    seconds: int
+
+    def seconds_visible(self) -> list[int]:
+        return list(range(self.start, self.start + self.seconds))
+
+
+@dataclass
 class Scene:
     """Everything drawn in one video."""
 
@@ -68,6 +90,7 @@ class Scene:
     symbols: list[Symbol]
     visits: list[Visit]
     equal_area: bool = True  # symbol shapes light the same number of pixels (see glyph_mask)
+    flashes: list[Flash] = field(default_factory=list)
 
     def signature(self) -> tuple:
         """What makes two clips the same clip (for the no-leak check across splits)."""
@@ -75,14 +98,16 @@ class Scene:
             self.duration,
             tuple((s.colour, s.shape, s.position, s.x, s.y) for s in self.symbols),
             tuple((v.colour, v.start, v.seconds, v.direction) for v in self.visits),
+            tuple((f.colour, f.start, f.seconds) for f in self.flashes),
         )
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Scene:
         return Scene(
-            **{k: v for k, v in d.items() if k not in ("symbols", "visits")},
+            **{k: v for k, v in d.items() if k not in ("symbols", "visits", "flashes")},
             symbols=[Symbol(**s) for s in d["symbols"]],
             visits=[Visit(**v) for v in d["visits"]],
+            flashes=[Flash(**f) for f in d.get("flashes", [])],
         )
 
 
@@ -106,10 +131,12 @@ def _corner_region(position: str, size: int, geo: dict[str, int]) -> tuple[int, 
 
 
 def draw_scene(rng: np.random.Generator, cfg: SynthConfig, split: str, vid: str) -> Scene:
-    """Draw one scene: symbols at distinct corners, then balls in non-overlapping time slots."""
+    """Draw one scene: its duration, symbols at distinct corners, balls in non-overlapping time
+    slots, then ``cfg.flashes`` flashes (drawn last, so settings without flashes draw the scenes of
+    earlier versions)."""
     geo = geometry(cfg.size)
     g = geo["g"]
-    duration = int(rng.integers(cfg.min_duration, cfg.max_duration + 1))
+    duration = draw_duration(rng, cfg)
     colours = list(COLOURS)
     symbols = []
     corners = rng.permutation(len(POSITIONS))[: cfg.symbols]
@@ -135,7 +162,43 @@ def draw_scene(rng: np.random.Generator, cfg: SynthConfig, split: str, vid: str)
         prev = int(cuts[i])
         visits.append(Visit(colours[ball_colours[i]], t, lengths[i], "right" if rng.random() < 0.5 else "left"))
         t += lengths[i]
-    return Scene(vid, split, duration, cfg.size, cfg.native_fps, symbols, visits, cfg.equal_area)
+    flashes = draw_flashes(rng, cfg, duration)
+    return Scene(vid, split, duration, cfg.size, cfg.native_fps, symbols, visits, cfg.equal_area, flashes)
+
+
+def draw_duration(rng: np.random.Generator, cfg: SynthConfig) -> int:
+    """A clip's length in seconds: uniform in ``min_duration..max_duration``, or, with
+    ``cfg.duration_mix`` (``[[lo, hi], ...]``), one range picked uniformly, then uniform in it."""
+    if not cfg.duration_mix:
+        return int(rng.integers(cfg.min_duration, cfg.max_duration + 1))
+    lo, hi = cfg.duration_mix[int(rng.integers(len(cfg.duration_mix)))]
+    return int(rng.integers(lo, hi + 1))
+
+
+def flash_seconds_cap(duration: int) -> int:
+    """The longest flash a clip of ``duration`` s gets: under half of it (at least 1 s), so flashes
+    stay a minority of a clip's frames (clips that were mostly flash taught the model that symbols
+    sit on coloured backgrounds, and the detail family broke)."""
+    return max(1, (duration - 1) // 2)
+
+
+def draw_flashes(rng: np.random.Generator, cfg: SynthConfig, duration: int) -> list[Flash]:
+    """``cfg.flashes`` flashes of distinct colours, each ``min_flash_seconds..max_flash_seconds`` long
+    (capped by :func:`flash_seconds_cap`) at a uniform start, in non-overlapping time slots."""
+    flashes: list[Flash] = []
+    if not cfg.flashes:
+        return flashes
+    palette = list(FLASH_COLOURS)
+    colours = rng.permutation(len(palette))[: cfg.flashes]
+    cap = flash_seconds_cap(duration)
+    for c in colours:
+        for _ in range(100):  # redraw a slot that overlaps an earlier flash (several flashes only)
+            seconds = min(cap, int(rng.integers(cfg.min_flash_seconds, cfg.max_flash_seconds + 1)))
+            start = int(rng.integers(0, duration - seconds + 1))
+            if all(start + seconds <= f.start or f.start + f.seconds <= start for f in flashes):
+                break
+        flashes.append(Flash(palette[int(c)], start, seconds))
+    return sorted(flashes, key=lambda f: f.start)
 
 
 def _distance(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
@@ -165,9 +228,13 @@ def glyph_mask(shape: str, g: int, equal_area: bool = True) -> np.ndarray:
             m[1:-1, 1:-1] = False
     elif shape == "circle":  # a ring: its hollow centre separates it from a filled square
         r = _distance(xx - c, yy - c)
-        widths = [1.6] if not equal_area else [0.8 + 0.05 * i for i in range(60)]
-        # the ring width whose pixel count is nearest the common area: little left to equalise
-        m = min(((r <= c + 0.1) & (r >= max(c - w, 0.75)) for w in widths), key=lambda k: abs(int(k.sum()) - (4 * g - 4)))
+        if equal_area:
+            # a ring inside the cell's corners (outer radius c - 0.4): unlike a ring touching the
+            # cell's edges, it differs from the square outline in every 4 x 4 px pooling cell a 6 px
+            # glyph can straddle, so shape is still present at 16 tokens per 16 px frame
+            m = (r <= c - 0.4) & (r >= c / 3)
+        else:
+            m = (r <= c + 0.1) & (r >= max(c - 1.6, 0.75))
     elif shape == "triangle":  # apex up, filled: row y covers a width growing with y
         sides = [g] if not equal_area else range(g, 2, -1)
         m = min((_triangle(k, g) for k in sides), key=lambda k: abs(int(k.sum()) - (4 * g - 4)))
@@ -241,7 +308,11 @@ def render(scene: Scene, t: float, background: np.ndarray | None = None) -> np.n
     """The uint8 ``[size, size, 3]`` frame shown at time ``t`` seconds (``background``: the
     symbols-only frame, to reuse across frames)."""
     geo = geometry(scene.size)
-    frame = (_background(scene) if background is None else background).copy()
+    symbols = _background(scene) if background is None else background
+    frame = symbols.copy()
+    for f in scene.flashes:
+        if f.start <= t + 1e-9 < f.start + f.seconds:
+            frame[~symbols.any(-1)] = FLASH_COLOURS[f.colour]  # every pixel no symbol lights
     b = geo["b"]
     for v in scene.visits:
         if v.start <= t + 1e-9 < v.start + v.seconds:

@@ -68,6 +68,7 @@ import numpy as np
 
 from dynvlm.data.annotations import format_mc
 from dynvlm.data.questions import (  # noqa: F401 - re-exported: the generator's public names live here too
+    BALL_QTYPES,
     DEFAULT_QTYPES,
     LETTERS,
     QTYPES,
@@ -85,8 +86,10 @@ from dynvlm.data.questions import (  # noqa: F401 - re-exported: the generator's
 )
 from dynvlm.data.scenes import (  # noqa: F401
     COLOURS,
+    FLASH_COLOURS,
     POSITIONS,
     SHAPES,
+    Flash,
     Scene,
     Symbol,
     Visit,
@@ -99,7 +102,7 @@ from dynvlm.data.scenes import (  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-VERSION = 4  # bump when the drawing or the questions change: old folders then regenerate
+VERSION = 5  # bump when the drawing or the questions change: old folders then regenerate
 
 SPLITS = ("train", "val", "test")
 INCOMPLETE = ".synth-incomplete"  # present while a generation runs (or after it crashed)
@@ -131,6 +134,12 @@ class SynthConfig:
     min_visit_seconds: int = 2  # several seconds: coverage falls gradually as frames get fewer
     max_visit_seconds: int = 5
     symbols: int = 4  # corner glyphs per video, 1..4
+    flashes: int = 0  # full-frame background flashes per video (coverage evidence that survives pooling)
+    min_flash_seconds: int = 1
+    max_flash_seconds: int = 3
+    # [[lo, hi], ...]: each clip's length from one range picked at random (e.g. short and long clips
+    # mixed in one test set); empty = min_duration..max_duration
+    duration_mix: list[list[int]] = field(default_factory=list)
     equal_area: bool = True  # all symbol shapes light the same pixel count: pooling one glyph hides its shape
     # `seen` is opt-in: its wrong options need colours absent from the clip (fewer symbols/balls)
     qtypes: list[str] = field(default_factory=lambda: list(DEFAULT_QTYPES))
@@ -152,8 +161,17 @@ class SynthConfig:
             bad("size", "must be an even number >= 16")
         if self.native_fps < 1:
             bad("native_fps", "must be >= 1")
-        if not 1 <= self.min_visits <= self.max_visits:
-            bad("min_visits", f"need 1 <= min_visits <= max_visits ({self.max_visits})")
+        if not 0 <= self.min_visits <= self.max_visits:
+            bad("min_visits", f"need 0 <= min_visits <= max_visits ({self.max_visits})")
+        balls = [q for q in self.qtypes if q in BALL_QTYPES]
+        if balls and self.min_visits < 1:
+            bad("min_visits", f"qtype {balls[0]!r} asks about a ball: every clip needs one (min_visits >= 1)")
+        if "flash" in self.qtypes and self.flashes != 1:
+            bad("flashes", "qtype 'flash' asks the colour of the clip's one flash: set flashes: 1")
+        if not 0 <= self.flashes <= len(FLASH_COLOURS):
+            bad("flashes", f"must be in 0..{len(FLASH_COLOURS)} (one colour per flash)")
+        if not 1 <= self.min_flash_seconds <= self.max_flash_seconds:
+            bad("min_flash_seconds", f"need 1 <= min_flash_seconds <= max_flash_seconds ({self.max_flash_seconds})")
         if self.max_visits > len(COLOURS):
             bad("max_visits", f"at most {len(COLOURS)} (one colour per ball)")
         if not 1 <= self.min_visit_seconds <= self.max_visit_seconds:
@@ -163,6 +181,11 @@ class SynthConfig:
         need = self.max_visits * (self.max_visit_seconds + 1) - 1
         if self.min_duration < need:
             bad("min_duration", f"must fit max_visits balls of max_visit_seconds with 1 s gaps: >= {need}")
+        for r in self.duration_mix:
+            if len(r) != 2 or not max(1, need) <= r[0] <= r[1]:
+                bad("duration_mix", f"each entry is [lo, hi] seconds with {max(1, need)} <= lo <= hi")
+        if self.flashes > 1 and min(lo for lo, _ in self.duration_ranges()) < self.flashes * 2:
+            bad("flashes", "several flashes need clips of at least 2 s per flash")
         if not 1 <= self.symbols <= 4:
             bad("symbols", "must be in 1..4")
         unknown = [q for q in self.qtypes if q not in QTYPES]
@@ -179,6 +202,10 @@ class SynthConfig:
             bad("max_visits", f"symbols + max_visits + options - 1 must be <= {len(COLOURS)} with qtype 'seen' "
                 f"(its wrong options are colours no symbol or ball has); got {self.symbols} + {self.max_visits} + "
                 f"{self.options} - 1")
+
+    def duration_ranges(self) -> list[tuple[int, int]]:
+        """The ``(lo, hi)`` ranges clip lengths are drawn from (:func:`dynvlm.data.scenes.draw_duration`)."""
+        return [(int(lo), int(hi)) for lo, hi in self.duration_mix] or [(self.min_duration, self.max_duration)]
 
     def content_key(self) -> dict[str, Any]:
         """The settings that decide the files (``out`` and ``workers`` do not)."""
@@ -198,6 +225,8 @@ def make_config(kwargs: dict[str, Any]) -> SynthConfig:
     if "out" not in kwargs:
         raise SynthError("synth settings need 'out', the folder to write the dataset to")
     kw = dict(kwargs)
+    if "duration_mix" in kw and hasattr(kw["duration_mix"], "__iter__"):
+        kw["duration_mix"] = [[int(v) for v in r] for r in kw["duration_mix"]]  # also an omegaconf ListConfig
     if isinstance(kw.get("qtypes"), str):
         kw["qtypes"] = [q.strip() for q in kw["qtypes"].split(",") if q.strip()]
     if "qtypes" in kw:

@@ -227,6 +227,7 @@ def sweep_row(slug: str, point: Mapping[str, Any], data: Mapping[str, Any], resu
             row[key.removeprefix("test/")] = value
     if not any(k.startswith("ceiling") for k in row):
         row.update({k: round(v, 4) for k, v in test_ceilings(data).items()})
+    row.update(length_accuracy(result.get("run_dir"), data))
     for key in ("visual_tokens", "frames", "tokens_per_frame"):
         for source in (f"test/{key}", f"train/{key}"):
             if source in result:
@@ -318,6 +319,27 @@ def test_ceilings(data: Mapping[str, Any]) -> dict[str, float]:
     return {("ceiling" if k == "overall" else f"ceiling/{k}"): v for k, v in out.items()}
 
 
+def length_accuracy(run_dir: str | None, data: Mapping[str, Any]) -> dict[str, float]:
+    """``{"acc_len/<lo>-<hi>s": accuracy}`` over the test questions about clips of each length range of
+    the synthetic test set (``data.synth.duration_mix``), read from the point's ``predictions.jsonl``;
+    empty without a mix or predictions. The dynamic policy gives short and long clips different M, so
+    its gain shows per clip length."""
+    ranges = ((data.get("data") or {}).get("synth") or {}).get("duration_mix") or []
+    path = test_file(data)
+    preds = Path(str(run_dir)) / "predictions.jsonl" if run_dir else None
+    if not ranges or path is None or not path.is_file() or preds is None or not preds.is_file():
+        return {}
+    duration = {r["question_id"]: r.get("duration") for r in map(json.loads, path.read_text().splitlines()) if r}
+    hits: dict[str, list[bool]] = {}
+    for rec in map(json.loads, preds.read_text().splitlines()):
+        d = duration.get(rec.get("question_id"))
+        for lo, hi in ranges:
+            if d is not None and rec.get("kind") == "mc" and int(lo) <= d <= int(hi):
+                key = f"acc_len/{lo}s" if lo == hi else f"acc_len/{lo}-{hi}s"
+                hits.setdefault(key, []).append(rec["pred"] == rec["answer"])
+    return {k: round(sum(v) / len(v), 4) for k, v in sorted(hits.items())}
+
+
 def _provenance(run_dir: str | None) -> dict[str, str]:
     if not run_dir:
         return {}
@@ -338,7 +360,7 @@ def write_summary(out: Path, rows: Sequence[Mapping[str, Any]], sweep_keys: Sequ
     (out / "results.md").write_text(sweep_markdown(rows, cells, sweep_keys))
     plot = out / "accuracy_vs_tokens.png"
     if cells:
-        plot_accuracy(cells, plot)
+        plot_accuracy(cells, plot, dynamic_levels(rows, sweep_keys))
     flops = _flops_cells(rows, sweep_keys)
     flops_plot = out / FLOPS_PLOT
     if flops:
@@ -375,6 +397,13 @@ def row_tokens(row: Mapping[str, Any]) -> int | None:
     return None if mean is None else int(round(mean))
 
 
+def dynamic_row(row: Mapping[str, Any]) -> bool:
+    """Whether a row ran the ``dynamic`` policy with no fixed ``M`` (each clip its own ``N_max // T``):
+    such rows have no place on the tokens-per-frame axis and are tabled apart (:func:`dynamic_table`)."""
+    return row_policy(row) == "dynamic" and all(
+        _float(row.get(k)) is None for k in ("tokens_per_frame", "budget.policy.tokens_per_frame"))
+
+
 def row_setting(row: Mapping[str, Any], sweep_keys: Sequence[str] = ()) -> tuple[str, int] | None:
     """``(label, M)``: the cell a row's accuracy pools into, or ``None`` without an ``M``.
 
@@ -396,11 +425,12 @@ def row_setting(row: Mapping[str, Any], sweep_keys: Sequence[str] = ()) -> tuple
 
 
 def _cells(rows: Sequence[Mapping[str, Any]], sweep_keys: Sequence[str] = ()) -> dict[tuple[str, int], list[float]]:
-    """``(setting label, M) -> accuracies`` over seeds (:func:`row_setting`)."""
+    """``(setting label, M) -> accuracies`` over seeds (:func:`row_setting`), rows with a tokens per
+    frame only (:func:`dynamic_row` rows are kept apart)."""
     cells: dict[tuple[str, int], list[float]] = {}
     for row in rows:
         acc, setting = _float(row.get("accuracy")), row_setting(row, sweep_keys)
-        if acc is None or setting is None:
+        if acc is None or setting is None or dynamic_row(row):  # dynamic rows: dynamic_table
             continue
         cells.setdefault(setting, []).append(acc)
     return cells
@@ -469,7 +499,9 @@ def sweep_markdown(rows: Sequence[Mapping[str, Any]], cells: Mapping[tuple[str, 
                 accs = cells.get((comp, t))
                 vals.append(_fmt_cell(accs) if accs else "—")
             lines.append(f"| {comp} | " + " | ".join(vals) + " |")
-        lines += ["", *findings(cells), ""]
+        lines += ["", *findings(cells), *family_bests(rows, sweep_keys), ""]
+    lines += dynamic_table(rows, sweep_keys)
+    if cells:
         lines += ceiling_table(rows)
     lines += cost_table_lines(rows, sweep_keys)
     columns = [c for c in ("point", "seed", "accuracy", "ceiling", "visual_tokens_per_sample", "frames_per_sample", "step_time_s",
@@ -496,7 +528,9 @@ def ceiling_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     for row in rows:
         m = row_tokens(row)
         if _float(row.get("ceiling")) is not None and m is not None:
-            by_m.setdefault((row_policy(row), m), []).append(row)
+            # dynamic rows have no fixed M (each clip its own): one row for all of them, after the M rows
+            key = ("dynamic, N_max / T", 1 << 30) if dynamic_row(row) else (row_policy(row), m)
+            by_m.setdefault(key, []).append(row)
     if not by_m:
         return []
     families = sorted({k.removeprefix("ceiling/") for r in rows for k in r if k.startswith("ceiling/")})
@@ -517,7 +551,7 @@ def ceiling_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
         frames = rs[0].get("frames_per_sample", "")
         cells = [pair("accuracy", "ceiling"), *(pair(f"acc/{f}", f"ceiling/{f}") for f in families)]
-        label = str(m[1]) if m[0] == "dynamic" else f"{m[1]} ({m[0]})"
+        label = str(m[1]) if m[0] == "dynamic" else f"{m[1]} ({m[0]})" if m[1] != 1 << 30 else f"({m[0]})"
         lines.append(f"| {label} | {frames} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
@@ -549,25 +583,142 @@ def findings(cells: Mapping[tuple[str, int], list[float]]) -> list[str]:
         if len(series) >= 3:
             peak = max(range(len(series)), key=lambda i: series[i][1])
             where = "at a middle" if 0 < peak < len(series) - 1 else "at an end"
-            # a peak counts only when it stands above both ends by more than twice the seed noise
+            # a peak counts only when it stands above both ends by more than twice this setting's
+            # own seed spread: a noisier setting must not veto it, nor a quieter one lend it confidence
+            own = setting_spread(cells, comp)
             margin = series[peak][1] - max(series[0][1], series[-1][1])
-            if where == "at a middle" and (noise is None or margin <= 2 * noise):
-                why = "seed noise is not measured" if noise is None else f"{100 * margin:.1f} points above the ends, within twice the seed spread"
+            if where == "at a middle" and (own is None or margin <= 2 * own):
+                why = "seed noise is not measured" if own is None else f"{100 * margin:.1f} points above the ends, within twice the seed spread"
                 out.append(f"- {comp}: highest at M={series[peak][0]}, but no peak can be claimed ({why}).")
+            elif where == "at a middle":
+                out.append(f"- {comp}: accuracy peaks {where} tokens per frame (M={series[peak][0]}): "
+                           f"{100 * margin:.1f} points above both ends, more than twice its seed spread ({100 * own:.1f}).")
             else:
                 out.append(f"- {comp}: accuracy peaks {where} tokens per frame (M={series[peak][0]}).")
     tokens = sorted({t for _, t in cells})
     for t in tokens:
         at_t = {c: means[(c, t)] for c, tt in means if tt == t}
-        if len(at_t) >= 2 and noise is not None:
-            spread_t = max(at_t.values()) - min(at_t.values())
-            beyond = "beyond" if spread_t > 2 * noise else "within"
-            out.append(f"- M={t}: compressors differ by {100 * spread_t:.1f} points, {beyond} seed noise.")
+        hi, lo = max(at_t, key=at_t.get, default=None), min(at_t, key=at_t.get, default=None)
+        pair = [max(v) - min(v) for v in (cells[(hi, t)], cells[(lo, t)]) if len(v) > 1] if hi else []
+        if len(at_t) >= 2 and pair:
+            # judged by the seeds of the two settings compared, not the noisiest one of the grid
+            spread_t = at_t[hi] - at_t[lo]
+            beyond = "beyond" if spread_t > 2 * max(pair) else "within"
+            out.append(f"- M={t}: compressors differ by {100 * spread_t:.1f} points ({hi} − {lo}), {beyond} "
+                       f"seed noise (their larger seed spread {100 * max(pair):.1f}).")
     return out
 
 
-def plot_accuracy(cells: Mapping[tuple[str, int], list[float]], path: Path) -> None:
-    """Accuracy vs tokens per frame, one line per compressor, bars spanning the seeds."""
+def family_bests(rows: Sequence[Mapping[str, Any]], sweep_keys: Sequence[str] = ()) -> list[str]:
+    """One line per setting with a tokens-per-frame axis: each question family's best mean accuracy
+    (over seeds) and the M where it is reached, so a family no M serves shows up."""
+    acc: dict[tuple[str, str, int], list[float]] = {}
+    for row in rows:
+        setting = row_setting(row, sweep_keys)
+        if setting is None or dynamic_row(row):
+            continue
+        for key, value in row.items():
+            if key.startswith("acc/") and _float(value) is not None:
+                acc.setdefault((setting[0], key.removeprefix("acc/"), setting[1]), []).append(float(value))
+    out = []
+    for label in sorted({k[0] for k in acc}):
+        best = []
+        for fam in sorted({k[1] for k in acc if k[0] == label}):
+            m, a = max(((k[2], statistics.fmean(v)) for k, v in acc.items() if k[:2] == (label, fam)), key=lambda t: t[1])
+            best.append(f"{fam} {100 * a:.1f} % at M={m}")
+        out.append(f"- {label}: best per family: {', '.join(best)}.")
+    return out
+
+
+def setting_spread(cells: Mapping[tuple[str, int], list[float]], label: str) -> float | None:
+    """The largest seed spread (max − min over seeds) among ``label``'s cells; ``None`` with one seed."""
+    spreads = [max(v) - min(v) for (c, _), v in cells.items() if c == label and len(v) > 1]
+    return max(spreads) if spreads else None
+
+
+def _strip_policy(label: str) -> str:
+    """A setting label without its ``(policy)`` part: ``pool (fixed) lr=1`` -> ``pool lr=1``."""
+    return re.sub(r" \([^)]*\)", "", label, count=1)
+
+
+def dynamic_table(rows: Sequence[Mapping[str, Any]], sweep_keys: Sequence[str] = ()) -> list[str]:
+    """Markdown lines: each dynamic setting (:func:`dynamic_row`: every clip gets ``N_max // T`` tokens
+    per frame) beside every fixed M of the same compressor and swept keys, overall and per clip length
+    (the ``acc_len/`` columns), then the finding: the dynamic setting against each fixed M, judged by
+    twice the larger seed spread of the two cells compared. Empty without dynamic rows."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        setting = row_setting(row, sweep_keys)
+        if setting is None or _float(row.get("accuracy")) is None:
+            continue
+        label, m = setting
+        groups.setdefault((label, "dynamic" if dynamic_row(row) else f"M={m}"), []).append(row)
+    dynamic = sorted(k for k in groups if k[1] == "dynamic")
+    if not dynamic:
+        return []
+    lengths = sorted({k for r in rows for k in r if k.startswith("acc_len/")}, key=lambda k: int(re.findall(r"\d+", k)[0]))
+    head = ["setting", "budget", "mean M", "all clips", *(k.removeprefix("acc_len/") + " clips" for k in lengths)]
+    lines = ["## Dynamic budget against fixed tokens per frame", "",
+             "The dynamic policy gives each clip M = N_max / T (short clips many tokens per frame, long clips many "
+             "frames); the fixed rows give every clip the same M. Accuracy (%) on the same test questions, overall "
+             "and per clip length; ± is half the range across seeds.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out: list[str] = []
+
+    def accs(rs: Sequence[Mapping[str, Any]], key: str) -> list[float]:
+        return [a for a in (_float(r.get(key)) for r in rs) if a is not None]
+
+    for label, _ in dynamic:
+        # the same compressor and swept keys under any policy that fixes M (fixed, dynamic with M, frames)
+        fixed = sorted((k for k in groups if _strip_policy(k[0]) == label and k[1] != "dynamic"),
+                       key=lambda k: (int(k[1][2:]), k[0]))
+        for key in [(label, "dynamic"), *fixed]:
+            rs = groups[key]
+            mean_m = accs(rs, "mean_tokens_per_frame")
+            cells = [_fmt_cell(accs(rs, k)) if accs(rs, k) else "—" for k in ("accuracy", *lengths)]
+            lines.append(f"| {key[0]} | {key[1]} | {f'{statistics.fmean(mean_m):.1f}' if mean_m else '—'} | "
+                         + " | ".join(cells) + " |")
+        one = len({k[0] for k in fixed}) == 1  # name cells "M=4", or "pool (frames) M=4" when policies differ
+        out += dynamic_findings(label, accs(groups[(label, "dynamic")], "accuracy"),
+                                {(k[1] if one else f"{k[0]} {k[1]}"): accs(groups[k], "accuracy") for k in fixed})
+    return [*lines, "", *out, ""]
+
+
+def dynamic_findings(label: str, dyn: Sequence[float], fixed: Mapping[str, Sequence[float]]) -> list[str]:
+    """One statement: ``label``'s dynamic accuracies against its fixed-M cells (``"M=4" -> accuracies``):
+    whether it beats every fixed M by more than twice the larger seed spread of each pair compared."""
+    if not dyn or not fixed:
+        return []
+    d = statistics.fmean(dyn)
+    best = max(fixed, key=lambda k: statistics.fmean(fixed[k]))
+    spread = [max(v) - min(v) for v in (dyn, *fixed.values()) if len(v) > 1]
+    if len(dyn) < 2 or len(spread) < len(fixed) + 1:
+        return [f"- {label}: dynamic {100 * d:.1f} % against the best fixed {best} "
+                f"({100 * statistics.fmean(fixed[best]):.1f} %): seed noise is not measured for every cell."]
+    fails = [k for k, v in fixed.items()
+             if d - statistics.fmean(v) <= 2 * max(max(dyn) - min(dyn), max(v) - min(v))]
+    gap = d - statistics.fmean(fixed[best])
+    pair = max(max(dyn) - min(dyn), max(fixed[best]) - min(fixed[best]))
+    verdict = ("above every fixed M by more than twice the larger seed spread of each pair compared" if not fails
+               else f"not above {', '.join(fails)} by more than twice the larger seed spread of the two")
+    return [f"- {label}: dynamic {100 * d:.1f} % against the best fixed {best} ({100 * statistics.fmean(fixed[best]):.1f} %): "
+            f"{gap * 100:+.1f} points (larger seed spread of the two {100 * pair:.1f}); {verdict}."]
+
+
+def dynamic_levels(rows: Sequence[Mapping[str, Any]], sweep_keys: Sequence[str] = ()) -> dict[str, float]:
+    """``setting label -> mean accuracy`` of the :func:`dynamic_row` rows (drawn as levels across the M axis)."""
+    acc: dict[str, list[float]] = {}
+    for row in rows:
+        setting, a = row_setting(row, sweep_keys), _float(row.get("accuracy"))
+        if dynamic_row(row) and setting is not None and a is not None:
+            acc.setdefault(setting[0], []).append(a)
+    return {k: statistics.fmean(v) for k, v in acc.items()}
+
+
+def plot_accuracy(cells: Mapping[tuple[str, int], list[float]], path: Path,
+                  dynamic: Mapping[str, float] | None = None) -> None:
+    """Accuracy vs tokens per frame, one line per compressor, bars spanning the seeds; each
+    ``dynamic`` setting (label -> accuracy) a dashed level in its compressor's colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -580,7 +731,10 @@ def plot_accuracy(cells: Mapping[tuple[str, int], list[float]], path: Path) -> N
         ys = [100 * statistics.fmean(v) for _, v in series]
         lo = [y - 100 * min(v) for y, (_, v) in zip(ys, series)]
         hi = [100 * max(v) - y for y, (_, v) in zip(ys, series)]
-        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=comp)
+        line = ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=comp)
+        for label, acc in (dynamic or {}).items():
+            if label == _strip_policy(comp):
+                ax.axhline(100 * acc, ls="--", color=line[0].get_color(), label=f"{label} dynamic (N_max / T)")
     ax.set_xscale("log", base=2)
     _finish_plot(fig, ax, "visual tokens per frame (M)", path)
 

@@ -5,14 +5,14 @@ Two stages (YAML beside this file), then an export::
     A  stage_a.yaml  encoder + projector + LLM from random init, detail questions only, one frame at
                      full tokens (no compression); the encoder is frozen afterwards
     B  stage_b.yaml  projector + LLM (+ the pruner's scorer) on the embedded default's families
-                     (shape: detail; seen: coverage), answered in words, with a random compressor
+                     (shape: detail; flash: coverage), answered in words, with a random compressor
                      and a random M per batch
     export           weights/encoder (CLIPVisionModel), weights/llm (Qwen2ForCausalLM + tokenizer),
                      weights/projector.safetensors, weights/projector_prune.safetensors (+ the scorer),
                      weights/manifest.json (sha256, recipe, command, steps, machine, wall time,
                      per-family accuracy on the synthetic val split, options scored by cloze)
 
-Reproduce the shipped weights (about 30 min on 2 CPU cores)::
+Reproduce the shipped weights (about 10 min on 2 CPU cores, docs/experiments.md)::
 
     .venv/bin/python experiments/tiny_base/make_base.py
 
@@ -179,6 +179,17 @@ def evaluate(weights: Path, runs: Path | None, split: str = "val", compressors: 
     return results
 
 
+def recipe_files() -> list[Path]:
+    """The files that decide the base: the stage YAMLs and this script."""
+    return [HERE / "common.yaml", *(HERE / f"stage_{s}.yaml" for s in STAGES), HERE / "make_base.py"]
+
+
+def recipe_digest() -> dict[str, str]:
+    """``{path relative to the repository: sha256}`` of :func:`recipe_files` (the manifest records it,
+    so a recipe edited after the base was made no longer matches it)."""
+    return {str(p.relative_to(ROOT)): sha256(p) for p in recipe_files()}
+
+
 def machine() -> dict[str, Any]:
     """CPU model, cores, torch threads, versions."""
     cpu = platform.processor()
@@ -238,12 +249,16 @@ def _make(args: argparse.Namespace, todo: list[str], argv: Sequence[str] | None)
 
     synth = OmegaConf.to_container(stage_config(STAGES[-1], args.runs, None, args.overrides, args.data).data.synth)
     synth.pop("out", None)
+    synth_a = OmegaConf.to_container(stage_config(STAGES[0], args.runs, None, args.overrides, args.data).data.synth)
+    synth_a.pop("out", None)
     manifest.update({
         "command": ".venv/bin/python experiments/tiny_base/make_base.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "recipe": ["experiments/tiny_base/common.yaml", *(f"experiments/tiny_base/stage_{s}.yaml" for s in STAGES),
-                   "experiments/tiny_base/make_base.py"],
-        "trained_on": {"split": "train", "synth": synth,
-                       "note": "stage A asks [shape, where] and stage B [shape, seen] about the train split; val/test never trained on"},
+        "recipe": [str(p.relative_to(ROOT)) for p in recipe_files()],
+        "recipe_sha256": recipe_digest(),
+        "trained_on": {"split": "train", "synth": synth, "synth_stage_a": synth_a,
+                       "note": "stage A asks [shape, where] about the first frame of its own train split (synth_stage_a: "
+                               "16000 4-s clips) and stage B [shape, shape, shape, flash] about the train split of synth; "
+                               "val/test never trained on"},
         "machine": machine(),
         "made_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
