@@ -225,7 +225,7 @@ def test_dynamic_rows_are_compared_with_every_fixed_m_per_clip_length(tmp_path):
             row("d0", 0, 0.90, policy="dynamic", short=0.90, long=0.90, mean_m=10.0),
             row("d1", 1, 0.89, policy="dynamic", short=0.89, long=0.89, mean_m=10.0)]
     keys = ["model.compressor.name", "budget.policy", "budget.tokens_per_frame", "seed"]
-    text = sweep.results_markdown(rows, sweep._cells(rows, keys), keys)
+    text = sweep.sweep_markdown(rows, sweep._cells(rows, keys), keys)
     assert "| setting | budget | mean M | all clips | 8s clips | 28-32s clips |" in text
     assert "| pool | dynamic | 10.0 | 89.5 ± 0.5 | 89.5 ± 0.5 | 89.5 ± 0.5 |" in text
     assert "| pool (fixed) | M=4 | 4.0 | 80.5 ± 0.5 | 70.5 ± 0.5 | 90.5 ± 0.5 |" in text
@@ -233,7 +233,7 @@ def test_dynamic_rows_are_compared_with_every_fixed_m_per_clip_length(tmp_path):
             "above every fixed M") in text
     assert "| pool | M=" not in text.split("## Dynamic")[0]  # the main table holds fixed rows only
     rows[-1]["accuracy"] = 0.70  # a seed far off: the spread (20 points) now swallows the gain
-    text = sweep.results_markdown(rows, sweep._cells(rows, keys), keys)
+    text = sweep.sweep_markdown(rows, sweep._cells(rows, keys), keys)
     assert "not above M=4, M=16 by more than twice" in text
 
 
