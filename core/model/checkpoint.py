@@ -226,6 +226,10 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
     return data
 
 
+#: (file, skipped keys) already warned about by :func:`load_weights` in this process
+_SKIP_WARNED: set[tuple[str, tuple[str, ...]]] = set()
+
+
 def load_weights(model: nn.Module, weights: Mapping[str, Tensor], source: str = "checkpoint",
                  optional: tuple[str, ...] = ()) -> list[str]:
     """Copy ``weights`` into ``model`` (a subset of its state dict); return the keys loaded.
@@ -238,9 +242,12 @@ def load_weights(model: nn.Module, weights: Mapping[str, Tensor], source: str = 
     own = model.state_dict()
     skipped = [k for k in weights if k not in own and k.startswith(optional)]
     if skipped:
-        # a warning, not INFO: a run silently dropping weights it was pointed at must be visible
-        rank_zero_warn(f"{source}: {len(skipped)} weights not used by this model were skipped "
-                       f"({', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''})")
+        # a warning, not INFO: a run silently dropping weights it was pointed at must be visible; once
+        # per file and key set in a process (a sweep builds a model per point, twice)
+        if (source, tuple(skipped)) not in _SKIP_WARNED:
+            _SKIP_WARNED.add((source, tuple(skipped)))
+            rank_zero_warn(f"{source}: {len(skipped)} weights not used by this model were skipped "
+                           f"({', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''})")
         weights = {k: v for k, v in weights.items() if k not in skipped}
     unknown = [k for k in weights if k not in own]
     if unknown:
