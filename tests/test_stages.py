@@ -1,5 +1,7 @@
 """Training stages: freezing (checked on gradients), encoder lr ratio, resuming from a stage checkpoint."""
 
+import warnings
+
 import pytest
 import torch
 from tiny_vlm import ListDataModule, colour_samples, inline_model, run_config
@@ -115,6 +117,10 @@ def test_a_base_file_with_another_compressors_weights_loads_the_rest(tmp_path):
     with pytest.warns(UserWarning, match=r"weights not used by this model were skipped \(compressor\."):
         pool = VideoLLM(run_config(tmp_path, inline_model("pool"), stage=stage))
     assert pool.carried == {k for k in head if k.startswith("projector.")}
+    with warnings.catch_warnings(record=True) as again_seen:  # the same file and keys: said once per process
+        warnings.simplefilter("always")
+        VideoLLM(run_config(tmp_path, inline_model("pool"), stage=stage))
+    assert not [w for w in again_seen if "weights not used" in str(w.message)]
     assert all(torch.equal(pool.projector.state_dict()[k.removeprefix("projector.")], v)
                for k, v in head.items() if k.startswith("projector."))
     # any other unknown weight still refuses to load
