@@ -33,7 +33,8 @@ def test_a_sweep_prints_one_line_per_point_and_logs_the_rest(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dynvlm", "run", str(path)], capture_output=True, text=True,
                           timeout=900, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    console = (proc.stdout + proc.stderr).splitlines()
+    # lines as a terminal shows them: progress bars redraw in place (carriage returns), not new lines
+    console = [line.rsplit("\r", 1)[-1] for line in (proc.stdout + proc.stderr).split("\n")]
     points = [line for line in console if "accuracy" in line and line.startswith("tokens_per_frame=")]
     assert len(points) == 2, console
     assert len(console) < 40, "\n".join(console)  # the JSON summary, two point lines, a bar, the log's path

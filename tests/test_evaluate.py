@@ -17,7 +17,8 @@ from dynvlm.config import ConfigError, to_yaml
 from dynvlm.data.synth import generate, vocabulary
 from dynvlm.evaluation.command import evaluate_cli
 from dynvlm.evaluation.evaluate import same_setting, setting, setting_line, setting_slug
-from dynvlm.model.checkpoint import CompressorWeightsError, stale_compressor_weights
+from dynvlm.model.checkpoint import CompressorWeightsError, read_checkpoint, stale_compressor_weights
+from dynvlm.model.restore import restore
 from dynvlm.model.video_llm import VideoLLM
 from dynvlm.run import train
 from dynvlm.run.sweep import COST_COLUMNS
@@ -135,7 +136,10 @@ def test_eval_at_the_trained_setting_matches_dynvlm_test(tmp_path, mc_file, pool
     # ... which are not the untrained weights' answers (so the comparison above sees the loading)
     untrained = evaluate_cli(OmegaConf.merge(cfg, {"name": "untrained"}), data=str(mc_file), out=str(tmp_path / "untrained"))
     assert untrained["trained_with"] is None
-    assert [json.loads(line)["pred"] for line in (tmp_path / "untrained" / "predictions.jsonl").read_text().splitlines()] != ours
+    # without a checkpoint the config's own weights are evaluated, not the trained ones
+    fresh, _ = restore(cfg, None)
+    trained, _ = restore(cfg, read_checkpoint(ckpt))
+    assert not torch.equal(fresh.projector.net[0].weight, trained.projector.net[0].weight)
 
 
 def test_cli_evaluates_a_pool_checkpoint_with_tome_at_another_budget(tmp_path, mc_file, pool_ckpt, capsys):

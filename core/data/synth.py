@@ -281,9 +281,10 @@ def encode_in_fresh_processes(jobs: list[tuple[dict[str, Any], str, int, str]], 
         proc.stdin.close()
     for proc in procs:
         assert proc.stdout is not None and proc.stderr is not None
-        for _ in proc.stdout:
-            done()
-        err = proc.stderr.read()
+        with proc.stdout, proc.stderr:
+            for _ in proc.stdout:
+                done()
+            err = proc.stderr.read()
         if proc.wait() != 0:
             raise SynthError(f"encoding synthetic clips failed:\n{err[-3000:]}")
 
