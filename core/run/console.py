@@ -30,6 +30,20 @@ class _OursOnly(logging.Filter):
         return record.name == "py.warnings" and any(root in record.getMessage() for root in _OWN_CODE)
 
 
+def _transformers_bars(enabled: bool) -> bool:
+    """Turn transformers' progress bars on or off; return whether they were on (``False`` without it)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return False
+    was = bool(hf_logging.is_progress_bar_enabled())
+    if enabled:
+        hf_logging.enable_progress_bar()
+    else:
+        hf_logging.disable_progress_bar()
+    return was
+
+
 @contextmanager
 def quiet_console(log_file: Path) -> Iterator[Path]:
     """Send every log record (INFO and up) and warning to ``log_file``; keep only dynvlm's warnings on
@@ -45,6 +59,7 @@ def quiet_console(log_file: Path) -> Iterator[Path]:
     console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     saved = {name: (lg.handlers[:], lg.propagate) for name in LIBRARY_LOGGERS for lg in [logging.getLogger(name)]}
     root_level = root.level
+    hf_bars = _transformers_bars(False)  # its weight-loading bar prints a bare newline per model load
     for name in LIBRARY_LOGGERS:
         lg = logging.getLogger(name)
         lg.handlers = []
@@ -63,6 +78,8 @@ def quiet_console(log_file: Path) -> Iterator[Path]:
         root.removeHandler(console)
         root.setLevel(root_level)
         file_handler.close()
+        if hf_bars:
+            _transformers_bars(True)
         for name, (handlers, propagate) in saved.items():
             lg = logging.getLogger(name)
             lg.handlers = handlers
