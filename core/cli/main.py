@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run a benchmark")
     p.add_argument("target", choices=sorted(BENCH_TARGETS))
     p.add_argument("args", nargs=argparse.REMAINDER)
+    p = sub.add_parser("compare", help="compare two sweeps' results.csv point by point (measured timings and memory "
+                                       "aside); exit code 1 when they differ")
+    p.add_argument("first", help="a results.csv, or the run folder that holds it")
+    p.add_argument("second", help="a results.csv, or the run folder that holds it")
+    p.add_argument("--ignore", nargs="*", default=[], metavar="COLUMN", help="more columns to leave out")
+    p.add_argument("--all-columns", action="store_true",
+                   help="compare the measured columns too (step time, peak memory, fit/test seconds, prefill ms)")
     p = sub.add_parser("data", help="data tools")
     p.add_argument("action", choices=sorted(DATA_ACTIONS))
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -141,6 +148,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _plugins(as_json=args.json)
     if args.command == "bench":
         return int(_resolve(BENCH_TARGETS[args.target])(args.args) or 0)
+    if args.command == "compare":
+        from dynvlm.run.compare import compare_cli
+
+        return compare_cli(args.first, args.second, ignore=args.ignore, all_columns=args.all_columns)
     if args.command == "data":
         return int(_resolve(DATA_ACTIONS[args.action])(args.args) or 0)
     if args.command == "import":

@@ -49,6 +49,9 @@ COST_REPEATS = 3
 #: results.csv columns from :func:`dynvlm.measure.cost.measure_cost` (means per test sample; peak = max)
 COST_COLUMNS = ("prompt_tokens", "flops_encoder", "flops_compressor", "flops_projector", "flops_llm_prefill",
                 "flops_prefill", "prefill_ms", "kv_bytes", "peak_mem_bytes")
+#: results.csv columns measured by the clock or the allocator: they differ between any two runs of one config
+#: (``dynvlm compare`` leaves them out)
+MEASURED_COLUMNS = ("step_time_s", "peak_memory_mb", "fit_s", "test_s", "prefill_ms", "peak_mem_bytes")
 
 
 def run(cfg: DictConfig | Mapping[str, Any], config_path: str | None = None, callbacks: Sequence[Any] = (),
