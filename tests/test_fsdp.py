@@ -1,7 +1,7 @@
 """FSDP on CPU: the real VideoLLM (tiny models) trains in 2 CPU processes (gloo) with the 7B recipe's settings --
 encoder and LLM loaded in bf16, ``bf16-mixed`` precision, gradient clipping, weight decay, per-layer FSDP units,
 activation checkpointing, the answer-only loss -- its sharded checkpoint resumes to the same state, and every
-evaluation entry point (``dynvlm eval``, its default ``last.ckpt``, a transfer sweep, the lmms-eval loader)
+evaluation entry point (``dynvlm eval``, its default ``last.ckpt``, ``dynvlm test``, a transfer sweep, the lmms-eval loader)
 reads the sharded folder as the weights FSDP itself gathers at the end of training.
 
 Lightning refuses FSDP on a CPU accelerator and torch's FSDP refuses CPU parameters without ``device_id=cpu``:
@@ -15,6 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from tiny_vlm import COLOURS, QUESTION, inline_model, run_config, write_video
@@ -170,8 +171,8 @@ def _predictions(folder: Path) -> list[tuple]:
 
 
 def _evaluations_read_the_sharded_folder(tmp_path: Path, last: Path) -> None:
-    """``dynvlm eval --checkpoint <folder>``, the default ``last.ckpt`` folder, a transfer sweep and the
-    lmms-eval loader give what a single-file copy of the weights FSDP gathered at the end of training gives."""
+    """``dynvlm eval --checkpoint <folder>``, the default ``last.ckpt`` folder, ``dynvlm test``, a transfer sweep
+    and the lmms-eval loader give what a single-file copy of the weights FSDP gathered at the end of training gives."""
     from omegaconf import OmegaConf
 
     from dynvlm.cli.main import main
@@ -214,6 +215,13 @@ def _evaluations_read_the_sharded_folder(tmp_path: Path, last: Path) -> None:
     assert main(["eval", str(path), "--out", str(tmp_path / "eval_default")]) == 0
     assert json.loads((tmp_path / "eval_default" / "eval.json").read_text())["checkpoint"] == str(last)
     assert _predictions(tmp_path / "eval_default") == _predictions(tmp_path / "eval_file")
+
+    # dynvlm test: Lightning's loading reads only files (outside FSDP), so the folder's weights are loaded for it
+    from dynvlm.run import train
+
+    tested = train.test(cfg, checkpoint=str(last), predictions=tmp_path / "test" / "predictions.jsonl")
+    assert tested["checkpoint"] == str(last) and tested["test/acc"] == pytest.approx(single["accuracy"])
+    assert _predictions(tmp_path / "test") == _predictions(tmp_path / "eval_file")
 
     # a transfer sweep of the run's last.ckpt folder
     result = evaluate_cli(OmegaConf.merge(cfg, {"sweep": {"model.compressor.name": ["pool"]}}),
