@@ -175,8 +175,9 @@ def checkpoint_missing(path: str | Path) -> str | None:
 
     Returns:
         ``None`` for a file, or a folder holding :data:`SHARDED_META` and :data:`SHARDED_INDEX`;
-        otherwise the reason, for the caller to put after the path it names: ``"no such file or
-        folder"``, or for a folder what it lacks (:func:`_sharded_lacks`).
+        otherwise the reason, for the caller to put after the path it names: ``"no such file"``
+        (the words every command used before folders were checkpoints), or for a folder what it
+        lacks (:func:`_sharded_lacks`).
     """
     path = Path(path).expanduser()
     if path.is_file():
@@ -184,7 +185,7 @@ def checkpoint_missing(path: str | Path) -> str | None:
     if path.is_dir():
         lacks = _sharded_lacks(path)
         return f"a folder, but not a sharded checkpoint: it lacks {lacks}" if lacks else None
-    return "no such file or folder"
+    return "no such file"
 
 
 def checkpoint_exists(path: str | Path) -> bool:
