@@ -8,6 +8,7 @@ pickles that would run a shell command when unpickled, and the real commands.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,13 @@ from dynvlm.cli.main import main
 from dynvlm.config import ConfigError, load_config
 from dynvlm.data.synth import generate, vocabulary
 from dynvlm.evaluation.command import evaluate_cli
-from dynvlm.model.checkpoint import CheckpointRefused, IncompleteCheckpoint, read_checkpoint, read_weights
+from dynvlm.model.checkpoint import (
+    CheckpointRefused,
+    IncompleteCheckpoint,
+    checkpoint_exists,
+    read_checkpoint,
+    read_weights,
+)
 from dynvlm.model.video_llm import VideoLLM
 from dynvlm.run import train
 from dynvlm.run.sweep import run
@@ -95,6 +102,44 @@ def test_a_weights_file_that_runs_code_is_refused(tmp_path):
 def test_dynvlm_checkpoints_load_weights_only(trained):
     data = read_checkpoint(trained[1])
     assert data["state_dict"] and data["dynvlm"]["trainable"]
+
+
+def test_a_folder_that_is_not_a_sharded_checkpoint_is_refused_naming_what_it_lacks(tmp_path, synth, capsys):
+    """Sharded checkpoints are folders (tests/test_fsdp.py evaluates a real one); any other folder is
+    refused by every reader, naming it and the files it lacks, and never stands in for the config's weights."""
+    from dynvlm.lmms.loading import CheckpointError, load_checkpoint, load_model
+
+    cfg = config(tmp_path, synth)
+    empty = tmp_path / "copied.ckpt"
+    empty.mkdir()
+    lacks = "it lacks meta.pt and .metadata"
+    assert not checkpoint_exists(empty) and not checkpoint_exists(tmp_path / "gone.ckpt")
+    with pytest.raises(ConfigError, match=re.escape(f"--checkpoint '{empty}': a folder, but not a sharded checkpoint: {lacks}")):
+        evaluate_cli(cfg, checkpoint=str(empty), out=str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match=re.escape(f"checkpoint '{empty}': a folder, but not a sharded checkpoint: {lacks}")):
+        read_checkpoint(empty)
+    with pytest.raises(ConfigError, match=re.escape(f"stage.resume_from '{empty}': a folder, but not a sharded checkpoint: {lacks}")):
+        read_weights(empty)
+    with pytest.raises(CheckpointError, match=re.escape(f"dynvlm checkpoint '{empty}': a folder, but not a sharded checkpoint: {lacks}")):
+        load_checkpoint(empty)
+    config_file = Path(_config_args(tmp_path, cfg)[0])
+    with pytest.raises(CheckpointError, match=re.escape(f"dynvlm checkpoint '{empty}': a folder")):
+        load_model(empty, config=config_file)
+
+    # a damaged last.ckpt folder (meta.pt, no index) fails naming it: not quietly the config's own weights
+    last = tmp_path / "runs" / "trusted" / "checkpoints" / "last.ckpt"
+    last.mkdir(parents=True)
+    (last / "meta.pt").write_bytes(b"")
+    for evaluate in (lambda: evaluate_cli(cfg, out=str(tmp_path / "out")),
+                     lambda: evaluate_cli(OmegaConf.merge(cfg, {"sweep": {"model.compressor.name": ["pool"]}}),
+                                          out=str(tmp_path / "out")),
+                     lambda: train.test(cfg)):
+        with pytest.raises(ConfigError, match=re.escape(f"'{last}': ") + ".*it lacks .metadata"):
+            evaluate()
+    assert main(["eval", *_config_args(tmp_path, cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "dynvlm: error:" in err and str(last) in err and "lacks .metadata" in err
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """FSDP on CPU: the real VideoLLM (tiny models) trains in 2 CPU processes (gloo) with the 7B recipe's settings --
 encoder and LLM loaded in bf16, ``bf16-mixed`` precision, gradient clipping, weight decay, per-layer FSDP units,
-activation checkpointing, the answer-only loss -- and its sharded checkpoint resumes to the same state.
+activation checkpointing, the answer-only loss -- its sharded checkpoint resumes to the same state, and every
+evaluation entry point (``dynvlm eval``, its default ``last.ckpt``, ``dynvlm test``, a transfer sweep, the lmms-eval loader)
+reads the sharded folder as the weights FSDP itself gathers at the end of training.
 
 Lightning refuses FSDP on a CPU accelerator and torch's FSDP refuses CPU parameters without ``device_id=cpu``:
 the run uses :class:`dynvlm.run.strategy.CPUFSDPStrategy`, the smallest shim (a subclass, which Lightning's
@@ -13,7 +15,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+import torch
+import yaml
+from tiny_vlm import COLOURS, QUESTION, inline_model, run_config, write_video
+
 TESTS = Path(__file__).parent
+NAMES = list(COLOURS)
 
 SCRIPT = """
 import json, os, sys
@@ -63,6 +71,18 @@ class Probe(pl.Callback):
 
     def on_train_end(self, trainer, module):
         self.end = self.state(trainer, module)
+        if phase == "second":
+            # the final weights gathered by FSDP itself (not by torch.distributed.checkpoint): what the
+            # evaluation of the sharded last.ckpt is compared with. Gathered on every rank, in place:
+            # offload_to_cpu of weights already on the CPU crashes the process (SIGSEGV)
+            from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            with FSDP.state_dict_type(trainer.model, StateDictType.FULL_STATE_DICT,
+                                      FullStateDictConfig(offload_to_cpu=False, rank0_only=False)):
+                full = trainer.model.state_dict()
+            if trainer.global_rank == 0:
+                torch.save(full, root / "full.pt")
 
 
 root = Path({root!r})
@@ -125,4 +145,92 @@ def test_fsdp_trains_and_resumes_from_a_sharded_checkpoint_in_two_cpu_processes(
     from dynvlm.model.checkpoint import read_weights
 
     weights = read_weights(last)
-    assert "projector.net.0.weight" in weights and weights["projector.net.0.weight"].dtype == __import__("torch").float32
+    assert "projector.net.0.weight" in weights and weights["projector.net.0.weight"].dtype == torch.float32
+
+    _evaluations_read_the_sharded_folder(tmp_path, last)
+
+
+def _mc_file(folder: Path, n: int = 6) -> Path:
+    """``n`` colour clips and a dynvlm multiple-choice JSONL over them (every third key off by one)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        colour = NAMES[(i + 1) % 3]
+        write_video(folder / f"c{i}.mp4", COLOURS[colour], 2 + i % 2)
+        key = NAMES.index(colour) + (i % 3 == 2)
+        rows.append({"question_id": f"q{i}", "video": f"c{i}.mp4", "question": QUESTION, "options": NAMES,
+                     "answer": "ABC"[key % 3], "category": "colour"})
+    path = folder / "test_mc.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _predictions(folder: Path) -> list[tuple]:
+    return [(r["question_id"], r["text"], r["pred"], r["letter"])
+            for r in map(json.loads, (folder / "predictions.jsonl").read_text().splitlines())]
+
+
+def _evaluations_read_the_sharded_folder(tmp_path: Path, last: Path) -> None:
+    """``dynvlm eval --checkpoint <folder>``, the default ``last.ckpt`` folder, ``dynvlm test``, a transfer sweep
+    and the lmms-eval loader give what a single-file copy of the weights FSDP gathered at the end of training gives."""
+    from omegaconf import OmegaConf
+
+    from dynvlm.cli.main import main
+    from dynvlm.evaluation.command import evaluate_cli
+    from dynvlm.lmms.loading import load_checkpoint
+    from dynvlm.model.checkpoint import read_checkpoint
+
+    # the assembled folder holds exactly the weights FSDP gathered (all of them: FSDP shards every weight)
+    full = torch.load(tmp_path / "full.pt", weights_only=True)
+    ckpt = read_checkpoint(last)
+    assert set(ckpt["state_dict"]) == set(full) and ckpt["dynvlm"]["trainable"]
+    for key, value in full.items():
+        assert ckpt["state_dict"][key].dtype == value.dtype and torch.equal(ckpt["state_dict"][key], value), key
+    # a consolidated single-file copy: the folder's meta.pt with those weights (no dynvlm reader involved)
+    consolidated = tmp_path / "consolidated.ckpt"
+    torch.save({**torch.load(last / "meta.pt", weights_only=True), "state_dict": full}, consolidated)
+
+    # evaluated on one device in fp32, the dtype of the shards (FSDP's fp32 master weights): every weight
+    # is loaded exactly. (bf16 models cannot be evaluated on the CPU here: eval's cost measurement runs
+    # outside autocast and a bf16 encoder's features meet the fp32 projector.)
+    trainer = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False,
+               "logger": False}
+    # generated answers: text depends on the weights more finely than the likeliest letter does
+    cfg = OmegaConf.create(run_config(tmp_path / "runs", model=inline_model(), trainer=trainer,
+                                      data={"test": str(_mc_file(tmp_path / "mc"))},
+                                      eval={"mode": "generate", "max_new_tokens": 6}))
+    sharded = evaluate_cli(cfg, checkpoint=str(last), out=str(tmp_path / "eval_folder"))
+    single = evaluate_cli(cfg, checkpoint=str(consolidated), out=str(tmp_path / "eval_file"))
+    assert sharded["checkpoint"] == str(last) and sharded["setting"] == single["setting"]
+    assert sharded["questions"] == 6 and sharded["accuracy"] == single["accuracy"]
+    assert _predictions(tmp_path / "eval_folder") == _predictions(tmp_path / "eval_file")
+    # ... which are the trained weights' answers, not the untrained ones'
+    untrained = evaluate_cli(OmegaConf.merge(cfg, {"name": "untrained"}), out=str(tmp_path / "eval_untrained"))
+    assert untrained["trained_with"] is None
+    assert _predictions(tmp_path / "eval_untrained") != _predictions(tmp_path / "eval_file")
+
+    # the command line, without --checkpoint: the run's last.ckpt, a folder
+    path = tmp_path / "eval.yaml"
+    path.write_text(yaml.safe_dump(OmegaConf.to_container(cfg, resolve=True)))
+    assert main(["eval", str(path), "--out", str(tmp_path / "eval_default")]) == 0
+    assert json.loads((tmp_path / "eval_default" / "eval.json").read_text())["checkpoint"] == str(last)
+    assert _predictions(tmp_path / "eval_default") == _predictions(tmp_path / "eval_file")
+
+    # dynvlm test: Lightning's loading reads only files (outside FSDP), so the folder's weights are loaded for it
+    from dynvlm.run import train
+
+    tested = train.test(cfg, checkpoint=str(last), predictions=tmp_path / "test" / "predictions.jsonl")
+    assert tested["checkpoint"] == str(last) and tested["test/acc"] == pytest.approx(single["accuracy"])
+    assert _predictions(tmp_path / "test") == _predictions(tmp_path / "eval_file")
+
+    # a transfer sweep of the run's last.ckpt folder
+    result = evaluate_cli(OmegaConf.merge(cfg, {"sweep": {"model.compressor.name": ["pool"]}}),
+                          out=str(tmp_path / "transfer"))
+    assert result["checkpoint"] == str(last) and result["points"] == 1
+    (point,) = (tmp_path / "transfer" / "points").iterdir()
+    assert _predictions(point) == _predictions(tmp_path / "eval_file")
+
+    # the lmms-eval bridge: the folder's own saved config rebuilds the model with the gathered weights
+    served = load_checkpoint(last).state_dict()
+    for key in ("projector.net.0.weight", "llm.model.lm_head.weight"):
+        torch.testing.assert_close(served[key], full[key].to(served[key].dtype), rtol=0, atol=0)

@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "results.md and the plots")
     p = sub.add_parser("eval", help="evaluate a checkpoint on a multiple-choice file")
     _add_config_args(p)
-    p.add_argument("--checkpoint", help="checkpoint to evaluate (default: the run's last.ckpt); the overrides may "
+    p.add_argument("--checkpoint", help="checkpoint to evaluate, a file or a sharded (FSDP) checkpoint folder "
+                   "(default: the run's last.ckpt); the overrides may "
                    "change its compressor and budget (training-free evaluation)")
     p.add_argument("--data", help="multiple-choice file (VideoMME/MLVU/EgoSchema/PerceptionTest shapes)")
     p.add_argument("--out", help="folder for the JSON and markdown results (a config with sweep: evaluates "

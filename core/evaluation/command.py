@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from dynvlm.config import ConfigError
 from dynvlm.evaluation.evaluate import evaluate, setting, setting_slug
 from dynvlm.evaluation.transfer import run_transfer
+from dynvlm.model.checkpoint import checkpoint_missing
 from dynvlm.util.configs import config_dict
 from dynvlm.util.paths import last_checkpoint, run_dir, test_file
 
@@ -23,7 +24,8 @@ def evaluate_cli(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None = N
 
     Args:
         cfg: the loaded config (the CONFIG file plus the command line's overrides): the evaluated setting.
-        checkpoint: a ``.ckpt`` written by ``dynvlm fit``.
+        checkpoint: a ``.ckpt`` written by ``dynvlm fit``: a file, or the folder FSDP writes with
+            ``trainer.strategy.state_dict: sharded`` (:func:`~dynvlm.model.checkpoint.read_checkpoint`).
         data: a multiple-choice file replacing ``data.test``.
         out: the results folder (default ``<run>/eval/<file stem>/<setting slug>`` (:func:`setting_slug`); for a sweep ``<checkpoint's run>/transfer``).
         config_path: the CONFIG file (named in error messages).
@@ -42,13 +44,15 @@ def evaluate_cli(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None = N
     tested = test_file(cfg)
     if tested is None:
         raise ConfigError("nothing to evaluate: pass --data FILE or set data.test (or data.synth) in the config")
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise ConfigError(f"--checkpoint {checkpoint!r}: no such file")
+    if checkpoint is not None and (why := checkpoint_missing(checkpoint)) is not None:
+        raise ConfigError(f"--checkpoint {checkpoint!r}: {why}")
     if cfg.get("sweep"):
         return run_transfer(cfg, checkpoint=checkpoint, out=out, config_path=config_path)
     if checkpoint is None:
         last = last_checkpoint(cfg)
-        checkpoint = str(last) if last.is_file() else None
+        # exists, not checkpoint_exists: a damaged last.ckpt folder must fail naming what it lacks, not
+        # quietly give way to the config's own weights
+        checkpoint = str(last) if last.exists() else None
     # each evaluated file and setting gets its own folder: the run's own predictions.jsonl is left
     # alone, and evaluating another compressor or budget does not overwrite an earlier evaluation
     evaluated = setting(config_dict(cfg))

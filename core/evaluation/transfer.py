@@ -45,7 +45,8 @@ def run_transfer(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None = N
 
     Args:
         cfg: a config with a ``sweep:`` mapping (dotted key -> list of values).
-        checkpoint: the ``.ckpt`` to evaluate (default: ``<output_dir>/<name>/checkpoints/last.ckpt``).
+        checkpoint: the ``.ckpt`` to evaluate, a file or a sharded checkpoint folder (default:
+            ``<output_dir>/<name>/checkpoints/last.ckpt``).
         out: the results folder (default: the checkpoint's run folder + ``/transfer``).
         config_path: the config file, named (with its ``base:``) in the error for a missing checkpoint.
 
@@ -64,7 +65,8 @@ def run_transfer(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None = N
     points = sweep_points(data["sweep"])
     if checkpoint is None:
         last = last_checkpoint(base)
-        if not last.is_file():
+        # exists, not is_file: FSDP's sharded last.ckpt is a folder (a damaged one fails in read_checkpoint)
+        if not last.exists():
             raise ConfigError(f"no checkpoint to evaluate: {last} does not exist. Train the model first "
                               f"({_fit_hint(config_path)}) or pass --checkpoint CKPT")
         checkpoint = str(last)

@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from dynvlm.config import load_config
-from dynvlm.model.checkpoint import read_checkpoint
+from dynvlm.model.checkpoint import checkpoint_exists, checkpoint_missing, read_checkpoint
 from dynvlm.model.restore import restore
 from dynvlm.model.video_llm import VideoLLM
 from dynvlm.util.configs import config_dict
@@ -62,13 +62,22 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu", **settings: Any
     """A :class:`VideoLLM` rebuilt from a dynvlm checkpoint's config (with ``settings`` applied, see
     :func:`resolve_config`) and loaded with its weights, in eval mode.
 
+    Args:
+        path: a dynvlm checkpoint: a ``.ckpt`` file, or the folder FSDP writes with
+            ``trainer.strategy.state_dict: sharded`` (read by :func:`~dynvlm.model.checkpoint.read_checkpoint`).
+        map_location: where checkpoint tensors are loaded.
+        settings: the overrides of :func:`resolve_config`.
+
+    Returns:
+        The model, in eval mode.
+
     Raises:
         CheckpointError: naming ``path`` when it is missing or not a dynvlm checkpoint.
     """
 
     p = Path(str(path)).expanduser()
-    if not p.is_file():
-        raise CheckpointError(f"dynvlm checkpoint {str(path)!r}: no such file")
+    if (why := checkpoint_missing(p)) is not None:
+        raise CheckpointError(f"dynvlm checkpoint {str(path)!r}: {why}")
     try:
         ckpt = read_checkpoint(p, map_location)
     except Exception as exc:  # noqa: BLE001 - torch raises several types for a corrupt file
@@ -79,7 +88,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu", **settings: Any
                               "(not a checkpoint written by dynvlm fit)")
     cfg = resolve_config(dict(saved), **settings)
     resume = (cfg.get("stage") or {}).get("resume_from")
-    if resume and not Path(resume).is_file():
+    if resume and not checkpoint_exists(resume):
         # the checkpoint carries every weight it loaded from the previous stage
         log.info("stage.resume_from %s is not here; its weights come from the checkpoint", resume)
         cfg["stage"]["resume_from"] = None
@@ -95,8 +104,8 @@ def load_model(checkpoint: str | Path | None = None, config: str | Path | None =
     """The model ``lmms-eval --model dynvlm`` serves, as ``dynvlm eval CONFIG --checkpoint C`` builds it.
 
     Args:
-        checkpoint: a dynvlm ``.ckpt``; without ``config`` its saved config rebuilds the model
-            (:func:`load_checkpoint`).
+        checkpoint: a dynvlm ``.ckpt`` (a file or a sharded checkpoint folder); without ``config`` its
+            saved config rebuilds the model (:func:`load_checkpoint`).
         config: a run config file (``base:`` followed): the evaluated setting. With a checkpoint, its
             weights are loaded into that model under the compressor swap rule of ``dynvlm eval``;
             without one, the config's own weights are used (``stage.resume_from``, else its init).
@@ -115,8 +124,8 @@ def load_model(checkpoint: str | Path | None = None, config: str | Path | None =
     cfg = resolve_config(config_dict(load_config(Path(str(config)).expanduser())), **settings)
     ckpt = None
     if checkpoint is not None:
-        if not Path(str(checkpoint)).expanduser().is_file():
-            raise CheckpointError(f"dynvlm checkpoint {str(checkpoint)!r}: no such file")
+        if (why := checkpoint_missing(Path(str(checkpoint)).expanduser())) is not None:
+            raise CheckpointError(f"dynvlm checkpoint {str(checkpoint)!r}: {why}")
         ckpt = read_checkpoint(Path(str(checkpoint)).expanduser(), map_location)
     try:
         model, _ = restore(cfg, ckpt, source=str(checkpoint) if checkpoint else None)  # dynvlm eval's rule and seed

@@ -5,7 +5,7 @@
 ============================ ==================================================================
 key                          meaning
 ============================ ==================================================================
-``checkpoint``               a dynvlm ``.ckpt`` (its resolved config rebuilds the model)
+``checkpoint``               a dynvlm ``.ckpt``, file or sharded folder (its saved config rebuilds the model)
 ``config``                   a run config file: the evaluated setting (alone: its own weights)
 ``mode``                     ``generate`` (default), ``loglik`` or ``cloze`` (the likeliest letter)
 ``compressor``               compressor name to use instead of the trained one (e.g. ``tome``)
@@ -65,7 +65,7 @@ class DynVLM(lmms):
     """A dynvlm :class:`VideoLLM` checkpoint served to lmms-eval as a chat model.
 
     Args:
-        checkpoint: path of a ``.ckpt`` written by ``dynvlm fit``.
+        checkpoint: path of a ``.ckpt`` written by ``dynvlm fit`` (a file, or FSDP's sharded folder).
         config: a run config file: the evaluated setting (as ``dynvlm eval CONFIG``); without a
             checkpoint the config's own weights are used.
         mode: ``generate`` (default: the task's generation request is answered by generating),

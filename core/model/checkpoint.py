@@ -1,7 +1,10 @@
 """Checkpoint files and the rules for loading them into a :class:`~dynvlm.model.video_llm.VideoLLM`.
 
-- :func:`read_checkpoint`: a Lightning ``.ckpt`` as a dict; :func:`read_weights`: the state dict of a
-  ``.ckpt``, ``.pt`` or ``.safetensors`` file; :func:`load_weights`: a state dict into a model.
+- :func:`checkpoint_exists` / :func:`checkpoint_missing`: what counts as a checkpoint path (a file, or
+  the folder FSDP's ``state_dict: sharded`` writes); every command asks them, none checks ``is_file``.
+- :func:`read_checkpoint`: a Lightning ``.ckpt`` file or sharded folder as one dict; :func:`read_weights`:
+  the state dict of a ``.ckpt``, ``.pt`` or ``.safetensors`` file or a sharded folder;
+  :func:`load_weights`: a state dict into a model.
 - The compressor swap rule (:func:`stale_compressor_weights`): evaluating a checkpoint with another
   compressor than it was trained with drops the trained compressor's own weights, and refuses a new
   compressor whose parameters the checkpoint does not hold.
@@ -164,14 +167,62 @@ def check_checkpoint_fits(model: nn.Module, checkpoint: Mapping[str, Any], sourc
             "partial or damaged")
 
 
+def checkpoint_missing(path: str | Path) -> str | None:
+    """Why ``path`` is not a checkpoint, or ``None`` when it is one.
+
+    Args:
+        path: a checkpoint file (``.ckpt``, ``.pt``, ``.safetensors``) or a sharded checkpoint folder.
+
+    Returns:
+        ``None`` for a file, or a folder holding :data:`SHARDED_META` and :data:`SHARDED_INDEX`;
+        otherwise the reason, for the caller to put after the path it names: ``"no such file"``
+        (the words every command used before folders were checkpoints), or for a folder what it
+        lacks (:func:`_sharded_lacks`).
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        return None
+    if path.is_dir():
+        lacks = _sharded_lacks(path)
+        return f"a folder, but not a sharded checkpoint: it lacks {lacks}" if lacks else None
+    return "no such file"
+
+
+def checkpoint_exists(path: str | Path) -> bool:
+    """Whether ``path`` is a checkpoint :func:`read_checkpoint` can read: a file, or a sharded checkpoint
+    folder (FSDP with ``state_dict: sharded``: ``meta.pt``, ``.metadata`` and the shards). Nothing is read."""
+    return checkpoint_missing(path) is None
+
+
 def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
-    """A Lightning checkpoint file as a dict, loaded weights-only (:func:`_load_weights_only`).
+    """A Lightning checkpoint, a file or a sharded folder, as one dict, loaded without running code.
+
+    Args:
+        path: a ``.ckpt`` file (read by :func:`_load_weights_only`), or a folder written by FSDP with
+            ``state_dict: sharded`` (its ``meta.pt`` read weights-only, its index by the allow-listed
+            :func:`_read_shard_index`, its shards assembled on the CPU without a process group).
+        map_location: where the tensors go (``torch.load``'s ``map_location``).
+
+    Returns:
+        The checkpoint dict (``state_dict``, ``hyper_parameters``, the ``dynvlm`` entry, loop state).
+        A folder gives the same shape as a file: its ``meta.pt`` with ``state_dict`` holding the full
+        weights assembled from the shards (every weight the model had: FSDP shards them all).
 
     Raises:
-        CheckpointRefused: the file holds code or a type outside the allow-list.
-        ConfigError: the file holds no ``state_dict`` mapping (not a Lightning checkpoint).
+        CheckpointRefused: the file, ``meta.pt`` or the shards' index holds code or a type outside the allow-list.
+        ConfigError: ``path`` does not exist, is a folder that is not a sharded checkpoint (naming
+            what it lacks), or holds no ``state_dict`` mapping (not a Lightning checkpoint).
     """
-    data = _load_weights_only(Path(path), map_location)
+    path = Path(path).expanduser()
+    why = checkpoint_missing(path)
+    if why is not None:
+        raise ConfigError(f"checkpoint {str(path)!r}: {why}")
+    if path.is_dir():
+        data = read_sharded_checkpoint(path)
+        weights = _sharded_weights(path, data["state_dict"])
+        data["state_dict"] = weights if map_location == "cpu" else {k: v.to(map_location) for k, v in weights.items()}
+        return data
+    data = _load_weights_only(path, map_location)
     if not isinstance(data, dict) or not isinstance(data.get("state_dict"), dict):
         raise ConfigError(f"--checkpoint {str(path)!r}: not a Lightning checkpoint (no state_dict)")
     return data
@@ -202,7 +253,10 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
     assembled from the shards in CPU memory, the optimizer's are not read), loaded without running code
     (:class:`CheckpointRefused` otherwise). Files are memory-mapped: only the weights used are read."""
     path = Path(path).expanduser()
-    if path.is_dir() and (path / SHARDED_META).is_file():
+    if path.is_dir():
+        lacks = _sharded_lacks(path)
+        if lacks:
+            raise ConfigError(f"stage.resume_from {str(path)!r}: a folder, but not a sharded checkpoint: it lacks {lacks}")
         return _sharded_weights(path)
     if not path.is_file():
         raise FileNotFoundError(f"stage.resume_from: checkpoint {str(path)!r} does not exist")
@@ -297,8 +351,9 @@ def read_sharded_checkpoint(path: str | Path) -> dict[str, Any]:
     (loop state, hparams, the ``dynvlm`` entry; weights-only) with a ``state_dict`` of meta-device tensors
     of the shapes the shards hold (names and shapes, no data: what the checks before resuming need)."""
     folder = Path(path)
-    if not (folder / SHARDED_META).is_file() or not (folder / SHARDED_INDEX).is_file():
-        raise ConfigError(f"checkpoint folder {str(folder)!r}: not a sharded checkpoint (no {SHARDED_META} and {SHARDED_INDEX})")
+    lacks = _sharded_lacks(folder)
+    if lacks:
+        raise ConfigError(f"checkpoint folder {str(folder)!r}: not a sharded checkpoint: it lacks {lacks}")
     data = _load_weights_only(folder / SHARDED_META)
     if not isinstance(data, dict):
         raise ConfigError(f"{folder / SHARDED_META}: not a Lightning checkpoint's metadata")
@@ -308,11 +363,19 @@ def read_sharded_checkpoint(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _sharded_weights(folder: Path) -> dict[str, Tensor]:
-    """The model weights of a sharded checkpoint folder, assembled in CPU memory without a process group."""
+def _sharded_lacks(folder: Path) -> str:
+    """What ``folder`` lacks of a sharded checkpoint (``"meta.pt and .metadata"``, ...); empty when nothing."""
+    missing = [name for name in (SHARDED_META, SHARDED_INDEX) if not (folder / name).is_file()]
+    return " and ".join(missing) + (" (FSDP with state_dict: sharded writes both)" if missing else "")
+
+
+def _sharded_weights(folder: Path, shapes: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """The model weights of a sharded checkpoint folder, assembled in CPU memory without a process group.
+    ``shapes``: the meta-device ``state_dict`` of :func:`read_sharded_checkpoint`, when already read."""
     import torch.distributed.checkpoint as dcp
 
-    shapes = read_sharded_checkpoint(folder)["state_dict"]
+    if shapes is None:
+        shapes = read_sharded_checkpoint(folder)["state_dict"]
     state = {"model": {k: torch.empty(v.shape, dtype=v.dtype) for k, v in shapes.items()}}
     dcp.load(state, checkpoint_id=str(folder), no_dist=True)
     if not state["model"]:

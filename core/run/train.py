@@ -18,6 +18,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.strategies import FSDPStrategy
 
 from dynvlm.config import ConfigError, to_yaml
 from dynvlm.model.checkpoint import IncompleteCheckpoint, read_checkpoint, read_sharded_checkpoint
@@ -258,6 +259,15 @@ def _check_before_lightning(model: VideoLLM, path: str) -> None:
                           "evaluate plain weights with dynvlm eval, or load them with stage.resume_from")
 
 
+def _load_sharded(model: VideoLLM, path: str) -> None:
+    """Load the weights of the sharded checkpoint folder ``path`` (:func:`read_checkpoint` assembles them
+    on the CPU) into ``model``, as ``restore`` does. Only FSDP's own loading reads such a folder: any
+    other strategy would hand the folder to ``torch.load``."""
+    data = read_checkpoint(path)
+    model.on_load_checkpoint(data)  # drops a swapped compressor's weights; the fit was checked before
+    model.load_state_dict(data["state_dict"], strict=False)
+
+
 def _evaluate(kind: str, cfg: DictConfig | Mapping[str, Any], checkpoint: str | None,
               datamodule: pl.LightningDataModule | None, predictions: str | Path | None = None) -> dict[str, Any]:
     cfg = _prepare(cfg)
@@ -272,23 +282,29 @@ def _evaluate(kind: str, cfg: DictConfig | Mapping[str, Any], checkpoint: str | 
     trainer = make_trainer(cfg, fit=False, model=model)
     dm = datamodule or make_datamodule(cfg)
     run = trainer.test if kind == "test" else trainer.validate
+    ckpt_path = ckpt
     if ckpt is not None:
         _check_before_lightning(model, ckpt)
-    results = run(model, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
+        if Path(ckpt).is_dir() and not isinstance(trainer.strategy, FSDPStrategy):
+            _load_sharded(model, ckpt)
+            ckpt_path = None
+    results = run(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True, verbose=False)
     metrics = {k: float(v) for r in results for k, v in r.items()}
     return {"run_dir": str(run_dir(cfg)), "checkpoint": ckpt, **_metrics(trainer), **metrics}
 
 
 def validate(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None = None,
              datamodule: pl.LightningDataModule | None = None) -> dict[str, Any]:
-    """Validation loss (and multiple-choice accuracy when samples carry options) of ``checkpoint``
-    (default: the run's ``last.ckpt`` when it exists, else the weights the config builds)."""
+    """Validation loss (and multiple-choice accuracy when samples carry options) of ``checkpoint``, a file
+    or a sharded checkpoint folder (default: the run's ``last.ckpt`` when it exists, else the weights the
+    config builds)."""
     return _evaluate("validate", cfg, checkpoint, datamodule)
 
 
 def test(cfg: DictConfig | Mapping[str, Any], checkpoint: str | None = None,
          datamodule: pl.LightningDataModule | None = None, predictions: str | Path | None = None) -> dict[str, Any]:
-    """Multiple-choice accuracy (overall and per category, ``test/acc/<category>``) of ``checkpoint``, and
+    """Multiple-choice accuracy (overall and per category, ``test/acc/<category>``) of ``checkpoint`` (a
+    file or a sharded checkpoint folder; default as :func:`validate`), and
     for open-ended samples the exact-match rate of generated answers (``test/exact_match[/<category>]``);
     per-question predictions go to ``predictions`` (default ``<run>/predictions.jsonl``)."""
     return _evaluate("test", cfg, checkpoint, datamodule, predictions)
