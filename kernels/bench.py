@@ -1,6 +1,6 @@
 """``dynvlm bench kernels``: time every compressor op on each backend and print a markdown table.
 
-For each op (pool, tome, prune) at each ``(frames, N, C, tokens)`` size and dtype it times:
+For each op (pool, tome, prune, plan) at each ``(frames, N, C, tokens)`` size and dtype it times:
 
 - ``naive``: the straightforward eager version model code usually writes (``pool_naive``,
   ``tome_naive``, ``prune_naive``);
@@ -16,6 +16,12 @@ in the same run.
 
 ``prune`` is timed as its kernel's job: select the top ``tokens`` of given scores + Gumbel
 noise and gather the rows (the scorer MLP is a plain GEMM left to cuBLAS/MKL).
+
+``plan`` is the bookkeeping of ToMe's first round (``N`` tokens, ``r = min(N - tokens, N // 2)``
+merges) from given match results: eager torch (:func:`~dynvlm.kernels.tome.plan_round`, both the
+``naive`` and the ``torch`` column: it has no other eager form) against the one-launch Triton
+kernel (:func:`~dynvlm.kernels.tome.plan_triton`). The tokens (``C`` channels, the row's dtype)
+are matched once, outside the timing; the plan's inputs are fp32 scores and sizes either way.
 """
 
 from __future__ import annotations
@@ -35,12 +41,13 @@ import torch
 from ._backend import HAS_TRITON, triton
 from .pool import adaptive_pool, pool_naive
 from .prune import gumbel_noise, gumbel_topk, prune_naive
-from .tome import tome_merge, tome_naive
+from .ties import resolve_ties, row_hash
+from .tome import PLAN_MAX_N, inv_norm, match_reference, plan_round, plan_triton, tome_merge, tome_naive
 
-__all__ = ["SIZES", "Timing", "floor_bytes", "main", "run"]
+__all__ = ["SIZES", "Timing", "floor_bytes", "main", "plan_merges", "run"]
 
 SIZES = ((8, 576, 1024, 100), (128, 576, 1024, 100), (128, 576, 1024, 16))
-OPS = ("pool", "tome", "prune")
+OPS = ("pool", "tome", "prune", "plan")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -108,14 +115,25 @@ def copy_bandwidth(device: torch.device) -> float:
 def floor_bytes(op: str, frames: int, n: int, c: int, tokens: int, itemsize: int) -> int:
     """Minimal memory traffic of one call: pool reads X and writes the output; ToMe reads X twice
     (match, merge) and writes the output; prune's select+gather reads scores and noise (fp32) and
-    the kept rows, and writes them."""
+    the kept rows, and writes them; plan reads the match results, sizes and sums and writes its
+    :class:`~dynvlm.kernels.tome.RoundPlan`."""
     x = frames * n * c * itemsize
     s = math.isqrt(tokens)
     if op == "pool":
         return x + frames * s * s * c * itemsize
     if op == "tome":
         return 2 * x + frames * tokens * c * itemsize
+    if op == "plan":  # fp32 score + int64 match per A, fp32 size + sum per token in; the RoundPlan out
+        r = plan_merges(n, tokens)
+        m = n - r
+        return frames * (12 * ((n + 1) // 2) + 8 * n + (3 * 8 + 2 * 4) * m + 8 * n + 3 * 8 * r)
     return 2 * frames * n * 4 + 2 * frames * tokens * c * itemsize
+
+
+def plan_merges(n: int, tokens: int) -> int:
+    """Merges ``r`` of ToMe's first round on ``n`` tokens towards ``tokens`` (at least 1: a plan
+    of no merges is no plan)."""
+    return max(1, min(n - tokens, n // 2))
 
 
 def _fns(op: str, x: torch.Tensor, tokens: int, gen: torch.Generator) -> dict[str, Callable[[torch.Tensor], object]]:
@@ -134,6 +152,20 @@ def _fns(op: str, x: torch.Tensor, tokens: int, gen: torch.Generator) -> dict[st
             "naive": lambda t: tome_naive(t, tokens),
             "torch": lambda t: tome_merge(t, tokens, backend="torch").x,
             "triton": lambda t: tome_merge(t, tokens, backend="triton").x,
+        }
+    if op == "plan":
+        # the first round's inputs, computed once: the callables ignore their argument
+        keys = x.float()
+        best, idx = resolve_ties(*match_reference(keys, inv_norm(keys)), row_hash(x, False))
+        size = torch.ones((frames, n), device=x.device)
+        psum = torch.arange(n, device=x.device, dtype=torch.float32).expand(frames, n)
+        args = (best, idx, size, psum, plan_merges(n, tokens))
+        # beyond PLAN_MAX_N tokens tome_merge plans in torch, and so does this row
+        plan_tri = plan_triton if n <= PLAN_MAX_N else plan_round
+        return {
+            "naive": lambda t: plan_round(*args).kept,
+            "torch": lambda t: plan_round(*args).kept,
+            "triton": lambda t: plan_tri(*args).kept,
         }
     scores = torch.randn(frames, n, generator=gen).to(x.device)
     noise = gumbel_noise((frames, n), generator=gen).to(x.device)
@@ -210,6 +242,8 @@ def run(
         compile_left -= time.perf_counter() - t0
         frames, tokens = row["frames"], row["tokens"]
         want = (frames, math.isqrt(tokens) ** 2 if row["op"] == "pool" else tokens, row["C"])
+        if row["op"] == "plan":  # the kept indices of the round's plan
+            want = (frames, row["N"] - plan_merges(row["N"], tokens))
         if tuple(y.shape) != want:
             raise RuntimeError(f"bench: compiled {row['op']} returned shape {tuple(y.shape)}, expected {want}")
         row["compile"] = _time(lambda f=fn, t=x: f(t), dev, cell)

@@ -9,11 +9,18 @@ One round on ``n`` tokens (keys ``k`` ``[F, n, Ck]``, sizes ``[F, n]``):
 4. The ``n - r`` survivors are ordered by their size-weighted centroid (stable), so the
    sequence stays in source spatial order and the next round's A/B alternation is spatial.
 
-Bookkeeping on ``[F, n]`` integers and sizes (:func:`plan_round`) is torch for every backend;
-the two heavy steps have a reference and a Triton kernel each:
+A round has three steps, each with a torch reference and a Triton kernel (``backend``):
 
 - match: fused ``(A @ B^T) * inv_norm`` + row max/argmax, never materialising the scores;
+- plan: the round's bookkeeping on ``[F, n]`` indices and sizes (:class:`RoundPlan`: merge order,
+  survivors, slots, CSR source lists). :func:`plan_round` is about 20 small torch ops (sorts,
+  scatters, gathers, cumsum); :func:`plan_triton` computes the same plan, bitwise, in one launch
+  (one program per frame, frames of up to :data:`PLAN_MAX_N` tokens; longer ones plan in torch);
 - merge: a segmented (CSR) scatter-mean that writes the survivors in their final order.
+
+On the Triton path a round is then the hash, match, plan and merge kernels plus a few eager
+torch ops: the key norms and :func:`~dynvlm.kernels.ties.resolve_ties` (about 15 ops on
+``[F, n]`` integers).
 
 Ties between bitwise-identical tokens are made exact by :mod:`dynvlm.kernels.ties` (a GEMM
 alone does not give equal columns equal bits): identity is read from the bits every token has
@@ -35,6 +42,7 @@ from ._rows import gather_rows_scaled, gather_variant
 from .ties import hash_variant, resolve_ties, row_hash
 
 __all__ = [
+    "PLAN_MAX_N",
     "RoundPlan",
     "TomeResult",
     "gpu_variants",
@@ -43,6 +51,7 @@ __all__ = [
     "merge_reference",
     "merge_triton",
     "plan_round",
+    "plan_triton",
     "tome_merge",
     "tome_naive",
 ]
@@ -222,6 +231,168 @@ def plan_round(best: Tensor, best_idx: Tensor, size: Tensor, psum: Tensor, r: in
     )
     start = torch.cumsum(count, dim=1) - count
     return RoundPlan(kept, slot_of_old, src, start, count, new_size, new_psum, merged, merged_into)
+
+
+# the Triton plan: one program per frame holds the frame's n tokens in one block of lanes
+PLAN_MAX_N = 1024  # most tokens per frame the plan kernel takes (ViT frames have 576-729)
+_PLAN_MIN_BLOCK = 64  # smaller frames are masked, not specialised: fewer variants to compile
+
+if triton is not None:
+
+    @triton.jit
+    def _ordered(v):
+        # fp32 -> int64 in [0, 2**32), ordered as torch.sort orders floats: -0.0 equals +0.0 and
+        # every NaN (either sign, any payload) is one value above +inf. Integer ops only, so
+        # no compiler may fold the canonicalisation away
+        bits = v.to(tl.int32, bitcast=True)
+        mag = bits & 0x7FFFFFFF
+        bits = tl.where(mag > 0x7F800000, 0x7FC00000, tl.where(mag == 0, 0, bits))
+        # negative floats: flip the magnitude bits so larger magnitudes sort lower
+        return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64) + 2**31
+
+    @triton.jit
+    def _sort_keys(x, LOG: tl.constexpr):
+        # ascending sort of a [2**LOG] int64 vector by a bitonic network. Only values are sorted
+        # (each key carries its index), so a compare-exchange keeps the min or the max of a lane
+        # and its partner, fetched by tl.gather: flat 1-D code that compiles several times faster
+        # than tl.sort's hypercube reshapes, and that the interpreter runs in numpy (tl.sort's xor
+        # reduction runs per element in Python there, about 10 s per program at 1024 lanes)
+        lane = tl.arange(0, 2**LOG)
+        for s in tl.static_range(LOG):
+            # merge sorted runs of 2**s lanes into runs of 2**(s+1): compare each lane with its
+            # mirror in the run pair (which makes both halves bitonic), then with the lane 2**t
+            # away for t = s-1..0; the upper lane of every pair keeps the larger key
+            for i in tl.static_range(s + 1):
+                if i == 0:
+                    partner = tl.gather(x, lane ^ ((2 << s) - 1), 0)
+                    upper = (lane & (1 << s)) != 0
+                else:
+                    partner = tl.gather(x, lane ^ (1 << (s - i)), 0)
+                    upper = (lane & (1 << (s - i))) != 0
+                x = tl.where((x < partner) != upper, x, partner)
+        return x
+
+    @triton.jit
+    def _plan_kernel(
+        best_ptr, bidx_ptr, size_ptr, psum_ptr,
+        kept_ptr, slot_ptr, src_ptr, start_ptr, count_ptr, osize_ptr, opsum_ptr, merged_ptr, into_ptr,
+        N, R, sbf, sba, sif, sia, ssf, ssn, spf, spn,
+        BLOCK: tl.constexpr, LOG_BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        # one program = one frame; lane i is token i (or output position i). A sorting network is
+        # not stable, so every sort is of distinct int64 keys: an ordered integer image of the
+        # value in the high bits, the token (or A) index in the low 10 bits: torch's stable order,
+        # exactly, ties included. Permutations are inverted through memory: a scatter store, a
+        # barrier (every thread of the program), a gather load. Outputs are contiguous [F, *] rows
+        f = tl.program_id(0).to(tl.int64)
+        M = N - R
+        lane = tl.arange(0, BLOCK)
+        valid = lane < N
+        is_a = valid & (lane % 2 == 0)
+        big = tl.full((BLOCK,), 2**63 - 1, tl.int64)  # masked lanes sort last
+        size = tl.load(size_ptr + f * ssf + lane * ssn, mask=valid, other=1.0)
+        psum = tl.load(psum_ptr + f * spf + lane * spn, mask=valid, other=0.0)
+        best = tl.load(best_ptr + f * sbf + (lane // 2) * sba, mask=is_a, other=0.0)
+        dst = 2 * tl.load(bidx_ptr + f * sif + (lane // 2) * sia, mask=is_a, other=0) + 1
+
+        # 1. merge order: best descending, equal scores lower A first. key1 < 2**42
+        key1 = tl.where(is_a, ((2**32 - 1 - _ordered(best)) << 10) | (lane // 2), big)
+        s1 = _sort_keys(key1, LOG_BLOCK)
+        last = tl.max(tl.where(lane == R - 1, s1, -1), axis=0)  # the r-th key
+        is_m = key1 <= last  # the r first A tokens merge (keys are unique)
+        first = lane < R
+        a_j = s1 & 1023
+        tl.store(merged_ptr + f * R + lane, 2 * a_j, mask=first)
+        into = 2 * tl.load(bidx_ptr + f * sif + a_j * sia, mask=first, other=0) + 1
+        tl.store(into_ptr + f * R + lane, into, mask=first)
+
+        # 2. each destination's sources in merge order, listed in src (scratch until step 5): the
+        # order torch's scatter_add adds them in, so the sums below round alike for any sizes
+        s2 = _sort_keys(tl.where(is_m, (dst << 42) | key1, big), LOG_BLOCK)
+        tl.store(src_ptr + f * R + lane, 2 * (s2 & 1023), mask=first)
+        n_src = tl.histogram(dst.to(tl.int32), BLOCK, mask=is_m)  # per destination token
+        at = tl.cumsum(n_src, axis=0) - n_src
+        tl.debug_barrier()
+        new_size = size
+        new_psum = psum
+        for k in range(0, tl.max(n_src, axis=0)):
+            more = n_src > k
+            s = tl.load(src_ptr + f * R + at + k, mask=more, other=0)
+            # where(), not + 0.0 on the other lanes: -0.0 + 0.0 would change the bits
+            new_size = tl.where(more, new_size + tl.load(size_ptr + f * ssf + s * ssn, mask=more, other=0.0), new_size)
+            new_psum = tl.where(more, new_psum + tl.load(psum_ptr + f * spf + s * spn, mask=more, other=0.0), new_psum)
+
+        # 3. slots: survivors by centroid (IEEE division, as torch's), equal centroids in old order
+        keep = valid & ~is_m
+        centroid = tl.math.div_rn(new_psum, new_size)
+        s3 = _sort_keys(tl.where(keep, (_ordered(centroid) << 10) | lane, big), LOG_BLOCK)
+        out = lane < M
+        kept = s3 & 1023
+        tl.store(kept_ptr + f * M + lane, kept, mask=out)
+        tl.store(slot_ptr + f * N + kept, lane.to(tl.int64), mask=out)
+        tl.debug_barrier()
+
+        # 4. each survivor reads its slot and writes its sums there; a merged token takes its
+        # destination's slot (merged tokens are neither survivors nor destinations: no overlap)
+        slot = tl.load(slot_ptr + f * N + lane, mask=keep, other=0)
+        tl.store(osize_ptr + f * M + slot, new_size, mask=keep)
+        tl.store(opsum_ptr + f * M + slot, new_psum, mask=keep)
+        dst_slot = tl.load(slot_ptr + f * N + dst, mask=is_m, other=0)
+        tl.store(slot_ptr + f * N + lane, dst_slot, mask=is_m)
+
+        # 5. sources grouped by slot, in merge order within a slot (overwrites step 2's list, whose
+        # reads ended before the barrier); CSR offsets from a histogram of slots
+        s4 = _sort_keys(tl.where(is_m, (dst_slot << 42) | key1, big), LOG_BLOCK)
+        tl.store(src_ptr + f * R + lane, 2 * (s4 & 1023), mask=first)
+        count = tl.histogram(dst_slot.to(tl.int32), BLOCK, mask=is_m)
+        tl.store(count_ptr + f * M + lane, count.to(tl.int64), mask=out)
+        tl.store(start_ptr + f * M + lane, (tl.cumsum(count, axis=0) - count).to(tl.int64), mask=out)
+
+
+def _plan_variant(n: int, example: str = "") -> Variant:
+    """GPU variant of the plan kernel for ``n`` tokens per frame: one block of ``max(64, next_pow2(n))``
+    lanes, one lane per thread (two at 1024: 16 warps at most). With 4 warps ptxas spilled 4-24 B
+    at 512-1024 lanes; the sorts' partner exchanges go through shared memory at any width.
+    Inputs fp32 scores/sizes/sums and int64 matches; outputs int64 and fp32."""
+    block = max(_PLAN_MIN_BLOCK, next_pow2(n))
+    warps = min(16, block // 32)
+    ptrs = {"best_ptr": torch.float32, "bidx_ptr": torch.int64, "size_ptr": torch.float32, "psum_ptr": torch.float32}
+    ptrs |= {k: torch.int64 for k in ("kept_ptr", "slot_ptr", "src_ptr", "start_ptr", "count_ptr")}
+    ptrs |= {"osize_ptr": torch.float32, "opsum_ptr": torch.float32, "merged_ptr": torch.int64, "into_ptr": torch.int64}
+    return variant("tome._plan_kernel", ptrs, {"BLOCK": block, "LOG_BLOCK": block.bit_length() - 1}, warps, example)
+
+
+def plan_triton(best: Tensor, best_idx: Tensor, size: Tensor, psum: Tensor, r: int) -> RoundPlan:
+    """Triton version of :func:`plan_round` (same arguments and result, bitwise): one launch per round.
+
+    ``best`` ``[F, ceil(n/2)]`` fp32, ``best_idx`` ``[F, ceil(n/2)]`` int64, ``size``/``psum``
+    ``[F, n]`` fp32 with ``2 <= n <=`` :data:`PLAN_MAX_N`, ``1 <= r <= n // 2``.
+
+    Each destination's sizes and position sums are added in merge order, as torch's CPU
+    ``scatter_add`` adds them, so the plan equals the CPU reference bitwise for any fp32 values.
+    torch on CUDA adds with atomics in no fixed order: equal bits there hold for integer-valued
+    sizes and sums below 2**24, which is what :func:`tome_merge` passes (counts, index sums).
+    """
+    f, n = size.shape
+    if not 2 <= n <= PLAN_MAX_N or not 1 <= r <= n // 2:
+        raise ValueError(f"plan_triton: needs 2 <= n <= {PLAN_MAX_N} and 1 <= r <= n // 2, got n={n}, r={r}")
+    if best.dtype != torch.float32 or size.dtype != torch.float32 or psum.dtype != torch.float32:
+        raise ValueError("plan_triton: best, size and psum must be float32")
+    m = n - r
+    ints = {k: torch.empty((f, w), device=size.device, dtype=torch.int64) for k, w in
+            (("kept", m), ("slot_of_old", n), ("src", r), ("start", m), ("count", m), ("merged", r), ("merged_into", r))}  # fmt: skip
+    new_size = torch.empty((f, m), device=size.device, dtype=torch.float32)
+    new_psum = torch.empty_like(new_size)
+    best_idx = best_idx.long()
+    v = _plan_variant(n)
+    args = (
+        best, best_idx, size, psum, ints["kept"], ints["slot_of_old"], ints["src"], ints["start"], ints["count"],
+        new_size, new_psum, ints["merged"], ints["merged_into"], n, r,
+        *best.stride(), *best_idx.stride(), *size.stride(), *psum.stride(),
+    )  # fmt: skip
+    meta = dict(v.constexprs)
+    launch(_plan_kernel, (f,), args, v, meta)
+    return RoundPlan(size=new_size, psum=new_psum, **ints)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,7 +592,9 @@ def tome_merge(
         # ties are decided from the bits the tokens have now, whatever their merge history
         token_hash = row_hash(cur.detach(), use_triton)
         best, best_idx = resolve_ties(*match(k, inv_norm(k)), token_hash)
-        plan = plan_round(best, best_idx, size, psum, r)
+        # Triton: the round's bookkeeping in one launch; a frame over PLAN_MAX_N tokens (a first
+        # round on a large grid) plans in torch
+        plan = (plan_triton if use_triton and n <= PLAN_MAX_N else plan_round)(best, best_idx, size, psum, r)
         weight = size
         if key_grad and keys.requires_grad:
             weight = size.scatter(1, plan.merged, size.gather(1, plan.merged) * _st_factor(keys, plan))
@@ -442,7 +615,9 @@ def _st_factor(keys: Tensor, plan: RoundPlan) -> Tensor:
 def gpu_variants() -> list[Variant]:
     """Every variant :func:`tome_merge` can launch on a GPU: for each kernel dtype of ``x``, the
     hash, match and merge kernels (the first round reads ``x``'s dtype, later ones fp32) and the
-    backward's row gather (fp32 gradient into ``x``'s dtype); ``example`` names a call."""
+    backward's row gather (fp32 gradient into ``x``'s dtype); the plan kernel for each block
+    width (any dtype: it reads fp32 scores and sizes). ``example`` names a call: for a plan
+    variant, ``n`` tokens per frame whose first round launches it."""
     out: dict[Variant, Variant] = {}
     for dtype in KERNEL_DTYPES:
         name = str(dtype)[6:]
@@ -453,6 +628,11 @@ def gpu_variants() -> list[Variant]:
             gather_variant(torch.float32, dtype, example=f"dtype={name}"),
         ):
             out.setdefault(v, v)
+    block = _PLAN_MIN_BLOCK
+    while block <= PLAN_MAX_N:  # n = 3/4 of the block + 1: odd, and only this block fits it
+        v = _plan_variant(block, example=f"dtype=float32 n={3 * block // 4 + 1}")
+        out.setdefault(v, v)
+        block *= 2
     return list(out.values())
 
 

@@ -8,11 +8,11 @@ from dynvlm.kernels import bench
 
 
 def test_quick_run_prints_the_table(capsys):
-    assert bench.main(["--quick", "--ops", "pool", "prune"]) == 0
+    assert bench.main(["--quick", "--ops", "pool", "prune", "plan"]) == 0
     out = capsys.readouterr().out
     assert "| op | dtype | F×N×C → tokens | naive | torch | compile(naive) | triton |" in out
-    rows = [line for line in out.splitlines() if line.startswith("| pool") or line.startswith("| prune")]
-    assert len(rows) == 2
+    rows = [line for line in out.splitlines() if line.startswith(("| pool", "| prune", "| plan"))]
+    assert len(rows) == 3
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[2] == "2×64×96 → 16"
@@ -34,6 +34,8 @@ def test_floor_bytes():
     assert bench.floor_bytes("pool", 2, 16, 8, 9, 4) == 2 * 16 * 8 * 4 + 2 * 9 * 8 * 4
     assert bench.floor_bytes("tome", 2, 16, 8, 9, 4) == 2 * (2 * 16 * 8 * 4) + 2 * 9 * 8 * 4
     assert bench.floor_bytes("prune", 2, 16, 8, 9, 2) == 2 * 2 * 16 * 4 + 2 * 2 * 9 * 8 * 2
+    # plan (r = 7 merges, 9 slots, 8 A tokens): scores + matches, sizes + sums in; the RoundPlan out
+    assert bench.floor_bytes("plan", 2, 16, 8, 9, 2) == 2 * ((4 + 8) * 8 + 8 * 16 + (3 * 8 + 2 * 4) * 9 + 8 * 16 + 3 * 8 * 7)
 
 
 @pytest.mark.parametrize("bad", ["8,576,1024", "8,500,1024,100", "8,576,1024,999"])

@@ -27,7 +27,7 @@ def test_every_kernel_has_variants():
         if name.endswith("_kernel") and hasattr(getattr(m, name), "fn")
     }
     assert kernels == {v.kernel for v in aot.all_variants()}
-    assert len(kernels) == 7
+    assert len(kernels) == 8
 
 
 def test_every_variant_compiles_for_sm80_and_sm90_without_spills():

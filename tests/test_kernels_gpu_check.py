@@ -22,12 +22,14 @@ def test_checks_pass_under_the_interpreter_and_launch_every_variant(monkeypatch,
     # (GPU blocks, pointer dtypes) a GPU would run for it
     monkeypatch.setattr(gpu_check, "SIZES", ((1, 36, 20, 5),))
     monkeypatch.setattr(gpu_check, "TIE_SIZE", (1, 40, 16))
+    monkeypatch.setattr(gpu_check, "PLAN_SIZES", ((2, 577, 288), (3, 47, 1)))
     with record_variants() as launched:
         assert gpu_check.run(torch.device("cpu"))
     assert launched == set(all_variants())
     lines = capsys.readouterr().out.splitlines()
     n_cases = len(gpu_check.coverage_cases())
-    assert len(lines) == 3 * 3 * 2 + 2 * n_cases + 2 and all(line.startswith("PASS") for line in lines)
+    assert len(lines) == 3 * 3 * 2 + 2 * n_cases + 2 + 2 and all(line.startswith("PASS") for line in lines)
+    assert "PASS tome plan 2x577 r=288: equals plan_round bitwise" in "\n".join(lines)
     assert lines[-1] == f"PASS launched {len(launched)} of {len(launched)} kernel variants"
 
 
@@ -37,6 +39,7 @@ def test_coverage_reports_a_variant_it_did_not_launch(monkeypatch, capsys):
     monkeypatch.setattr(gpu_check, "coverage_cases", lambda: cases)
     monkeypatch.setattr(gpu_check, "SIZES", ())
     monkeypatch.setattr(gpu_check, "TIE_SIZE", (1, 40, 16))
+    monkeypatch.setattr(gpu_check, "PLAN_SIZES", ())
     assert not gpu_check.run(torch.device("cpu"))
     out = capsys.readouterr().out
     assert "FAIL launched" in out and "not launched: pool._pool_fwd_kernel" in out

@@ -1,18 +1,23 @@
-"""ToMe kernels: fused match and scatter-mean merge (Triton, interpreter on CPU) against the torch reference."""
+"""ToMe kernels: fused match, round plan and scatter-mean merge (Triton, interpreter on CPU) against the torch reference."""
 
 from fractions import Fraction
 
 import pytest
 import torch
 
+from dynvlm.kernels import tome
+from dynvlm.kernels._backend import record_variants
+from dynvlm.kernels.gpu_check import plan_differences
 from dynvlm.kernels.ties import resolve_ties, row_hash
 from dynvlm.kernels.tome import (
+    PLAN_MAX_N,
     inv_norm,
     match_reference,
     match_triton,
     merge_reference,
     merge_triton,
     plan_round,
+    plan_triton,
     tome_merge,
     tome_naive,
 )
@@ -84,16 +89,115 @@ def test_merge_matches_reference():
     assert bool((centroid[:, 1:] >= centroid[:, :-1]).all())
 
 
+# ---------------------------------------------------------------------------------------------
+# the plan kernel: bitwise plan_round, ties and odd values included
+
+
+def _plan_inputs(frames, n, mode, seed=0):
+    """``(best, best_idx, size, psum)`` of one round on ``n`` tokens. ``mode``: ``random`` tokens;
+    ``copies`` (a third of the tokens one token: exact score ties, equal centroids);
+    ``constant`` (every token equal: every A ties on score 1 with B token 1, one destination for
+    all); ``floats`` (non-integer sizes and sums: the sums must add in torch's order);
+    ``specials`` (scores drawn from NaN of both signs, +-inf, +-0.0 and a few values)."""
+    g = torch.Generator().manual_seed(seed)
+    x = _x(frames, n, 12, seed=seed)
+    if mode == "copies":
+        x[:, 1 : n : 3] = x[:, 1:2]
+    if mode == "constant":
+        x[:] = x[:, :1]
+    best, idx = resolve_ties(*match_reference(x, inv_norm(x)), row_hash(x, False))
+    size = torch.randint(1, 5, (frames, n), generator=g).float()
+    # integer position sums with runs of equal centroids
+    psum = size * (torch.randint(0, max(1, n // 4), (frames, n), generator=g).sort(1).values)
+    if mode == "floats":
+        size = torch.rand(frames, n, generator=g) * 7 + 0.5
+        psum = torch.arange(n) * size + torch.rand(frames, n, generator=g)
+    if mode == "specials":
+        values = torch.tensor([float("nan"), -float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 0.5, 1.0, -1.0])
+        best = values[torch.randint(0, len(values), best.shape, generator=g)]
+        idx = torch.randint(0, n // 2, idx.shape, generator=g)
+    return best, idx, size, psum
+
+
+PLAN_CASES = [  # (frames, n, r, mode)
+    (3, 41, 20, "random"),  # odd n, r = n // 2
+    (2, 64, 32, "copies"),  # every A merges
+    (2, 64, 1, "copies"),
+    (1, 2, 1, "random"),
+    (2, 7, 3, "constant"),
+    (2, 101, 50, "constant"),  # 50 sources into one destination
+    (3, 97, 30, "floats"),
+    (4, 66, 20, "specials"),
+    (2, 577, 288, "copies"),  # 1024 lanes, the first round of a 576/729-token frame
+    (1, 1024, 1, "random"),
+    (2, 729, 364, "floats"),
+]
+
+
+@pytest.mark.parametrize("frames,n,r,mode", PLAN_CASES, ids=[f"{f}x{n}-r{r}-{m}" for f, n, r, m in PLAN_CASES])
+def test_plan_kernel_is_plan_round_bitwise(frames, n, r, mode):
+    best, idx, size, psum = _plan_inputs(frames, n, mode)
+    got, want = plan_triton(best, idx, size, psum, r), plan_round(best, idx, size, psum, r)
+    assert plan_differences(got, want) == []
+    if mode == "constant":  # the case is what it says: one destination takes every source
+        assert got.count.max() == r
+
+
+def test_plan_kernel_reads_strided_inputs():
+    # tome_merge's first psum is an expanded arange (frame stride 0); matches may be views
+    best, idx, size, _ = _plan_inputs(3, 40, "copies")
+    psum = torch.arange(40.0).expand(3, 40)
+    wide = torch.zeros(3, 40, 2)
+    wide[..., 0] = size
+    want = plan_round(best, idx, size, psum, 15)
+    assert plan_differences(plan_triton(best, idx, wide[..., 0], psum, 15), want) == []
+
+
+def test_plan_kernel_refuses_what_it_cannot_plan():
+    best, idx, size, psum = _plan_inputs(1, 40, "random")
+    with pytest.raises(ValueError, match="1 <= r <= n // 2"):
+        plan_triton(best, idx, size, psum, 21)
+    with pytest.raises(ValueError, match="float32"):
+        plan_triton(best, idx, size.double(), psum.double(), 5)
+    big = torch.ones(1, PLAN_MAX_N + 1)
+    with pytest.raises(ValueError, match=f"n <= {PLAN_MAX_N}"):
+        plan_triton(big[:, ::2], big[:, ::2].long(), big, big, 5)
+
+
+def test_tome_triton_plans_with_the_kernel_up_to_its_limit():
+    # 1100 tokens: the first round plans in torch (over PLAN_MAX_N), the second with the kernel
+    x = _x(1, 1100, 8)
+    x[:, :300] = x[:, :1]
+    with record_variants() as launched:
+        a = tome_merge(x, 300, backend="triton")
+    b = tome_merge(x, 300, backend="torch")
+    assert {dict(v.constexprs)["BLOCK"] for v in launched if v.kernel == "tome._plan_kernel"} == {1024}
+    assert torch.equal(a.positions, b.positions) and torch.equal(a.size, b.size)
+    torch.testing.assert_close(a.x, b.x, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("frames,n,c,tokens", [(2, 63, 96, 10), (1, 50, 33, 49), (2, 36, 64, 1), (1, 35, 300, 17)])
-def test_tome_fp32_matches_reference(frames, n, c, tokens):
+def test_tome_fp32_matches_reference(frames, n, c, tokens, monkeypatch):
+    # every Triton round plans with the kernel (counted), and the result is the torch path's
+    calls = []
+    monkeypatch.setattr(tome, "plan_triton", lambda *a: calls.append(a[2].shape) or plan_triton(*a))
     x = _x(frames, n, c)
     a = tome_merge(x, tokens, backend="triton")
+    assert len(calls) == _rounds(n, tokens)
     b = tome_merge(x, tokens, backend="torch")
     assert a.x.shape == (frames, tokens, c) and a.x.dtype == torch.float32
     torch.testing.assert_close(a.x, b.x, rtol=1e-5, atol=1e-6)
     assert torch.equal(a.positions, b.positions)
     torch.testing.assert_close(a.size.sum(1), torch.full((frames,), float(n)))
     assert bool((a.positions[:, 1:] >= a.positions[:, :-1]).all())
+
+
+def _rounds(n, tokens):
+    rounds = 0
+    while n > tokens:
+        n -= min(n - tokens, n // 2)
+        rounds += 1
+    return rounds
 
 
 def test_tome_bf16_matches_fp32_reference():
