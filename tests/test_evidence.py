@@ -21,7 +21,7 @@ TOKENS = (1, 4, 16, 64)
 #: the ablation's scene settings (experiments/synthetic.yaml), fewer clips
 TASK = dict(seed=5, train=0, val=0, test=6, size=16, symbols=4, min_visits=0, max_visits=0, flashes=1,
             min_flash_seconds=1, max_flash_seconds=3, duration_mix=[[8, 8], [28, 32]],
-            qtypes=["shape", "shape", "flash"])
+            qtypes=["shape", "shape", "flash"], long_seconds=28, long_qtypes=["shape", "flash", "flash"])
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +64,27 @@ def test_clip_lengths_follow_the_mix_and_flashes_stay_a_minority(task):
     assert flash and all(set(r["options"]) == set(synth.FLASH_COLOURS) for r in flash)  # every other colour absent
 
 
+def test_long_clips_are_asked_the_long_mix(task):
+    _, recs, scenes = task
+    asked: dict[str, list[str]] = {}
+    for r in recs:
+        asked.setdefault(Path(r["video"]).stem, []).append(r["qtype"])
+    assert set(asked) == set(scenes)
+    for clip, qtypes in asked.items():
+        want = TASK["long_qtypes"] if scenes[clip].duration >= TASK["long_seconds"] else TASK["qtypes"]
+        assert sorted(qtypes) == sorted(want), (clip, scenes[clip].duration)
+
+
 @pytest.mark.parametrize(("change", "key"), [
     ({"flashes": 0}, "flashes"),                     # a flash question needs the clip's flash
     ({"qtypes": ["shape", "seen"]}, "min_visits"),   # a ball question needs a ball in every clip
     ({"duration_mix": [[8]]}, "duration_mix"),
     ({"duration_mix": [[9, 8]]}, "duration_mix"),
     ({"min_flash_seconds": 4}, "min_flash_seconds"),
+    ({"long_qtypes": ["shape", "dance"]}, "long_qtypes"),
+    ({"long_seconds": 0}, "long_seconds"),             # a long mix needs the length it starts at
+    ({"long_qtypes": [], "long_seconds": 28}, "long_seconds"),
+    ({"long_qtypes": ["seen"]}, "min_visits"),         # the long mix is checked like the short one
 ])
 def test_bad_task_settings_name_the_key(tmp_path, change, key):
     with pytest.raises(synth.SynthError, match=f"synth.{key}:"):

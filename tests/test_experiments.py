@@ -102,6 +102,8 @@ def test_shipped_base_matches_its_manifest():
 
 
 def test_shipped_base_loads_by_path_and_answers(tmp_path):
+    from omegaconf import OmegaConf
+
     from dynvlm.run import train
     small = dict(train=0, val=0, test=2)
     cfg = load_config(EXPERIMENTS / "synthetic.yaml",
@@ -109,11 +111,13 @@ def test_shipped_base_loads_by_path_and_answers(tmp_path):
                        *(f"data.synth.{k}={v}" for k, v in small.items()), "trainer.enable_progress_bar=false"])
     assert cfg.model.encoder.path == str(WEIGHTS / "encoder") and cfg.model.llm.path == str(WEIGHTS / "llm")
     res = train.test(cfg)
-    per_clip = len(cfg.data.synth.qtypes)
-    assert res["test/n"] == 2 * per_clip  # 2 clips x (shape, seen, shape, seen)
+    synth_cfg = make_config(OmegaConf.to_container(cfg.data.synth, resolve=True))
+    clips = [json.loads(line) for line in open(Path(str(cfg.data.synth.out)) / "test.jsonl")]
+    asked = sum(len(synth_cfg.qtypes_for(int(c["duration"]))) for c in clips)  # short and long mixes
+    assert len(clips) == 2 and res["test/n"] == asked
     assert 0.0 <= res["test/acc"] <= 1.0
     preds = [json.loads(line) for line in open(Path(res["run_dir"]) / "predictions.jsonl")]
-    assert len(preds) == 2 * per_clip and all(p["pred"] in range(4) for p in preds)
+    assert len(preds) == asked and all(p["pred"] in range(4) for p in preds)
 
 
 def _scenes(settings: dict, split: str) -> list:

@@ -143,6 +143,10 @@ class SynthConfig:
     equal_area: bool = True  # all symbol shapes light the same pixel count: pooling one glyph hides its shape
     # `seen` is opt-in: its wrong options need colours absent from the clip (fewer symbols/balls)
     qtypes: list[str] = field(default_factory=lambda: list(DEFAULT_QTYPES))
+    # clips at least `long_seconds` long are asked `long_qtypes` instead of `qtypes` (0 and [] = every clip
+    # is asked `qtypes`): questions about long videos are more often about events across time than detail
+    long_seconds: int = 0
+    long_qtypes: list[str] = field(default_factory=list)
     mc_fraction: float = 0.5  # share of training turns asked as multiple choice
     options: int = 4  # options per multiple-choice question
     crf: int = 10  # x264 quality (0 = lossless)
@@ -163,10 +167,11 @@ class SynthConfig:
             bad("native_fps", "must be >= 1")
         if not 0 <= self.min_visits <= self.max_visits:
             bad("min_visits", f"need 0 <= min_visits <= max_visits ({self.max_visits})")
-        balls = [q for q in self.qtypes if q in BALL_QTYPES]
+        asked = [*self.qtypes, *self.long_qtypes]
+        balls = [q for q in asked if q in BALL_QTYPES]
         if balls and self.min_visits < 1:
             bad("min_visits", f"qtype {balls[0]!r} asks about a ball: every clip needs one (min_visits >= 1)")
-        if "flash" in self.qtypes and self.flashes != 1:
+        if "flash" in asked and self.flashes != 1:
             bad("flashes", "qtype 'flash' asks the colour of the clip's one flash: set flashes: 1")
         if not 0 <= self.flashes <= len(FLASH_COLOURS):
             bad("flashes", f"must be in 0..{len(FLASH_COLOURS)} (one colour per flash)")
@@ -191,17 +196,26 @@ class SynthConfig:
         unknown = [q for q in self.qtypes if q not in QTYPES]
         if unknown or not self.qtypes:
             bad("qtypes", f"valid question types: {', '.join(QTYPES)}")
+        if any(q not in QTYPES for q in self.long_qtypes):
+            bad("long_qtypes", f"valid question types: {', '.join(QTYPES)}")
+        if bool(self.long_qtypes) != (self.long_seconds > 0):
+            bad("long_seconds", "set long_seconds >= 1 and long_qtypes together (or neither)")
         if not 0.0 <= self.mc_fraction <= 1.0:
             bad("mc_fraction", "must be in [0, 1]")
         if not 2 <= self.options <= min(len(SHAPES), len(POSITIONS)):
             bad("options", f"must be in 2..{min(len(SHAPES), len(POSITIONS))}")
         if self.symbols + self.max_visits > len(COLOURS):
             bad("max_visits", f"symbols + max_visits must be <= {len(COLOURS)} (balls and symbols never share a colour)")
-        if "seen" in self.qtypes and self.symbols + self.max_visits + self.options - 1 > len(COLOURS):
+        if "seen" in asked and self.symbols + self.max_visits + self.options - 1 > len(COLOURS):
             # `seen`'s wrong options are colours nowhere in the clip
             bad("max_visits", f"symbols + max_visits + options - 1 must be <= {len(COLOURS)} with qtype 'seen' "
                 f"(its wrong options are colours no symbol or ball has); got {self.symbols} + {self.max_visits} + "
                 f"{self.options} - 1")
+
+    def qtypes_for(self, duration: int) -> list[str]:
+        """The question types asked about a clip of ``duration`` seconds: ``long_qtypes`` from
+        ``long_seconds`` on (when set), else ``qtypes``."""
+        return list(self.long_qtypes) if self.long_qtypes and duration >= self.long_seconds else list(self.qtypes)
 
     def duration_ranges(self) -> list[tuple[int, int]]:
         """The ``(lo, hi)`` ranges clip lengths are drawn from (:func:`dynvlm.data.scenes.draw_duration`)."""
@@ -212,6 +226,9 @@ class SynthConfig:
         d = asdict(self)
         d.pop("out")
         d.pop("workers")
+        if not self.long_qtypes:  # off: the keys of datasets made before the option existed
+            d.pop("long_qtypes")
+            d.pop("long_seconds")
         d["version"] = VERSION
         return d
 
@@ -227,12 +244,13 @@ def make_config(kwargs: dict[str, Any]) -> SynthConfig:
     kw = dict(kwargs)
     if "duration_mix" in kw and hasattr(kw["duration_mix"], "__iter__"):
         kw["duration_mix"] = [[int(v) for v in r] for r in kw["duration_mix"]]  # also an omegaconf ListConfig
-    if isinstance(kw.get("qtypes"), str):
-        kw["qtypes"] = [q.strip() for q in kw["qtypes"].split(",") if q.strip()]
-    if "qtypes" in kw:
-        if not hasattr(kw["qtypes"], "__iter__"):
-            raise SynthError(f"synth.qtypes: expected a list or comma-separated names, got {kw['qtypes']!r}")
-        kw["qtypes"] = [str(q) for q in kw["qtypes"]]  # also an omegaconf ListConfig
+    for key in ("qtypes", "long_qtypes"):
+        if isinstance(kw.get(key), str):
+            kw[key] = [q.strip() for q in kw[key].split(",") if q.strip()]
+        if key in kw:
+            if not hasattr(kw[key], "__iter__"):
+                raise SynthError(f"synth.{key}: expected a list or comma-separated names, got {kw[key]!r}")
+            kw[key] = [str(q) for q in kw[key]]  # also an omegaconf ListConfig
     kw["out"] = str(kw["out"])
     defaults = SynthConfig(out="")
     for key, value in kw.items():
@@ -401,7 +419,7 @@ def generate(cfg: SynthConfig | dict[str, Any], force: bool = False, progress: b
         llava_lines, mc_lines = [], []
         for i, sc in enumerate(scenes[split]):
             rng = _rng(cfg.seed, split, i, stream=1)
-            questions = ask(rng, sc, cfg.qtypes, cfg.options)
+            questions = ask(rng, sc, cfg.qtypes_for(sc.duration), cfg.options)
             video = f"videos/{split}/{sc.id}.mp4"
             conv, qmeta = [], []
             for j, q in enumerate(questions):
@@ -456,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         value = getattr(defaults, f.name)
         if f.name == "out":
             p.add_argument(flag, required=True, help="output folder")
-        elif f.name == "qtypes":
+        elif f.name in ("qtypes", "long_qtypes"):
             p.add_argument(flag, default=",".join(value), help=f"comma-separated subset of: {', '.join(QTYPES)}")
         else:
             p.add_argument(flag, type=type(value), default=value, help=f"default {value}")
