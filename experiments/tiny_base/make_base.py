@@ -12,7 +12,8 @@ Two stages (YAML beside this file), then an export::
                      weights/manifest.json (sha256, recipe, command, steps, machine, wall time,
                      per-family accuracy on the synthetic val split, options scored by cloze)
 
-Reproduce the shipped weights (about 10 min on 2 CPU cores, docs/experiments.md)::
+Reproduce the shipped weights (under 30 min on 2 CPU cores, data generation included: the measured
+time is in docs/benchmarks.md)::
 
     .venv/bin/python experiments/tiny_base/make_base.py
 
