@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -300,3 +301,38 @@ def test_pooling_a_glyph_hides_its_shape(size):
         assert np.allclose(pooled[True, shape], pooled[True, "square"])  # same token whatever the shape
         assert not np.array_equal(frames[True, shape], frames[True, "square"])  # full resolution tells them apart
     assert len({tuple(pooled[False, s]) for s in synth.SHAPES}) == 4  # unequal areas leak the shape when pooled
+
+
+def test_encoding_more_clips_than_a_pipe_holds_finishes(tmp_path):
+    """Each worker reads its jobs and prints one line per clip: once both outgrew a pipe (64 KiB: 945
+    clips of the base's stage A) the generator waited forever on its own workers."""
+    import threading
+
+    cfg = synth.make_config({"out": str(tmp_path), "train": 200, "val": 0, "test": 0, "size": 16, "min_duration": 1,
+                             "max_duration": 1, "min_visits": 0, "max_visits": 0, "symbols": 1, "qtypes": ["shape"]})
+    deep = tmp_path.joinpath(*["d" * 250] * 5)  # ~1.3 KB a path: 100 clips a worker outgrow both pipes
+    deep.mkdir(parents=True)
+    jobs = [(dataclasses.asdict(sc), str(deep / f"{sc.id}.mp4"), cfg.crf, cfg.pix_fmt)
+            for sc in synth.draw_scenes(cfg)["train"]]
+    assert sum(len(path) + 1 for _, path, _, _ in jobs[::2]) > 2 * 64 * 1024
+    counted: list[int] = []
+    errors: list[BaseException] = []
+
+    def encode() -> None:
+        try:
+            synth.encode_in_fresh_processes(jobs, workers=2, done=lambda: counted.append(1))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    worker = threading.Thread(target=encode, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "encoding hung: the workers' pipes filled up"
+    assert not errors and len(counted) == len(jobs)
+    assert all(Path(path).stat().st_size > 0 for _, path, _, _ in jobs)
+
+
+def test_a_failing_encoder_worker_names_its_error(tmp_path):
+    bad = [({"not": "a scene"}, str(tmp_path / "x.mp4"), 10, "yuv444p")]
+    with pytest.raises(synth.SynthError, match="encoding synthetic clips failed"):
+        synth.encode_in_fresh_processes(bad, workers=1)

@@ -59,6 +59,8 @@ import logging
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -289,22 +291,34 @@ def encode_in_fresh_processes(jobs: list[tuple[dict[str, Any], str, int, str]], 
     """
     chunks = [c for c in (jobs[i :: max(1, workers)] for i in range(max(1, workers))) if c]
     code = "from dynvlm.data.scenes import encode_jobs_from_stdin; encode_jobs_from_stdin()"
-    procs = []
-    for chunk in chunks:
-        proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        procs.append(proc)
-        assert proc.stdin is not None
-        proc.stdin.write("".join(json.dumps(job) + "\n" for job in chunk))
-        proc.stdin.close()
-    for proc in procs:
-        assert proc.stdout is not None and proc.stderr is not None
-        with proc.stdout, proc.stderr:
-            for _ in proc.stdout:
-                done()
-            err = proc.stderr.read()
-        if proc.wait() != 0:
-            raise SynthError(f"encoding synthetic clips failed:\n{err[-3000:]}")
+    with tempfile.TemporaryDirectory(prefix="dynvlm-encode-") as tmp:
+        procs = []
+        for i, chunk in enumerate(chunks):
+            # jobs and stderr go through files, not pipes: a worker that prints a line per clip into a
+            # full stdout pipe while this process still writes its jobs would wait on each other forever
+            # (it did, at 945 clips: 64 KiB of paths)
+            jobs_file, err_file = Path(tmp) / f"jobs-{i}.jsonl", Path(tmp) / f"stderr-{i}.txt"
+            jobs_file.write_text("".join(json.dumps(job) + "\n" for job in chunk))
+            with open(jobs_file) as stdin, open(err_file, "w") as stderr:
+                procs.append((subprocess.Popen([sys.executable, "-c", code], stdin=stdin, stdout=subprocess.PIPE,
+                                               stderr=stderr, text=True), err_file))
+        lock = threading.Lock()
+
+        def drain(proc: subprocess.Popen) -> None:  # every worker's stdout at once: none waits on a full pipe
+            assert proc.stdout is not None
+            with proc.stdout:
+                for _ in proc.stdout:
+                    with lock:
+                        done()
+
+        readers = [threading.Thread(target=drain, args=(proc,), daemon=True) for proc, _ in procs]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join()
+        for proc, err_file in procs:
+            if proc.wait() != 0:
+                raise SynthError(f"encoding synthetic clips failed:\n{err_file.read_text()[-3000:]}")
 
 
 def _mc_record(scene: Scene, q: Question, j: int, opts: list[str], slot: int, video: str) -> dict[str, Any]:
