@@ -257,3 +257,64 @@ def test_kernel_backends_count_as_their_pytorch_reference(tmp_path):
         assert model.compressor.backend == backend  # restored after the count
     assert counts["torch"]["flops_compressor"] > 0  # ToMe's similarity products
     assert counts["triton"]["flops_compressor"] == counts["torch"]["flops_compressor"]
+
+
+def _bf16_config(tmp_path: Path, precision: str | None) -> dict:
+    """The tiny model with its encoder and LLM loaded in bf16, as the 7B recipe loads them (projector fp32)."""
+    cfg = run_config(tmp_path)
+    cfg["model"]["encoder"]["dtype"] = cfg["model"]["llm"]["dtype"] = "bfloat16"
+    if precision is not None:
+        cfg["trainer"]["precision"] = precision
+    return cfg
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true", "bf16-true"])
+def test_dynvlm_cost_of_a_bf16_model_runs_under_its_trainer_precision(tmp_path, capsys, precision):
+    """dynvlm cost (not --meta) of a bf16 encoder + LLM with the fp32 projector crashed under every precision
+    ('mat1 and mat2 must have the same dtype'); it now runs as the config's trainer.precision runs the model."""
+    import yaml
+
+    path = tmp_path / "bf16.yaml"
+    path.write_text(yaml.safe_dump(_bf16_config(tmp_path, precision)))
+    assert main(["cost", str(path), "--json", "--duration", "4", "--repeats", "1"]) == 0
+    cost = json.loads(capsys.readouterr().out)
+    assert cost["device"] == "cpu" and cost["precision"] == precision
+    # FLOPs do not depend on the dtype: the same counts as the all-fp32 model's
+    fp32 = measure_cost(VideoLLM(run_config(tmp_path)), [synthetic_video(VideoLLM(run_config(tmp_path)), 4)], repeats=1)
+    for key in ("flops_encoder", "flops_projector", "flops_llm_prefill", "prompt_tokens"):
+        assert cost[key] == fp32[key] > 0, key
+    assert cost["prefill_ms"] > 0 and cost["peak_mem_bytes"] > 0
+    assert cost["kv_bytes"] == fp32["kv_bytes"] // 2  # the bf16 LLM's cache
+
+
+def test_mixed_precision_is_measured_under_autocast(tmp_path):
+    """Under *-mixed the fp32 master weights (dynvlm test, a sweep's fitted model) run in autocast, as in the
+    Trainer's loops: the projector computes in bf16 (it ran in fp32 before)."""
+    model = VideoLLM(run_config(tmp_path))  # every parameter fp32
+    sample = synthetic_video(model, 4)
+    seen: list[torch.dtype] = []
+    hook = model.projector.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    plain = measure_cost(model, [sample], repeats=1, memory=False)
+    assert set(seen) == {torch.float32} and plain["precision"] is None
+    seen.clear()
+    mixed = measure_cost(model, [sample], repeats=1, memory=False, precision="bf16-mixed")
+    hook.remove()
+    assert set(seen) == {torch.bfloat16} and mixed["precision"] == "bf16-mixed"
+    assert mixed["flops_prefill"] == plain["flops_prefill"] > 0
+    assert mixed["prefill_ms"] > 0 and not torch.is_autocast_enabled("cpu")  # the context ended with the measurement
+
+
+def test_precisions_that_cannot_be_measured_are_named(tmp_path):
+    model = VideoLLM(_bf16_config(tmp_path, None))
+    sample = synthetic_video(model, 4)
+    # bf16-true runs the whole model in bf16 (Lightning casts it): a model holding fp32 weights would be measured
+    # in another precision than the config's
+    with pytest.raises(ConfigError, match=r"trainer\.precision 'bf16-true' runs the whole model in bfloat16, but its "
+                                          r"parameters are bfloat16, float32: cast it first"):
+        measure_cost(model, [sample], precision="bf16-true")
+    with pytest.raises(ConfigError, match=r"trainer\.precision: 'transformer-engine' cannot be reproduced .* "
+                                          r"valid: bf16-mixed, 16-mixed, .*32-true"):
+        measure_cost(model, [sample], precision="transformer-engine")
+    # dynvlm cost builds a *-true config as Lightning's loops run it: every parameter in that dtype
+    built = build_for_cost(_bf16_config(tmp_path, "bf16-true"), device="cpu")
+    assert {p.dtype for p in built.parameters()} == {torch.bfloat16}

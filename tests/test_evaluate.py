@@ -333,3 +333,32 @@ def test_benchmark_files_are_scored_as_their_tasks_with_unreadable_videos_counte
             assert saved["benchmark"]["score"] == pytest.approx(100 * sum(per_type) / 7)
         md = (tmp_path / name / "eval.md").read_text()
         assert "## Unreadable (1 questions, counted wrong)" in md and ghost in md
+
+
+def test_a_bf16_encoder_and_llm_evaluate_with_their_cost(tmp_path, mc_file):
+    """The 7B recipe's dtypes and precision (encoder and LLM loaded in bf16, projector fp32, bf16-mixed): the test
+    loop ran (autocast) and the cost measurement after it crashed ('mat1 and mat2 must have the same dtype').
+    It now measures under the same autocast. (32-true, where the test loop itself crashed: tests/test_model.py.)"""
+    from dynvlm.run.sweep import point_cost
+    from dynvlm.util.configs import config_dict
+
+    cfg = OmegaConf.merge(config(tmp_path, name="bf16"),
+                          {"model": {"encoder": {"dtype": "bfloat16"}, "llm": {"dtype": "bfloat16"}},
+                           "trainer": {"precision": "bf16-mixed"}})
+    report = evaluate_cli(cfg, data=str(mc_file), out=str(tmp_path / "eval"))
+    assert report["questions"] == len(mc_file.read_text().splitlines()) and 0.0 <= report["accuracy"] <= 1.0
+    cost = json.loads((tmp_path / "eval" / "eval.json").read_text())["cost"]
+    assert set(cost) == set(COST_COLUMNS)
+    assert all(cost[k] > 0 for k in ("flops_prefill", "prefill_ms", "kv_bytes", "peak_mem_bytes")), cost
+    # the FLOPs and positions of the all-fp32 model on the same samples; the KV cache is the bf16 LLM's, half its size
+    fp32 = point_cost(restore(config(tmp_path), None)[0], {**config_dict(config(tmp_path)), "data": {"test": str(mc_file)}})
+    for key in ("flops_encoder", "flops_projector", "flops_llm_prefill", "flops_prefill", "prompt_tokens"):
+        assert cost[key] == fp32[key], key
+    assert cost["kv_bytes"] == fp32["kv_bytes"] // 2
+
+
+def test_a_precision_the_cost_cannot_be_measured_in_is_refused_before_the_test_loop(tmp_path, mc_file):
+    cfg = OmegaConf.merge(config(tmp_path), {"trainer": {"precision": "transformer-engine"}})
+    with pytest.raises(ConfigError, match=r"trainer\.precision: 'transformer-engine' cannot be reproduced.*valid: bf16-mixed"):
+        evaluate_cli(cfg, data=str(mc_file), out=str(tmp_path / "eval"))
+    assert not (tmp_path / "eval" / "predictions.jsonl").exists()

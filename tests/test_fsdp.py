@@ -191,8 +191,7 @@ def _evaluations_read_the_sharded_folder(tmp_path: Path, last: Path) -> None:
     torch.save({**torch.load(last / "meta.pt", weights_only=True), "state_dict": full}, consolidated)
 
     # evaluated on one device in fp32, the dtype of the shards (FSDP's fp32 master weights): every weight
-    # is loaded exactly. (bf16 models cannot be evaluated on the CPU here: eval's cost measurement runs
-    # outside autocast and a bf16 encoder's features meet the fp32 projector.)
+    # is loaded exactly
     trainer = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False,
                "logger": False}
     # generated answers: text depends on the weights more finely than the likeliest letter does

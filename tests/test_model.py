@@ -248,3 +248,27 @@ def test_open_ended_answers_are_generated_and_exact_matched(samples, tmp_path):
     generated = m.generate(open_ended, max_new_tokens=2).texts
     assert [r["text"] for r in records] == generated
     assert [r["correct"] for r in records] == [g == "red" for g in generated]
+
+
+@pytest.mark.parametrize("compressor, place", [("prune", "before_projector"), ("pool", "after_projector")])
+def test_a_bf16_encoder_and_llm_run_with_the_fp32_projector_outside_autocast(samples, tmp_path, compressor, place):
+    """The 7B and LLaVA-OV recipes load the encoder and LLM in bf16; the projector (and prune's scorer) are fp32.
+    Outside autocast (32-true, dynvlm cost, the lmms bridge) the features used to meet the fp32 weights:
+    'mat1 and mat2 must have the same dtype'. Each part now computes in its own dtype."""
+    model = inline_model(compressor)
+    model["encoder"]["dtype"] = model["llm"]["dtype"] = "bfloat16"
+    model["compressor_at"] = place
+    m = VideoLLM(run_config(tmp_path, model))
+    assert m.encoder.dtype == torch.bfloat16 and m.projector.net[0].weight.dtype == torch.float32
+    out = m(samples[:2], training=True)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()  # the gradient flows back through the cast into the bf16 encoder
+    assert m.projector.net[0].weight.grad is not None
+    assert any(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in m.encoder.parameters())
+    scores = m.eval().score_options(samples[:2]).scores
+    assert all(torch.isfinite(torch.tensor(s)).all() for s in scores)
+    # under autocast (*-mixed precision) the features pass untouched: the training path's numerics stay as they were
+    feats = torch.ones(2, 3, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m.to_head_dtype(feats) is feats
+    assert m.to_head_dtype(feats).dtype == torch.float32

@@ -243,3 +243,26 @@ def test_each_family_reports_its_best_m():
             _row("c", "dynamic", 0, 0.9, mean_m=10, **{"acc/perception": 0.99, "acc/presence": 0.99})]  # apart
     assert sweep.family_bests(rows, ["model.compressor.name", "budget.tokens_per_frame"]) == [
         "- pool (fixed): best per family: perception 80.0 % at M=16, presence 90.0 % at M=1."]
+
+
+def test_a_bf16_point_is_measured_as_its_test_ran(tmp_path):
+    """The cost of a point measured from its checkpoint (a finished point re-run) with the 7B recipe's dtypes and
+    precision (encoder and LLM loaded in bf16, projector fp32, bf16-mixed) crashed: the restored model ran
+    outside autocast. It is now measured as dynvlm test runs the point: fp32 master weights under bf16 autocast."""
+    from dynvlm.config import ConfigError
+    from dynvlm.data.synth import generate
+
+    generate({"out": str(tmp_path / "synth"), **SYNTH, "train": 0, "test": 1}, progress=False)
+    data = {k: v for k, v in config_dict(load_config(sweep_file(tmp_path))).items() if k != "sweep"}
+    data["data"] = {"test": str(tmp_path / "synth" / "test_mc.jsonl")}
+    fp32 = sweep.checkpoint_cost(data, None)
+    data["model"]["encoder"]["dtype"] = data["model"]["llm"]["dtype"] = "bfloat16"
+    data["trainer"]["precision"] = "bf16-mixed"
+    mixed = sweep.checkpoint_cost(data, None)
+    for key in ("flops_encoder", "flops_projector", "flops_llm_prefill", "flops_prefill", "prompt_tokens", "kv_bytes"):
+        assert mixed[key] == fp32[key] > 0, key  # prepared as dynvlm test prepares it: fp32 weights, so fp32 KV bytes
+    assert mixed["prefill_ms"] > 0 and mixed["peak_mem_bytes"] > 0
+    # a precision the cost cannot be measured in stops the sweep before the point's fit, not after it
+    data["trainer"]["precision"] = "transformer-engine"
+    with pytest.raises(ConfigError, match=r"trainer\.precision: 'transformer-engine'.*valid: bf16-mixed"):
+        sweep.CostProbe(data)

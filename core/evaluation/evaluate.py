@@ -159,10 +159,12 @@ def run_test(cfg: DictConfig | Mapping[str, Any], checkpoint: Mapping[str, Any] 
         actually used (:func:`dynvlm.scoring.records.usage_summary` of the
         predictions); and the trained compressor's weights that were dropped.
     """
+    from dynvlm.model.parallel import precision_dtype, precision_of
     from dynvlm.run import train
     from dynvlm.run.sweep import point_cost
 
     cfg = OmegaConf.create(config_dict(cfg))
+    precision_dtype(precision_of(cfg.get("trainer")))  # a precision the cost cannot be measured in fails before the test loop
     model, dropped = restore(cfg, checkpoint, source)
     model.predictions_path = predictions
     trainer = train.make_trainer(cfg, fit=False, model=model)

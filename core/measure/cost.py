@@ -30,6 +30,9 @@ the first token's logits -- and reports, as the mean per sample:
   the delta is a lower bound). ``None`` on the meta device. The peak is the max over samples.
 - ``visual_tokens``, ``prompt_tokens`` (LLM positions of the prefill, visual ones included),
   ``frames``, ``tokens_per_frame``.
+- ``precision``: the ``trainer.precision`` the prefills ran under (``None``: the model as it is). Under
+  ``*-mixed`` they run in autocast, as Lightning's loops run the model; ``dynvlm cost``, ``dynvlm eval``
+  and sweeps pass the config's ``trainer.precision``.
 
 ``dynvlm cost CONFIG [key=value ...]`` (:func:`cost_cli`) prints these for a synthetic video of
 ``--duration`` seconds, without data or weights: a model whose checkpoints are absent (or with
@@ -211,8 +214,15 @@ def kv_cache_bytes(llm: nn.Module, positions: int, batch: int = 1) -> tuple[int 
 
 
 def measure_cost(model: Any, samples: Batch | Sequence[Sample], repeats: int = 5, warmup: int = 1,
-                 latency: bool = True, memory: bool = True) -> dict[str, Any]:
+                 latency: bool = True, memory: bool = True, precision: str | None = None) -> dict[str, Any]:
     """Prefill cost of ``model`` on ``samples``, each run alone (batch of one); means per sample.
+
+    With ``precision`` (a ``trainer.precision`` value) every prefill runs in the context Lightning's
+    precision plugin runs the model's forward in (:func:`dynvlm.model.parallel.forward_context`): under
+    ``bf16-mixed`` autocast in bf16, as ``dynvlm eval`` / ``test`` and training run it, so latency, memory
+    and KV bytes are those of that precision. ``*-true`` half and ``64-true`` need the model in that dtype
+    already (Lightning's loops cast it; :func:`build_for_cost` does for ``dynvlm cost``). ``None``: the
+    model runs as it is, with no context.
 
     Args:
         model: a :class:`~dynvlm.model.video_llm.VideoLLM` (any device, including ``meta``); put in eval mode
@@ -223,14 +233,19 @@ def measure_cost(model: Any, samples: Batch | Sequence[Sample], repeats: int = 5
         warmup: untimed runs per sample before timing (first runs at a new shape are slower).
         latency: time the prefill (skipped on the meta device).
         memory: measure peak memory of one prefill (skipped on the meta device).
+        precision: ``trainer.precision`` to run under, or ``None``.
 
     Returns:
         a dict (see the module docstring for each key): ``samples``, ``device``, ``frames``,
         ``tokens_per_frame``, ``visual_tokens``, ``prompt_tokens``, ``flops_<part>`` for each of
         :data:`FLOP_PARTS`, ``flops_other``, ``flops_prefill``, ``lm_head_positions``, ``prefill_ms``,
         ``visual_ms``, ``llm_prefill_ms``, ``kv_bytes``, ``kv_source``, ``peak_mem_bytes``,
-        ``peak_mem_delta_bytes``, ``peak_mem_source``. Counts are ints when every sample
-        agrees (one sample), else float means.
+        ``peak_mem_delta_bytes``, ``peak_mem_source``, ``precision`` (the argument). Counts are ints when
+        every sample agrees (one sample), else float means.
+
+    Raises:
+        ConfigError: ``precision`` is not one dynvlm can reproduce, or asks for a ``*-true`` dtype the
+            model's parameters are not in; each names ``trainer.precision`` and what is valid.
     """
     samples = list(samples.samples if isinstance(samples, Batch) else samples)
     if not samples:
@@ -239,16 +254,17 @@ def measure_cost(model: Any, samples: Batch | Sequence[Sample], repeats: int = 5
         raise ValueError(f"measure_cost: repeats must be >= 1, got {repeats}")
     meta = _is_meta(model)
     device = model.device
+    context = _precision_context(model, precision)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), context:
             plans = model.plan(samples)
             rows = [_measure_one(model, s, p, repeats, warmup, latency and not meta, memory and not meta, device)
                     for s, p in zip(samples, plans)]
     finally:
         model.train(was_training)
-    out: dict[str, Any] = {"samples": len(rows), "device": "meta" if meta else str(device)}
+    out: dict[str, Any] = {"samples": len(rows), "device": "meta" if meta else str(device), "precision": precision}
     for key in ("frames", "tokens_per_frame", "visual_tokens", "prompt_tokens",
                 *(f"flops_{p}" for p in FLOP_PARTS), "flops_other", "flops_prefill", "kv_bytes",
                 "prefill_ms", "visual_ms", "llm_prefill_ms"):
@@ -261,6 +277,26 @@ def measure_cost(model: Any, samples: Batch | Sequence[Sample], repeats: int = 5
     out["peak_mem_delta_bytes"] = best["peak_mem_delta_bytes"] if best else None
     out["peak_mem_source"] = best["peak_mem_source"] if best else None
     return out
+
+
+def _precision_context(model: nn.Module, precision: str | None) -> contextlib.AbstractContextManager[Any]:
+    """The forward context of ``precision`` on the model's device (:func:`dynvlm.model.parallel.forward_context`),
+    after checking that the model is in the dtype a ``*-true`` precision's loops cast it to."""
+    from dynvlm.config import ConfigError
+    from dynvlm.model.parallel import forward_context, loop_dtype
+
+    if precision is None:
+        return contextlib.nullcontext()
+    context = forward_context(precision, model.device)  # raises for a precision that cannot be reproduced
+    wanted = loop_dtype(precision)
+    held = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()})
+    if wanted is not None and held != [str(wanted).removeprefix("torch.")]:
+        # Lightning's loops cast the whole model to this dtype; measuring it as it is would report another precision
+        name = str(wanted).removeprefix("torch.")
+        raise ConfigError(f"trainer.precision {precision!r} runs the whole model in {name}, but its parameters are "
+                          f"{', '.join(held)}: cast it first (model.to(torch.{name}), as Lightning's loops and "
+                          "dynvlm.measure.cost.build_for_cost do)")
+    return context
 
 
 def _mean(values: Sequence[Any]) -> Any:
@@ -506,7 +542,11 @@ def build_for_cost(cfg: Mapping[str, Any], meta: bool = False, device: str | Non
     """A :class:`~dynvlm.model.video_llm.VideoLLM` of ``cfg`` for :func:`measure_cost` (see :func:`resolve_for_cost`).
 
     On meta every parameter is a shape without storage: building a 7B model takes seconds and no memory.
+    Under a ``*-true`` ``trainer.precision`` (``bf16-true``, ``16-true``, ``64-true``) the model is cast to its
+    dtype, as Lightning's loops cast it; other precisions keep the dtypes the config builds (measure under
+    ``trainer.precision`` with ``measure_cost(..., precision=...)``).
     """
+    from dynvlm.model.parallel import loop_dtype, precision_of
     from dynvlm.model.video_llm import VideoLLM
 
     data, meta, notes, types = resolve_for_cost(cfg, meta=meta, config_files=config_files)
@@ -521,6 +561,14 @@ def build_for_cost(cfg: Mapping[str, Any], meta: bool = False, device: str | Non
     else:
         model = VideoLLM(data).to(where)
     check_architectures(model, types)
+    precision = precision_of(data.get("trainer"))
+    cast = loop_dtype(precision)
+    if cast is not None:
+        # Lightning's loops run a *-true precision with the whole model cast to its dtype (the fp32 projector too);
+        # *-mixed keeps the weights as built (bf16 where the config loads them so, as dynvlm eval runs them)
+        model.to(cast)
+        log(f"trainer.precision {precision}: every parameter cast to {str(cast).removeprefix('torch.')}, "
+            "as Lightning's loops run it")
     log(f"built in {time.perf_counter() - t0:.1f} s")
     return model
 
@@ -548,6 +596,19 @@ def _mib(n: float | None) -> str:
     return f"{n:.0f} B"
 
 
+def _precision_line(cost: Mapping[str, Any]) -> str:
+    """How the prefill ran: ``"bf16-mixed (autocast to bfloat16)"``, ``"32-true"``, or the model's own dtypes."""
+    from dynvlm.model.parallel import MIXED, compute_dtype
+
+    precision = cost.get("precision")
+    if precision is None:
+        return "- (the model's own dtypes)"
+    if precision in MIXED:
+        device = "cuda" if str(cost.get("device")).startswith("cuda") else "cpu"
+        return f"{precision} (autocast to {str(compute_dtype(precision, device)).removeprefix('torch.')})"
+    return str(precision)
+
+
 def cost_table(cost: Mapping[str, Any]) -> str:
     """The per-part FLOPs table and the other measurements of :func:`measure_cost`, as plain text."""
 
@@ -568,6 +629,7 @@ def cost_table(cost: Mapping[str, Any]) -> str:
         "",
         "lm_head:               " + ("last position only (as generate's first step)" if cost["lm_head_positions"] == "last"
                                      else "every position (the LLM plugin's forward)"),
+        "precision:             " + _precision_line(cost),
         f"frames x M:            {cost['frames']} x {cost['tokens_per_frame']}",
         f"visual tokens:         {cost['visual_tokens']}",
         f"prompt tokens:         {cost['prompt_tokens']} (LLM positions of the prefill)",
@@ -591,10 +653,13 @@ def cost_cli(cfg: Mapping[str, Any], *, config_path: str | None = None, meta: bo
     def log(line: str) -> None:
         print(f"dynvlm cost: {line}", file=sys.stderr, flush=True)
 
+    from dynvlm.model.parallel import precision_dtype, precision_of
+
     if device == "cuda" and not torch.cuda.is_available():
         from dynvlm.config import ConfigError
 
         raise ConfigError("--device cuda but no CUDA device is available")
+    precision_dtype(precision_of(cfg.get("trainer")))  # an unmeasurable trainer.precision fails before the build
     if cfg.get("sweep"):
         log("the file has sweep: measuring its base config; give key=value overrides to pick a point")
     t0 = time.perf_counter()
@@ -603,7 +668,8 @@ def cost_cli(cfg: Mapping[str, Any], *, config_path: str | None = None, meta: bo
     sample = synthetic_video(model, duration)
     log(f"measuring a {duration:g} s synthetic video ({sample.frames.shape[0]} frames decoded at "
         f"{model.budget.cfg.fps:g} fps, {model.encoder.image_size}px)")
-    cost = measure_cost(model, [sample], repeats=repeats)
+    # measured the way the config's trainer.precision runs the model (autocast under *-mixed), as dynvlm eval runs it
+    cost = measure_cost(model, [sample], repeats=repeats, precision=precision_of(cfg.get("trainer")))
     cost["duration_s"] = duration
     log(f"done in {time.perf_counter() - t0:.1f} s")
     if as_json:

@@ -206,9 +206,9 @@ class VideoLLM(pl.LightningModule):
             kw = {} if grid is None else {"grid": grid}  # only downsampling encoders take a grid
             with torch.set_grad_enabled(grad):
                 if grad or len(px) <= ENCODER_CHUNK:
-                    return self.encoder(px, **kw)  # [F, a*b, C]
+                    return self.to_head_dtype(self.encoder(px, **kw))  # [F, a*b, C]
                 # evaluation of long videos: bound the encoder's working memory
-                return torch.cat([self.encoder(c, **kw) for c in px.split(ENCODER_CHUNK)])
+                return self.to_head_dtype(torch.cat([self.encoder(c, **kw) for c in px.split(ENCODER_CHUNK)]))
 
         after = self.compressor_at == "after_projector"  # LLaVA-OneVision's order: project every patch, then compress
         feats = None if downsample else encode(pixels)  # [F, N, C]
@@ -247,6 +247,22 @@ class VideoLLM(pl.LightningModule):
                           for s, t in zip(samples, per_sample)]
         usage = [VisualUsage(p.visual_tokens, [s.timestamps[i] for i in p.indices]) for s, p in zip(samples, plans)]
         return VisualFeatures(per_sample, aux, usage)
+
+    def to_head_dtype(self, feats: Tensor) -> Tensor:
+        """Encoder features ``feats`` in the dtype the projector (and the compressor) compute in, outside autocast.
+
+        A recipe may load the encoder in bf16 (``model.encoder.dtype``) while the projector and a compressor's
+        scorer are built in fp32. Under ``*-mixed`` precision autocast picks each operation's dtype, so the
+        features are returned as they are (the training path's numerics do not change). Without autocast
+        (``32-true``, or a model run outside the Trainer: ``dynvlm cost``, the lmms-eval bridge) a bf16 tensor
+        would meet fp32 weights (``mat1 and mat2 must have the same dtype``): each part computes in the dtype
+        its own parameters were built in, and the boundary casts, as :meth:`splice` does into the LLM.
+        """
+        kind = feats.device.type
+        if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+            return feats
+        dtype = self.projector.net[0].weight.dtype
+        return feats.to(dtype) if feats.is_floating_point() and feats.dtype != dtype else feats
 
     def splice(self, batch: PromptBatch, visual: Sequence[Tensor], owners: Sequence[int] | None = None,
                usage: Sequence[VisualUsage] | None = None) -> Tensor:

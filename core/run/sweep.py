@@ -255,6 +255,9 @@ class CostProbe(pl.Callback):
     point re-run), and the sweep then loads the checkpoint (:func:`checkpoint_cost`)."""
 
     def __init__(self, data: Mapping[str, Any]) -> None:
+        from dynvlm.model.parallel import precision_dtype, precision_of
+
+        precision_dtype(precision_of(data.get("trainer")))  # an unmeasurable precision fails before the fit, not after
         self.data = data
         self.cost: dict[str, Any] | None = None
 
@@ -265,8 +268,10 @@ class CostProbe(pl.Callback):
 
 def point_cost(model: Any, data: Mapping[str, Any]) -> dict[str, Any]:
     """:data:`COST_COLUMNS` of ``model`` on the first :data:`COST_SAMPLES` test samples of ``data``
-    (``{}`` when the config has no test split)."""
+    (``{}`` when the config has no test split), measured under ``data``'s ``trainer.precision`` (autocast
+    under ``*-mixed``): the model runs as the Trainer's test loop ran it."""
     from dynvlm.measure.cost import measure_cost
+    from dynvlm.model.parallel import precision_of
     from dynvlm.run.train import make_datamodule
 
     dm = make_datamodule(data)
@@ -276,7 +281,9 @@ def point_cost(model: Any, data: Mapping[str, Any]) -> dict[str, Any]:
     samples = [ds.decode(ds.items[i], i) for i in range(min(COST_SAMPLES, len(ds)))]
     if not samples:
         return {}
-    cost = measure_cost(model, samples, repeats=COST_REPEATS)
+    # outside the Trainer: without its precision context a bf16-loaded model would meet fp32 weights, or
+    # a *-mixed one be timed in fp32
+    cost = measure_cost(model, samples, repeats=COST_REPEATS, precision=precision_of(data.get("trainer")))
     out = {k: cost[k] for k in COST_COLUMNS}
     for key in ("prefill_ms", "prompt_tokens"):
         if out[key] is not None:
@@ -285,13 +292,20 @@ def point_cost(model: Any, data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def checkpoint_cost(data: Mapping[str, Any], checkpoint: str | None) -> dict[str, Any]:
-    """:func:`point_cost` of the model ``data`` builds with ``checkpoint``'s weights (when given)."""
+    """:func:`point_cost` of the model ``data`` builds with ``checkpoint``'s weights (when given), its
+    parameter dtypes made what ``trainer.precision`` tests with (as ``dynvlm test`` does for the point)."""
     import torch
 
     from dynvlm.model.checkpoint import read_checkpoint
+    from dynvlm.model.parallel import loop_dtype, precision_of
     from dynvlm.model.restore import restore
+    from dynvlm.run.strategy import prepare_precision
 
     model, _ = restore(data, read_checkpoint(checkpoint) if checkpoint else None, source=checkpoint)
+    prepare_precision(model, data.get("trainer") or {})
+    cast = loop_dtype(precision_of(data.get("trainer")))
+    if cast is not None:  # what Lightning's loops cast the model to (64-true, which prepare_precision leaves alone)
+        model.to(cast)
     if torch.cuda.is_available():
         model = model.cuda()
     return point_cost(model, data)
