@@ -19,7 +19,7 @@ from tiny_vlm import ENCODER, LLM
 
 from dynvlm.cli.main import main
 from dynvlm.config import ConfigError, load_config
-from dynvlm.data.synth import generate, vocabulary
+from dynvlm.data.synth import vocabulary
 from dynvlm.evaluation.command import evaluate_cli
 from dynvlm.model.checkpoint import (
     CheckpointRefused,
@@ -42,14 +42,6 @@ class RunsCode:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ckptsynth") / "synth"
-    generate({"out": str(out), "seed": 3, "train": 2, "val": 0, "test": 2, "size": 16, "min_duration": 12,
-              "max_duration": 14, "max_visits": 2, "max_visit_seconds": 3}, progress=False)
-    return out
 
 
 def config(tmp_path: Path, synth: Path, **changes) -> OmegaConf:

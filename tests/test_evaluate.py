@@ -14,7 +14,7 @@ from tiny_vlm import ENCODER, LLM
 
 from dynvlm.cli.main import main
 from dynvlm.config import ConfigError, to_yaml
-from dynvlm.data.synth import generate, vocabulary
+from dynvlm.data.synth import vocabulary
 from dynvlm.evaluation.command import evaluate_cli
 from dynvlm.evaluation.evaluate import same_setting, setting, setting_line, setting_slug
 from dynvlm.model.checkpoint import CompressorWeightsError, read_checkpoint, stale_compressor_weights
@@ -22,15 +22,6 @@ from dynvlm.model.restore import restore
 from dynvlm.model.video_llm import VideoLLM
 from dynvlm.run import train
 from dynvlm.run.sweep import COST_COLUMNS
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    """A tiny synthetic dataset: 2 training clips (for the checkpoints below) and 2 test clips."""
-    out = tmp_path_factory.mktemp("evalsynth") / "synth"
-    generate({"out": str(out), "seed": 3, "train": 2, "val": 0, "test": 2, "size": 16, "min_duration": 12,
-              "max_duration": 14, "max_visits": 2, "max_visit_seconds": 3}, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")

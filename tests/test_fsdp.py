@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny_vlm import COLOURS, QUESTION, inline_model, run_config, write_video
+from tiny_vlm import colour_mc_file, inline_model, run_config
 
 TESTS = Path(__file__).parent
-NAMES = list(COLOURS)
 
 SCRIPT = """
 import json, os, sys
@@ -150,21 +149,6 @@ def test_fsdp_trains_and_resumes_from_a_sharded_checkpoint_in_two_cpu_processes(
     _evaluations_read_the_sharded_folder(tmp_path, last)
 
 
-def _mc_file(folder: Path, n: int = 6) -> Path:
-    """``n`` colour clips and a dynvlm multiple-choice JSONL over them (every third key off by one)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        colour = NAMES[(i + 1) % 3]
-        write_video(folder / f"c{i}.mp4", COLOURS[colour], 2 + i % 2)
-        key = NAMES.index(colour) + (i % 3 == 2)
-        rows.append({"question_id": f"q{i}", "video": f"c{i}.mp4", "question": QUESTION, "options": NAMES,
-                     "answer": "ABC"[key % 3], "category": "colour"})
-    path = folder / "test_mc.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def _predictions(folder: Path) -> list[tuple]:
     return [(r["question_id"], r["text"], r["pred"], r["letter"])
             for r in map(json.loads, (folder / "predictions.jsonl").read_text().splitlines())]
@@ -196,7 +180,7 @@ def _evaluations_read_the_sharded_folder(tmp_path: Path, last: Path) -> None:
                "logger": False}
     # generated answers: text depends on the weights more finely than the likeliest letter does
     cfg = OmegaConf.create(run_config(tmp_path / "runs", model=inline_model(), trainer=trainer,
-                                      data={"test": str(_mc_file(tmp_path / "mc"))},
+                                      data={"test": str(colour_mc_file(tmp_path / "mc"))},
                                       eval={"mode": "generate", "max_new_tokens": 6}))
     sharded = evaluate_cli(cfg, checkpoint=str(last), out=str(tmp_path / "eval_folder"))
     single = evaluate_cli(cfg, checkpoint=str(consolidated), out=str(tmp_path / "eval_file"))

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_vlm import COLOURS, QUESTION, ListDataModule, colour_samples, run_config, write_video
+from tiny_vlm import COLOURS, QUESTION, ListDataModule, colour_mc_file, colour_samples, run_config, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 LMMS_ENV = ROOT / ".venv-lmms"
@@ -122,21 +122,6 @@ def lmms_python():
     run = subprocess.run(["bash", str(ROOT / "scripts" / "setup_lmms.sh")], capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, f"scripts/setup_lmms.sh failed:\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}"
     return str(LMMS_ENV / "bin" / "python")
-
-
-def _mc_file(folder: Path, n: int = 6) -> Path:
-    """``n`` colour clips and a generic dynvlm multiple-choice JSONL over them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        colour = NAMES[(i + 1) % 3]
-        write_video(folder / f"c{i}.mp4", COLOURS[colour], 3 + i % 3)
-        key = NAMES.index(colour) + (i % 3 == 2)  # every third key is off by one: accuracy below 1
-        rows.append({"question_id": f"q{i}", "video": f"c{i}.mp4", "question": QUESTION, "options": NAMES,
-                     "answer": "ABC"[key % 3], "category": "colour"})
-    path = folder / "test_mc.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def _dynvlm_eval(cfg: dict, ckpt: str, data: Path, out: Path, **sections) -> tuple[float, dict[str, int]]:
@@ -301,7 +286,7 @@ def test_lmms_eval_accuracy_equals_dynvlm_eval(lmms_python, trained, tmp_path):
     on dynvlm's own file and on every benchmark's file (its task's metric, the same generated text, the
     same reading; a missing video or image is named and its question counted wrong on both sides)."""
     cfg, ckpt = trained
-    data = _mc_file(tmp_path / "mc")
+    data = colour_mc_file(tmp_path / "mc", min_seconds=3, spread=3)
     files, bench_env = _benchmark_files(tmp_path / "bench")
     env = {"DYNVLM_MC_ANNOTATIONS": str(data), **bench_env}
     tasks = ",".join(["dynvlm_mc", *(t for t, _ in BENCH_TASKS.values())])

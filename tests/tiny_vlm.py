@@ -9,6 +9,7 @@ whole frame is one of three colours, so a few steps of training lower the loss.
 from __future__ import annotations
 
 import copy
+import json
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,24 @@ def write_video(path: Path, rgb: tuple[int, int, int], seconds: int, rate: int =
                 c.mux(pkt)
         for pkt in s.encode():
             c.mux(pkt)
+    return path
+
+
+def colour_mc_file(folder: Path, n: int = 6, min_seconds: int = 2, spread: int = 2) -> Path:
+    """``n`` single-colour clips (``min_seconds + i % spread`` s long) and a dynvlm multiple-choice JSONL over
+    them in ``folder``; every third answer key is off by one, so a perfect model scores below 1. Returns the
+    JSONL's path (``folder/test_mc.jsonl``)."""
+    names = list(COLOURS)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        colour = names[(i + 1) % 3]
+        write_video(folder / f"c{i}.mp4", COLOURS[colour], min_seconds + i % spread)
+        key = names.index(colour) + (i % 3 == 2)
+        rows.append({"question_id": f"q{i}", "video": f"c{i}.mp4", "question": QUESTION, "options": names,
+                     "answer": "ABC"[key % 3], "category": "colour"})
+    path = folder / "test_mc.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
