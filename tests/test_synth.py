@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -336,3 +337,14 @@ def test_a_failing_encoder_worker_names_its_error(tmp_path):
     bad = [({"not": "a scene"}, str(tmp_path / "x.mp4"), 10, "yuv444p")]
     with pytest.raises(synth.SynthError, match="encoding synthetic clips failed"):
         synth.encode_in_fresh_processes(bad, workers=1)
+
+
+def test_encoding_workers_do_not_inherit_what_this_process_has_seen(monkeypatch):
+    """After a Lightning fit (PL_GLOBAL_SEED, ...) and a decord import (its folder on PATH) the workers'
+    inherited environment had grown, and one clip of the same scene encoded to other bytes (the suite's
+    same-seed test failed after test_checkpoint). The workers now get the same few variables always."""
+    before = synth._worker_env()
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")
+    monkeypatch.setenv("PATH", "/somewhere/decord:" + os.environ.get("PATH", ""))
+    assert synth._worker_env() == before and "PL_GLOBAL_SEED" not in before
+    assert set(before) <= {"PATH", "LC_ALL", "PYTHONPATH"}

@@ -56,6 +56,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -301,7 +302,7 @@ def encode_in_fresh_processes(jobs: list[tuple[dict[str, Any], str, int, str]], 
             jobs_file.write_text("".join(json.dumps(job) + "\n" for job in chunk))
             with open(jobs_file) as stdin, open(err_file, "w") as stderr:
                 procs.append((subprocess.Popen([sys.executable, "-c", code], stdin=stdin, stdout=subprocess.PIPE,
-                                               stderr=stderr, text=True), err_file))
+                                               stderr=stderr, text=True, env=_worker_env()), err_file))
         lock = threading.Lock()
 
         def drain(proc: subprocess.Popen) -> None:  # every worker's stdout at once: none waits on a full pipe
@@ -319,6 +320,21 @@ def encode_in_fresh_processes(jobs: list[tuple[dict[str, Any], str, int, str]], 
         for proc, err_file in procs:
             if proc.wait() != 0:
                 raise SynthError(f"encoding synthetic clips failed:\n{err_file.read_text()[-3000:]}")
+
+
+def _worker_env() -> dict[str, str]:
+    """The encoding workers' environment: the same few variables whatever this process has seen.
+
+    Measured: a worker whose inherited environment had grown by some tens of bytes (Lightning adds
+    ``PL_GLOBAL_SEED`` and others during a fit; importing decord prepends its folder to ``PATH``) encoded
+    one clip of the same scene to other bytes; the cause inside the encoder stack was not found (the
+    environment sits at the top of a new process's stack). A fixed environment makes the bytes independent
+    of what ran before. ``PYTHONPATH`` is kept so a source checkout without an install still imports.
+    """
+    env = {"PATH": os.defpath, "LC_ALL": "C"}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
 
 
 def _mc_record(scene: Scene, q: Question, j: int, opts: list[str], slot: int, video: str) -> dict[str, Any]:
