@@ -79,12 +79,13 @@ def compare_results(first: Path, second: Path, ignore: Iterable[str] = MEASURED_
     skip = set(ignore)
     by_b = {r["point"]: r for r in rows_b}
     points_a, points_b = [r["point"] for r in rows_a], [r["point"] for r in rows_b]
+    in_a = set(points_a)
     cols_a = [c for c in (rows_a[0] if rows_a else {}) if c not in skip]
     cols_b = [c for c in (rows_b[0] if rows_b else {}) if c not in skip]
     diff = ResultsDiff(
         points=len(rows_a),
         only_first=[p for p in points_a if p not in by_b],
-        only_second=[p for p in points_b if p not in set(points_a)],
+        only_second=[p for p in points_b if p not in in_a],
         columns_only_first=[c for c in cols_a if c not in cols_b],
         columns_only_second=[c for c in cols_b if c not in cols_a],
     )
